@@ -1,0 +1,384 @@
+//! The engine's TOML configuration (`movewatch serve --config FILE`).
+//! Every key has the contract's default, so an empty file is a valid config.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ids::{SiteId, SupplierId};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[http]`
+    pub http: HttpConfig,
+    /// `[mqtt]`
+    pub mqtt: MqttConfig,
+    /// `[store]`
+    pub store: StoreConfig,
+    /// `[sites]`
+    pub sites: SitesConfig,
+    /// `[ingest]`: movewatch's own tuning, not in the contract.
+    pub ingest: IngestConfig,
+    /// `[[suppliers]]`
+    pub suppliers: Vec<SupplierConfig>,
+    /// `[[tokens]]`
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[http]`: the HTTP and WebSocket listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[mqtt]`: the embedded broker, or an external one when `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Where the embedded broker listens.
+    pub listen: SocketAddr,
+    /// `mqtt://host:port` of an external broker; the embedded one is not started.
+    pub url: Option<String>,
+    /// The engine's MQTT client id (fixed, so its persistent session survives restarts).
+    pub client_id: String,
+    /// Username and password the engine uses on an external broker, if it needs them.
+    pub username: Option<String>,
+    /// See `username`.
+    pub password: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            url: None,
+            client_id: "movewatch-engine".into(),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path` (embedded) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://data/movewatch.db".into(),
+        }
+    }
+}
+
+/// `[sites]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SitesConfig {
+    /// CSV and GeoJSON files, read in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Default for SitesConfig {
+    fn default() -> Self {
+        SitesConfig {
+            files: vec![PathBuf::from("data/sites.csv")],
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A fix with a larger hdop is stored but flagged and not used live.
+    pub max_hdop: f64,
+    /// A fix implying a faster speed from the previous one is flagged (km/h).
+    pub max_implied_speed_kmh: f64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_hdop: 10.0,
+            max_implied_speed_kmh: 300.0,
+        }
+    }
+}
+
+/// `[[suppliers]]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupplierConfig {
+    /// The supplier id, as in topics.
+    pub id: SupplierId,
+    /// Key for `POST /tracks` (`X-API-Key`).
+    pub api_key: Option<String>,
+    /// Password on the embedded broker (username = `id`).
+    pub mqtt_password: Option<String>,
+}
+
+impl fmt::Debug for SupplierConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupplierConfig")
+            .field("id", &self.id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "mqtt_password",
+                &self.mqtt_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A role a token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// Every channel.
+    ControlRoom,
+    /// Only its own sites' boards.
+    Site,
+    /// Its own vehicles.
+    Supplier,
+}
+
+/// `[[tokens]]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The bearer token. Never logged.
+    pub token: String,
+    /// `control_room`, `site` or `supplier`.
+    pub role: RoleName,
+    /// For `site`: the sites it may see.
+    #[serde(default)]
+    pub sites: Vec<SiteId>,
+    /// For `supplier`: which supplier.
+    #[serde(default)]
+    pub supplier: Option<SupplierId>,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .field("sites", &self.sites)
+            .field("supplier", &self.supplier)
+            .finish()
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML is wrong (unknown key, wrong type, bad syntax).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The values do not fit together.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut ids = std::collections::HashSet::new();
+        for s in &self.suppliers {
+            if !ids.insert(s.id) {
+                return invalid(format!("supplier {} is configured twice", s.id));
+            }
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.token.len() < 8 {
+                return invalid(format!(
+                    "tokens[{i}]: a token must be at least 8 characters"
+                ));
+            }
+            match t.role {
+                RoleName::Site if t.sites.is_empty() => {
+                    return invalid(format!("tokens[{i}]: role \"site\" needs sites = [..]"));
+                }
+                RoleName::Supplier if t.supplier.is_none() => {
+                    return invalid(format!(
+                        "tokens[{i}]: role \"supplier\" needs supplier = \"..\""
+                    ));
+                }
+                RoleName::Supplier if !self.suppliers.iter().any(|s| Some(s.id) == t.supplier) => {
+                    return invalid(format!(
+                        "tokens[{i}]: supplier {:?} is not in [[suppliers]]",
+                        t.supplier.map(|s| s.to_string())
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(url) = &self.mqtt.url {
+            parse_mqtt_url(url).map_err(ConfigError::Invalid)?;
+        }
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            return invalid(format!(
+                "store.url {:?} must start with sqlite: or postgres://",
+                self.store.url
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Splits `mqtt://host:port` (port defaults to 1883).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("mqtt url {url:?} must start with mqtt://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("mqtt url {url:?} has a bad port"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("mqtt url {url:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_contract_defaults() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.mqtt.listen.to_string(), "127.0.0.1:1883");
+        assert!(c.mqtt.url.is_none());
+        assert_eq!(c.store.url, "sqlite://data/movewatch.db");
+        assert_eq!(c.sites.files, vec![PathBuf::from("data/sites.csv")]);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let text = r#"
+[http]
+listen = "127.0.0.1:8080"
+[mqtt]
+listen = "127.0.0.1:1883"
+# url = "mqtt://127.0.0.1:1883"
+[store]
+url = "sqlite://data/movewatch.db"
+[sites]
+files = ["data/sites.csv"]
+[[suppliers]]
+id = "geoamey"
+api_key = "key-geoamey"
+mqtt_password = "pw"
+[[tokens]]
+token = "control-room-token"
+role = "control_room"
+[[tokens]]
+token = "site-token-lei"
+role = "site"
+sites = ["LEI"]
+[[tokens]]
+token = "supplier-token"
+role = "supplier"
+supplier = "geoamey"
+"#;
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.tokens.len(), 3);
+        assert_eq!(c.tokens[1].sites[0].as_str(), "LEI");
+        assert!(
+            !format!("{c:?}").contains("site-token-lei"),
+            "tokens must never be printed"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(
+            Config::from_toml("[http]\nlisten = 5", "t")
+                .unwrap_err()
+                .to_string()
+                .contains("listen")
+        );
+        assert!(
+            Config::from_toml("[htp]\n", "t")
+                .unwrap_err()
+                .to_string()
+                .contains("htp")
+        );
+        let e = Config::from_toml("[[tokens]]\ntoken=\"abcdefgh\"\nrole=\"site\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs sites"), "{e}");
+        assert!(Config::from_toml("[mqtt]\nurl=\"http://x\"", "t").is_err());
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+    }
+}
