@@ -1,0 +1,100 @@
+//! The batching write loop between the tracker and the database.
+//!
+//! Back-pressure: the loop reads its bounded input channel only between
+//! commits, so a slow database fills the channel, which stalls the tracker,
+//! which stalls intake, which withholds MQTT acks; the broker's in-flight
+//! window then stops delivery. Nothing is dropped on the way.
+
+use std::time::{Duration, Instant};
+
+use model::IngestBatch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::{Store, backoff};
+
+/// When the writer commits.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Commit once this many points (plus events and dead letters) are pending.
+    pub max_rows: usize,
+    /// Commit at the latest this long after the first pending batch arrived.
+    pub max_delay: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_rows: 5_000,
+            max_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+fn rows(batch: &IngestBatch) -> usize {
+    batch.positions.len() + batch.events.len() + batch.dead_letters.len()
+}
+
+/// Runs the write loop until `input` closes and everything pending is
+/// committed. `healthy` is set false while writes fail (for `/readyz`).
+pub fn spawn_writer(
+    store: Store,
+    mut input: mpsc::Receiver<IngestBatch>,
+    config: WriterConfig,
+    healthy: watch::Sender<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pending: Vec<IngestBatch> = Vec::new();
+        loop {
+            let Some(first) = input.recv().await else {
+                break;
+            };
+            let deadline = Instant::now() + config.max_delay;
+            let mut pending_rows = rows(&first);
+            pending.push(first);
+            while pending_rows < config.max_rows {
+                match tokio::time::timeout_at(deadline.into(), input.recv()).await {
+                    Ok(Some(batch)) => {
+                        pending_rows += rows(&batch);
+                        pending.push(batch);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            commit_with_retry(&store, &mut pending, &healthy).await;
+        }
+        tracing::info!("store writer: input closed, all batches committed");
+    })
+}
+
+async fn commit_with_retry(
+    store: &Store,
+    pending: &mut Vec<IngestBatch>,
+    healthy: &watch::Sender<bool>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match store.write(pending).await {
+            Ok(outcomes) => {
+                metrics::histogram!("movewatch_store_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                healthy.send_if_modified(|h| !std::mem::replace(h, true));
+                for (batch, outcome) in pending.drain(..).zip(outcomes) {
+                    if !outcome.duplicates.is_empty() {
+                        metrics::counter!("movewatch_ingest_rejected_total", "reason" => "duplicate").increment(outcome.duplicates.len() as u64);
+                    }
+                    batch.commit.complete(outcome);
+                }
+                return;
+            }
+            Err(e) => {
+                healthy.send_if_modified(|h| std::mem::replace(h, false));
+                let wait = backoff(attempt);
+                tracing::warn!(error = %e, attempt, retry_in_ms = wait.as_millis() as u64, batches = pending.len(), "store write failed; acks withheld, retrying");
+                attempt += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
