@@ -31,10 +31,23 @@ impl IdError {
 }
 
 /// A short ASCII string stored inline, `N` bytes at most.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct InlineStr<const N: usize> {
     len: u8,
     bytes: [u8; N],
+}
+
+// Ordered as the strings are, not by length first.
+impl<const N: usize> Ord for InlineStr<N> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl<const N: usize> PartialOrd for InlineStr<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl<const N: usize> InlineStr<N> {
@@ -217,6 +230,19 @@ mod tests {
         assert!(MoveId::parse("5d1f0c3e-aa:1.x_y").is_ok());
         assert!(MoveId::parse("a b").is_err());
         assert!(JourneyId::parse(&"j".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn ids_order_as_strings() {
+        let mut v: Vec<VehicleId> = ["YORK1", "LEEDS1", "AB12"]
+            .iter()
+            .map(|s| VehicleId::parse(s).unwrap())
+            .collect();
+        v.sort();
+        assert_eq!(
+            v.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+            vec!["AB12", "LEEDS1", "YORK1"]
+        );
     }
 
     #[test]

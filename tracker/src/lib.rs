@@ -1,1 +1,219 @@
+//! Live vehicle state for movewatch.
+//!
+//! [`Tracker::apply`] takes each decoded batch in arrival order, flags points
+//! that must not move live state (late, or a bad fix), updates the latest
+//! fix per vehicle and the R-tree index, and returns the [`Update`]s for the
+//! gateway to fan out. The batch then goes on to the store, flags included.
+//!
+//! Invariants: a vehicle's live fix only moves forward in time; the index
+//! holds exactly one entry per vehicle, at its live fix.
 
+mod index;
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use model::wire::PositionView;
+use model::{IngestBatch, MoveId, Position, SupplierId, VehicleId};
+
+pub use index::{BoundingBox, haversine_m};
+use index::{VehicleIndex, indexed};
+
+/// Thresholds for bad-fix flags.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackerConfig {
+    /// A fix with a larger hdop is flagged.
+    pub max_hdop: f64,
+    /// A fix implying a faster speed from the previous live fix is flagged (km/h).
+    pub max_implied_speed_kmh: f64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            max_hdop: 10.0,
+            max_implied_speed_kmh: 300.0,
+        }
+    }
+}
+
+impl From<&model::config::IngestConfig> for TrackerConfig {
+    fn from(c: &model::config::IngestConfig) -> Self {
+        TrackerConfig {
+            max_hdop: c.max_hdop,
+            max_implied_speed_kmh: c.max_implied_speed_kmh,
+        }
+    }
+}
+
+/// What one vehicle looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VehicleState {
+    /// The supplier reporting it.
+    pub supplier: SupplierId,
+    /// Its latest usable fix.
+    pub latest: Position,
+    /// Moves it is carrying.
+    pub move_ids: Vec<MoveId>,
+}
+
+impl VehicleState {
+    /// The state as the contract's position view.
+    pub fn view(&self) -> PositionView {
+        PositionView::from_position(&self.latest, self.move_ids.clone())
+    }
+}
+
+/// A change for the gateway to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A vehicle's live position moved.
+    Position(PositionView),
+}
+
+/// The live state of every vehicle.
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    vehicles: DashMap<VehicleId, VehicleState>,
+    index: Mutex<VehicleIndex>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new(config: TrackerConfig) -> Self {
+        Tracker {
+            config,
+            vehicles: DashMap::new(),
+            index: Mutex::new(VehicleIndex::default()),
+        }
+    }
+
+    /// Seeds live state from stored fixes (on start), without emitting updates.
+    pub fn restore(&self, positions: impl IntoIterator<Item = Position>) {
+        let mut batch = IngestBatch {
+            source: model::Source::Replay,
+            received: std::time::Instant::now(),
+            received_at: Utc::now(),
+            positions: positions.into_iter().collect(),
+            events: vec![],
+            dead_letters: vec![],
+            commit: model::CommitToken::detached(),
+        };
+        batch.positions.sort_by_key(|p| p.ts);
+        let _ = self.apply(&mut batch);
+    }
+
+    /// Applies a batch: sets each point's flags and returns the live updates.
+    pub fn apply(&self, batch: &mut IngestBatch) -> Vec<Update> {
+        let mut moved: Vec<(VehicleId, Option<(f64, f64)>, (f64, f64))> = Vec::new();
+        let mut updates = Vec::new();
+        for p in &mut batch.positions {
+            let mut entry = self.vehicles.entry(p.vehicle);
+            let previous = match &entry {
+                dashmap::Entry::Occupied(o) => Some(o.get().latest.clone()),
+                dashmap::Entry::Vacant(_) => None,
+            };
+            p.flags.late = previous.as_ref().is_some_and(|prev| p.ts <= prev.ts);
+            p.flags.bad_fix = !p.flags.late && self.is_bad_fix(p, previous.as_ref());
+            if !p.flags.usable_live() {
+                continue;
+            }
+            let view = match &mut entry {
+                dashmap::Entry::Occupied(o) => {
+                    let state = o.get_mut();
+                    state.latest = p.clone();
+                    state.supplier = p.supplier;
+                    state.view()
+                }
+                dashmap::Entry::Vacant(_) => {
+                    let state = VehicleState {
+                        supplier: p.supplier,
+                        latest: p.clone(),
+                        move_ids: Vec::new(),
+                    };
+                    let view = state.view();
+                    entry.insert(state);
+                    view
+                }
+            };
+            moved.push((p.vehicle, previous.map(|q| (q.lat, q.lon)), (p.lat, p.lon)));
+            updates.push(Update::Position(view));
+        }
+        if !moved.is_empty() {
+            // One lock per batch, never held across an await (there is none here).
+            let mut index = self
+                .index
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (vehicle, old, new) in moved {
+                if let Some((lat, lon)) = old {
+                    index.remove(&indexed(vehicle, lat, lon));
+                }
+                index.insert(indexed(vehicle, new.0, new.1));
+            }
+        }
+        metrics::gauge!("movewatch_tracked_vehicles").set(self.vehicles.len() as f64);
+        updates
+    }
+
+    fn is_bad_fix(&self, p: &Position, previous: Option<&Position>) -> bool {
+        if p.hdop.is_some_and(|h| h > self.config.max_hdop) {
+            return true;
+        }
+        let Some(prev) = previous else { return false };
+        let hours = (p.ts - prev.ts).num_milliseconds() as f64 / 3_600_000.0;
+        let km = haversine_m(prev.lat, prev.lon, p.lat, p.lon) / 1000.0;
+        // Below 50 m any jump is GPS noise, not a teleport.
+        km > 0.05 && km / hours > self.config.max_implied_speed_kmh
+    }
+
+    /// How many vehicles are live.
+    pub fn len(&self) -> usize {
+        self.vehicles.len()
+    }
+
+    /// Whether no vehicle is live.
+    pub fn is_empty(&self) -> bool {
+        self.vehicles.is_empty()
+    }
+
+    /// One vehicle's state.
+    pub fn get(&self, vehicle: &VehicleId) -> Option<VehicleState> {
+        self.vehicles.get(vehicle).map(|s| s.clone())
+    }
+
+    /// Every vehicle's live view, sorted by registration.
+    pub fn snapshot(&self) -> Vec<PositionView> {
+        let mut all: Vec<PositionView> = self.vehicles.iter().map(|s| s.view()).collect();
+        all.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
+        all
+    }
+
+    /// The `k` vehicles nearest to a point, nearest first, with their distance in metres.
+    pub fn nearby(&self, lat: f64, lon: f64, k: usize) -> Vec<(VehicleId, f64)> {
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.nearest(lat, lon, k)
+    }
+
+    /// The vehicles inside a latitude/longitude box.
+    pub fn within(&self, bbox: BoundingBox) -> Vec<VehicleId> {
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index.within(bbox)
+    }
+
+    /// The newest fix time of any vehicle, if any.
+    pub fn newest_fix(&self) -> Option<DateTime<Utc>> {
+        self.vehicles.iter().map(|s| s.latest.ts).max()
+    }
+}
+
+#[cfg(test)]
+mod tests;
