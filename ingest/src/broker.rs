@@ -1,0 +1,110 @@
+//! The embedded MQTT broker (rumqttd), the default when no external broker is configured.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::IngestError;
+
+/// Settings of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBrokerConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// username → password; empty means anonymous access.
+    pub users: HashMap<String, String>,
+    /// Unacknowledged QoS 1 messages in flight per connection.
+    pub max_inflight: usize,
+}
+
+/// A running embedded broker. It runs on its own threads until the process ends.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedBroker {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+/// Whether a TCP address can be bound now.
+pub fn port_is_free(addr: SocketAddr) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+/// A free port on the given IP, chosen by the OS.
+pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
+    TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()
+}
+
+/// Starts the embedded broker. Fails with [`IngestError::PortInUse`] when
+/// the address is taken (checked before starting, since rumqttd only logs it).
+pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBroker, IngestError> {
+    if !port_is_free(config.listen) {
+        return Err(IngestError::PortInUse {
+            addr: config.listen,
+        });
+    }
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        // Above the contract's 256 KiB so that intake, not the broker, rejects
+        // slightly oversized payloads with a dead letter (`too_large`).
+        max_payload_size: 512 * 1024,
+        max_inflight_count: config.max_inflight,
+        auth: if config.users.is_empty() {
+            None
+        } else {
+            Some(config.users.clone())
+        },
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "movewatch-v4".into(),
+        listen: config.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let broker_config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 200_000,
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: 32 * 1024 * 1024,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    let mut broker = Broker::new(broker_config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| IngestError::Broker(e.to_string()))?;
+    // Wait until it accepts connections, so callers can connect at once.
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(config.listen).is_ok() {
+            tracing::info!(addr = %config.listen, "embedded MQTT broker listening");
+            return Ok(EmbeddedBroker {
+                addr: config.listen,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(IngestError::Broker(format!(
+        "did not start listening on {}",
+        config.listen
+    )))
+}

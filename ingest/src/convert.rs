@@ -1,0 +1,233 @@
+//! From a received payload to an [`IngestBatch`], counting as it goes.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use model::decode::{DecodeContext, Shape, decode_events, decode_positions};
+use model::reject::truncate_raw;
+use model::topic::{MessageKind, supplier_segment};
+use model::{
+    CommitToken, DeadLetter, IngestBatch, Position, Reason, Rejection, Source, SupplierId, Topic,
+};
+
+fn count_rejected(reason: Reason, n: u64) {
+    metrics::counter!("movewatch_ingest_rejected_total", "reason" => reason.as_str()).increment(n);
+}
+
+fn whole_message_letter(
+    reason: Reason,
+    detail: String,
+    supplier: Option<&str>,
+    topic: Option<&str>,
+    payload: &[u8],
+) -> DeadLetter {
+    count_rejected(reason, 1);
+    DeadLetter {
+        reason,
+        detail,
+        supplier: supplier.map(str::to_owned),
+        topic: topic.map(str::to_owned),
+        received_at: Utc::now(),
+        index: None,
+        raw: truncate_raw(&String::from_utf8_lossy(
+            &payload[..payload.len().min(2 * model::reject::MAX_RAW_BYTES)],
+        )),
+    }
+}
+
+fn empty_batch(source: Source, commit: CommitToken) -> IngestBatch {
+    IngestBatch {
+        source,
+        received: Instant::now(),
+        received_at: Utc::now(),
+        positions: vec![],
+        events: vec![],
+        dead_letters: vec![],
+        commit,
+    }
+}
+
+/// The payload indices of the elements that were not rejected, in order.
+fn valid_indices(total: usize, rejections: &[Rejection]) -> Vec<usize> {
+    let mut rejected = vec![false; total];
+    for r in rejections {
+        if let Some(slot) = rejected.get_mut(r.index) {
+            *slot = true;
+        }
+    }
+    (0..total).filter(|i| !rejected[*i]).collect()
+}
+
+/// Moves points whose vehicle belongs to another supplier into rejections.
+fn enforce_ownership(
+    points: &mut Vec<Position>,
+    rejections: &mut Vec<Rejection>,
+    suppliers: &crate::Suppliers,
+    indices: &mut Vec<usize>,
+) {
+    let mut kept = Vec::with_capacity(points.len());
+    let mut kept_indices = Vec::with_capacity(points.len());
+    for (p, i) in points.drain(..).zip(indices.drain(..)) {
+        if suppliers.claim(p.vehicle, p.supplier) {
+            kept.push(p);
+            kept_indices.push(i);
+        } else {
+            rejections.push(Rejection {
+                index: i,
+                reason: Reason::VehicleOwnedByOtherSupplier,
+                detail: format!("vehicle {} is reported by another supplier", p.vehicle),
+                raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
+            });
+        }
+    }
+    *points = kept;
+    *indices = kept_indices;
+}
+
+/// Decodes an MQTT message into a batch. Never fails: whatever is wrong
+/// becomes dead letters in the batch.
+pub fn batch_from_mqtt(
+    topic: &str,
+    payload: &[u8],
+    suppliers: &crate::Suppliers,
+    commit: CommitToken,
+) -> IngestBatch {
+    let mut batch = empty_batch(
+        Source::Mqtt {
+            topic: topic.to_owned(),
+        },
+        commit,
+    );
+    let parsed = match Topic::parse(topic) {
+        Ok(t) => t,
+        Err((reason, detail)) => {
+            metrics::counter!("movewatch_ingest_points_total").increment(1);
+            batch.dead_letters.push(whole_message_letter(
+                reason,
+                detail,
+                supplier_segment(topic),
+                Some(topic),
+                payload,
+            ));
+            return batch;
+        }
+    };
+    let supplier = parsed.supplier.as_str();
+    if !suppliers.accepts(&parsed.supplier) {
+        metrics::counter!("movewatch_ingest_points_total").increment(1);
+        let detail = format!("supplier {supplier} is not configured");
+        batch.dead_letters.push(whole_message_letter(
+            Reason::UnknownSupplier,
+            detail,
+            Some(supplier),
+            Some(topic),
+            payload,
+        ));
+        return batch;
+    }
+    let ctx = DecodeContext {
+        supplier: parsed.supplier,
+        topic_vehicle: Some(parsed.vehicle),
+        now: batch.received_at,
+        shape: Shape::ObjectOrArray,
+    };
+    let (total, rejections) = match parsed.kind {
+        MessageKind::Positions => match decode_positions(payload, &ctx) {
+            Ok(mut decoded) => {
+                let mut indices = valid_indices(decoded.total, &decoded.rejections);
+                enforce_ownership(
+                    &mut decoded.items,
+                    &mut decoded.rejections,
+                    suppliers,
+                    &mut indices,
+                );
+                batch.positions = decoded.items;
+                (decoded.total, decoded.rejections)
+            }
+            Err(e) => {
+                metrics::counter!("movewatch_ingest_points_total").increment(1);
+                batch.dead_letters.push(whole_message_letter(
+                    e.reason,
+                    e.detail,
+                    Some(supplier),
+                    Some(topic),
+                    payload,
+                ));
+                return batch;
+            }
+        },
+        MessageKind::Events => match decode_events(payload, &ctx) {
+            Ok(decoded) => {
+                batch.events = decoded.items;
+                (decoded.total, decoded.rejections)
+            }
+            Err(e) => {
+                metrics::counter!("movewatch_ingest_points_total").increment(1);
+                batch.dead_letters.push(whole_message_letter(
+                    e.reason,
+                    e.detail,
+                    Some(supplier),
+                    Some(topic),
+                    payload,
+                ));
+                return batch;
+            }
+        },
+    };
+    metrics::counter!("movewatch_ingest_points_total").increment(total as u64);
+    for r in &rejections {
+        count_rejected(r.reason, 1);
+        batch.dead_letters.push(DeadLetter::from_rejection(
+            r,
+            Some(supplier),
+            &batch.source,
+            batch.received_at,
+        ));
+    }
+    batch
+}
+
+/// Decodes a `POST /tracks` body for an authenticated supplier. Errors when
+/// the body as a whole is unusable (400 or 413); otherwise returns the batch
+/// and the rejections (with their indices) for the reply.
+pub fn batch_from_http(
+    body: &[u8],
+    supplier: SupplierId,
+    suppliers: &crate::Suppliers,
+    commit: CommitToken,
+) -> Result<(IngestBatch, Vec<usize>, Vec<Rejection>), model::PayloadError> {
+    let mut batch = empty_batch(Source::Http, commit);
+    let ctx = DecodeContext {
+        supplier,
+        topic_vehicle: None,
+        now: batch.received_at,
+        shape: Shape::Array,
+    };
+    let mut decoded = match decode_positions(body, &ctx) {
+        Ok(d) => d,
+        Err(e) => {
+            count_rejected(e.reason, 1);
+            return Err(e);
+        }
+    };
+    let mut indices = valid_indices(decoded.total, &decoded.rejections);
+    enforce_ownership(
+        &mut decoded.items,
+        &mut decoded.rejections,
+        suppliers,
+        &mut indices,
+    );
+    metrics::counter!("movewatch_ingest_points_total").increment(decoded.total as u64);
+    decoded.rejections.sort_by_key(|r| r.index);
+    for r in &decoded.rejections {
+        count_rejected(r.reason, 1);
+        batch.dead_letters.push(DeadLetter::from_rejection(
+            r,
+            Some(supplier.as_str()),
+            &batch.source,
+            batch.received_at,
+        ));
+    }
+    batch.positions = decoded.items;
+    Ok((batch, indices, decoded.rejections))
+}

@@ -1,0 +1,151 @@
+//! The MQTT source: a QoS 1 subscriber with a persistent session and manual
+//! acknowledgements.
+//!
+//! Two tasks. The *poll* task drives rumqttc's event loop, decodes each
+//! publish into a batch and sends it on; it never awaits an acknowledgement
+//! (rumqttc's requests are served by that same loop, so it would deadlock).
+//! The *ack* task receives each message's commit receiver in arrival order,
+//! waits for the store, then acknowledges. A message whose batch is never
+//! committed (the engine stops first) is not acknowledged, so the broker
+//! delivers it again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::topic::{EVENTS_FILTER, POSITIONS_FILTER};
+use model::{CommitOutcome, CommitToken, IngestBatch};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::{IngestError, Suppliers, batch_from_mqtt};
+
+/// How the engine connects to its broker.
+#[derive(Debug, Clone)]
+pub struct MqttSourceConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Fixed client id: the broker keeps the session (subscriptions and
+    /// unacknowledged messages) under it across engine restarts.
+    pub client_id: String,
+    /// Credentials, if the broker needs them.
+    pub credentials: Option<(String, String)>,
+    /// How many received messages may wait for their commit at once.
+    pub max_pending_acks: usize,
+}
+
+/// A running MQTT source.
+#[derive(Debug)]
+pub struct MqttSource {
+    /// True while connected to the broker (for `/readyz`).
+    pub connected: watch::Receiver<bool>,
+    /// The client, for a clean disconnect at shutdown.
+    pub client: AsyncClient,
+    /// The poll task.
+    pub poll_task: JoinHandle<()>,
+    /// The ack task.
+    pub ack_task: JoinHandle<()>,
+}
+
+/// Connects and starts the two tasks. Batches go to `out`.
+pub fn spawn_mqtt_source(
+    config: MqttSourceConfig,
+    suppliers: Arc<Suppliers>,
+    out: mpsc::Sender<IngestBatch>,
+) -> Result<MqttSource, IngestError> {
+    let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1024 * 1024, 1024 * 1024);
+    if let Some((user, pass)) = &config.credentials {
+        options.set_credentials(user.clone(), pass.clone());
+    }
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (connected_tx, connected) = watch::channel(false);
+    let (ack_tx, ack_rx) = mpsc::channel(config.max_pending_acks.max(1));
+    let poll_task = tokio::spawn(poll_loop(
+        eventloop,
+        client.clone(),
+        suppliers,
+        out,
+        ack_tx,
+        connected_tx,
+    ));
+    let ack_task = tokio::spawn(ack_loop(client.clone(), ack_rx));
+    Ok(MqttSource {
+        connected,
+        client,
+        poll_task,
+        ack_task,
+    })
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    suppliers: Arc<Suppliers>,
+    out: mpsc::Sender<IngestBatch>,
+    acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, Publish)>,
+    connected: watch::Sender<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                connected.send_replace(true);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to MQTT broker"
+                );
+                // Subscribe on every connect: harmless when the session already has them.
+                for filter in [POSITIONS_FILTER, EVENTS_FILTER] {
+                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, filter, "cannot queue subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let (commit, committed) = CommitToken::new();
+                let batch = batch_from_mqtt(&publish.topic, &publish.payload, &suppliers, commit);
+                // Both sends are bounded: a slow pipeline holds us here and the
+                // broker's in-flight window holds the devices' messages.
+                if out.send(batch).await.is_err() || acks.send((committed, publish)).await.is_err()
+                {
+                    tracing::info!("pipeline closed; MQTT source stopping");
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                connected.send_replace(false);
+                failures += 1;
+                let wait = Duration::from_millis((100u64 << failures.min(5)).min(3_000));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost; reconnecting");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn ack_loop(
+    client: AsyncClient,
+    mut pending: mpsc::Receiver<(oneshot::Receiver<CommitOutcome>, Publish)>,
+) {
+    while let Some((committed, publish)) = pending.recv().await {
+        match committed.await {
+            Ok(_) => {
+                if let Err(e) = client.ack(&publish).await {
+                    tracing::warn!(error = %e, "cannot acknowledge; the broker will redeliver");
+                }
+            }
+            Err(_) => {
+                tracing::debug!(topic = %publish.topic, "batch not committed; message left unacknowledged")
+            }
+        }
+    }
+}
