@@ -69,7 +69,12 @@ impl VehicleState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// A vehicle's live position moved.
-    Position(PositionView),
+    Position {
+        /// The new live view.
+        view: PositionView,
+        /// The supplier reporting the vehicle (for scoping).
+        supplier: SupplierId,
+    },
 }
 
 /// The live state of every vehicle.
@@ -139,7 +144,10 @@ impl Tracker {
                 }
             };
             moved.push((p.vehicle, previous.map(|q| (q.lat, q.lon)), (p.lat, p.lon)));
-            updates.push(Update::Position(view));
+            updates.push(Update::Position {
+                view,
+                supplier: p.supplier,
+            });
         }
         if !moved.is_empty() {
             // One lock per batch, never held across an await (there is none here).

@@ -1,1 +1,136 @@
+//! The people-facing edge of movewatch: WebSocket fan-out with scoped
+//! channels, REST, health and metrics endpoints, and the web pages.
+//!
+//! Fan-out: the pipeline hands [`Hub::publish`] the tracker's updates; each
+//! frame is serialised once into shared bytes and broadcast. Every client
+//! reads the broadcast at its own pace; a client that falls behind the
+//! broadcast's bound loses the oldest frames and is sent a fresh snapshot
+//! instead (it conflates to the latest state; others are never delayed).
 
+mod auth;
+mod hub;
+mod pages;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use model::Site;
+use serde_json::json;
+use tokio::sync::watch;
+use tracker::Tracker;
+
+pub use auth::{Access, Auth};
+pub use hub::Hub;
+
+/// What `/readyz` checks.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// True while the engine's MQTT client is connected.
+    pub broker: watch::Receiver<bool>,
+    /// True while store writes succeed.
+    pub store: watch::Receiver<bool>,
+}
+
+/// Everything the gateway's handlers share.
+#[derive(Clone)]
+pub struct Gateway {
+    /// Live vehicle state.
+    pub tracker: Arc<Tracker>,
+    /// The fan-out hub.
+    pub hub: Hub,
+    /// Token checks.
+    pub auth: Arc<Auth>,
+    /// The loaded sites.
+    pub sites: Arc<Vec<Site>>,
+    /// The store, for history and its health.
+    pub store: store::Store,
+    /// For `/readyz`.
+    pub readiness: Readiness,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/sites", get(api_sites))
+        .route("/api/vehicles", get(api_vehicles))
+        .route("/ws", get(ws::upgrade))
+        .merge(pages::routes())
+        .with_state(gateway)
+}
+
+async fn readyz(State(g): State<Gateway>) -> Response {
+    let broker = *g.readiness.broker.borrow();
+    let store = *g.readiness.store.borrow() && g.store.ping().await.is_ok();
+    let status = if broker && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": broker && store, "broker": broker, "store": store})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(g): State<Gateway>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        g.metrics.render(),
+    )
+        .into_response()
+}
+
+/// JSON error bodies: `{"error": code, "message": ..}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message})),
+    )
+        .into_response()
+}
+
+async fn api_sites(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    query: axum::extract::RawQuery,
+) -> Response {
+    match g.auth.from_request(&headers, query.0.as_deref()) {
+        Err(r) => r,
+        Ok(access) => {
+            let visible: Vec<&Site> = g
+                .sites
+                .iter()
+                .filter(|s| access.may_see_site(&s.id))
+                .collect();
+            axum::Json(visible).into_response()
+        }
+    }
+}
+
+async fn api_vehicles(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    query: axum::extract::RawQuery,
+) -> Response {
+    match g.auth.from_request(&headers, query.0.as_deref()) {
+        Err(r) => r,
+        Ok(Access::ControlRoom) => axum::Json(g.tracker.snapshot()).into_response(),
+        Ok(_) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the vehicle list is for the control room",
+        ),
+    }
+}

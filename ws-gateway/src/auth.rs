@@ -1,0 +1,114 @@
+//! Tokens and what they may see. Tokens are compared in constant time and never logged.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use model::config::{RoleName, TokenConfig};
+use model::wire::Channel;
+use model::{SiteId, SupplierId};
+use subtle::ConstantTimeEq;
+
+/// What a token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Every channel and route.
+    ControlRoom,
+    /// Only these sites' boards.
+    Site(Vec<SiteId>),
+    /// Only this supplier's vehicles.
+    Supplier(SupplierId),
+}
+
+impl Access {
+    /// Whether a site (its fence, its board) is within scope.
+    pub fn may_see_site(&self, site: &SiteId) -> bool {
+        match self {
+            Access::ControlRoom | Access::Supplier(_) => true,
+            Access::Site(sites) => sites.contains(site),
+        }
+    }
+
+    /// Whether the token may subscribe to a channel at all (per-vehicle
+    /// visibility within a channel is decided per frame).
+    pub fn may_subscribe(&self, channel: &Channel) -> bool {
+        match (self, channel) {
+            (Access::ControlRoom, _) => true,
+            (Access::Site(sites), Channel::Site(id)) => sites.contains(id),
+            (Access::Site(_), _) => false,
+            // Suppliers see their own vehicles only; the fleet and site channels carry others'.
+            (Access::Supplier(_), Channel::Vehicle(_)) => true,
+            (Access::Supplier(_), _) => false,
+        }
+    }
+}
+
+/// The configured tokens.
+pub struct Auth {
+    tokens: Vec<(Vec<u8>, Access)>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Auth({} tokens)", self.tokens.len())
+    }
+}
+
+impl Auth {
+    /// From the `[[tokens]]` of the config (already validated).
+    pub fn from_config(tokens: &[TokenConfig]) -> Self {
+        let tokens = tokens
+            .iter()
+            .filter_map(|t| {
+                let access = match t.role {
+                    RoleName::ControlRoom => Access::ControlRoom,
+                    RoleName::Site => Access::Site(t.sites.clone()),
+                    RoleName::Supplier => Access::Supplier(t.supplier?),
+                };
+                Some((t.token.as_bytes().to_vec(), access))
+            })
+            .collect();
+        Auth { tokens }
+    }
+
+    /// The access a token grants, comparing against every token in constant time.
+    pub fn check(&self, token: &str) -> Option<Access> {
+        let mut found = None;
+        for (known, access) in &self.tokens {
+            if bool::from(known.as_slice().ct_eq(token.as_bytes())) {
+                found = Some(access.clone());
+            }
+        }
+        found
+    }
+
+    /// The token of a request: `Authorization: Bearer` or `?token=`.
+    pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+        if let Some(bearer) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            return Some(bearer.trim());
+        }
+        query?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+    }
+
+    /// The access of a request, or the 401 reply.
+    #[allow(clippy::result_large_err)]
+    pub fn from_request(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Access, Response> {
+        let Some(token) = Self::token_of(headers, query) else {
+            return Err(crate::error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a token is required (Authorization: Bearer or ?token=)",
+            ));
+        };
+        self.check(token)
+            .ok_or_else(|| crate::error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    }
+}

@@ -1,0 +1,71 @@
+//! Serialise once, share everywhere.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use model::wire::Frame;
+use tokio::sync::broadcast;
+use tracker::Update;
+
+/// How many frames a client may fall behind before it loses the oldest
+/// (and is re-sent a snapshot instead).
+pub const CLIENT_BACKLOG: usize = 4096;
+
+/// A frame serialised once, with what it concerns for per-client filtering.
+#[derive(Debug, Clone)]
+pub struct SharedFrame {
+    /// The JSON text, shared by every client.
+    pub text: Utf8Bytes,
+    /// The vehicle it concerns.
+    pub vehicle: model::VehicleId,
+    /// The supplier reporting that vehicle.
+    pub supplier: model::SupplierId,
+}
+
+/// The fleet-wide broadcast.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    fleet: broadcast::Sender<Arc<SharedFrame>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// A hub with no subscribers.
+    pub fn new() -> Self {
+        Hub {
+            fleet: broadcast::channel(CLIENT_BACKLOG).0,
+        }
+    }
+
+    /// Serialises and broadcasts the tracker's updates for one batch;
+    /// `received` is when the broker handed the batch to the engine.
+    pub fn publish(&self, updates: Vec<Update>, received: Instant) {
+        for update in updates {
+            let frame = match update {
+                Update::Position { view, supplier } => {
+                    let vehicle = view.vehicle;
+                    SharedFrame {
+                        text: Utf8Bytes::from(Frame::Position(view).to_json()),
+                        vehicle,
+                        supplier,
+                    }
+                }
+            };
+            // No receivers is fine: nobody is watching.
+            let _ = self.fleet.send(Arc::new(frame));
+        }
+        metrics::histogram!("movewatch_pipeline_latency_seconds")
+            .record(received.elapsed().as_secs_f64());
+    }
+
+    /// A new receiver of the fleet broadcast.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedFrame>> {
+        self.fleet.subscribe()
+    }
+}
