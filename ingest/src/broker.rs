@@ -93,9 +93,10 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
             }
         })
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    // Wait until it accepts connections, so callers can connect at once.
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(config.listen).is_ok() {
+    // Wait until it has bound its port (binding then fails), so callers can
+    // connect at once; probing with a connection would make rumqttd log an error.
+    for _ in 0..500 {
+        if !port_is_free(config.listen) {
             tracing::info!(addr = %config.listen, "embedded MQTT broker listening");
             return Ok(EmbeddedBroker {
                 addr: config.listen,

@@ -1,1 +1,276 @@
+//! The movewatch engine, wired: broker → ingest → tracker → gateway and store.
+//! `main.rs` is the command line around [`Engine::start`].
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use ingest::Suppliers;
+use ingest::broker::{EmbeddedBrokerConfig, start_embedded_broker};
+use ingest::mqtt::{MqttSource, MqttSourceConfig, spawn_mqtt_source};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use model::config::{Config, parse_mqtt_url};
+use model::{IngestBatch, Site};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracker::{Tracker, TrackerConfig};
+use ws_gateway::{Auth, Gateway, Hub, Readiness};
+
+/// Batches between intake and the tracker, and between the tracker and the store.
+/// With the broker's in-flight window this bounds what the engine holds.
+const PIPELINE_CAPACITY: usize = 1024;
+
+/// The shipped sites, used when the configured default file is absent.
+const SHIPPED_SITES: &str = include_str!("../../data/sites.csv");
+
+/// A running engine.
+pub struct Engine {
+    /// Where HTTP and WebSocket listen.
+    pub http_addr: SocketAddr,
+    /// The broker the engine subscribes to (embedded or external).
+    pub mqtt_addr: (String, u16),
+    /// Whether the broker is the embedded one.
+    pub embedded_broker: bool,
+    /// Live state.
+    pub tracker: Arc<Tracker>,
+    /// The store.
+    pub store: store::Store,
+    /// The loaded sites.
+    pub sites: Arc<Vec<Site>>,
+    mqtt: MqttSource,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn prometheus() -> anyhow::Result<PrometheusHandle> {
+    // Installed once per process; a lock, not a OnceLock, because two engines
+    // starting at once (tests) must not both try to install it.
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut slot = HANDLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("movewatch_pipeline_latency_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("movewatch_store_write_seconds".into()),
+            &[
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
+        )?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // Pre-register every series so /metrics shows them before the first point.
+    metrics::counter!("movewatch_ingest_points_total").increment(0);
+    for reason in model::Reason::ALL {
+        metrics::counter!("movewatch_ingest_rejected_total", "reason" => reason.as_str())
+            .increment(0);
+    }
+    metrics::gauge!("movewatch_tracked_vehicles").set(0.0);
+    metrics::gauge!("movewatch_ws_clients").set(0.0);
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Loads every configured sites file; any error fails the whole load.
+pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
+    let mut sites = Vec::new();
+    for file in &config.sites.files {
+        let is_default = config.sites.files.len() == 1 && file == Path::new("data/sites.csv");
+        if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("geojson") || e.eq_ignore_ascii_case("json"))
+        {
+            bail!(
+                "{}: GeoJSON site fences are not supported yet; list CSV files in [sites] files",
+                file.display()
+            );
+        }
+        let loaded = if is_default && !file.exists() {
+            tracing::warn!(
+                "{} not found; using the sites shipped with movewatch",
+                file.display()
+            );
+            model::site::parse_sites_csv(SHIPPED_SITES, "shipped sites.csv")?
+        } else {
+            model::site::load_sites_csv(file)?
+        };
+        sites.extend(loaded);
+    }
+    let mut ids = std::collections::HashSet::new();
+    if let Some(dup) = sites.iter().find(|s| !ids.insert(s.id.clone())) {
+        bail!("site {} is defined in more than one sites file", dup.id);
+    }
+    Ok(sites)
+}
+
+impl Engine {
+    /// Starts everything the config describes. With `mqtt.url` unset the
+    /// embedded broker starts on `mqtt.listen`, which must be free.
+    pub async fn start(config: Config) -> anyhow::Result<Engine> {
+        let metrics = prometheus()?;
+        let sites = Arc::new(load_sites(&config)?);
+        let suppliers = Arc::new(Suppliers::from_config(&config.suppliers));
+        if suppliers.is_open() {
+            tracing::warn!("no [[suppliers]] configured: accepting points from any supplier");
+        }
+
+        let store = store::Store::open(&config.store.url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", config.store.url))?;
+        let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
+        let restored = store
+            .latest_positions()
+            .await
+            .context("cannot read live state back from the store")?;
+        for p in &restored {
+            suppliers.claim(p.vehicle, p.supplier);
+        }
+        tracker.restore(restored);
+
+        let (mqtt_host, mqtt_port, embedded_broker, credentials) = match &config.mqtt.url {
+            Some(url) => {
+                let (host, port) = parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
+                let creds = config
+                    .mqtt
+                    .username
+                    .clone()
+                    .zip(config.mqtt.password.clone());
+                (host, port, false, creds)
+            }
+            None => {
+                let mut users: std::collections::HashMap<String, String> = config
+                    .suppliers
+                    .iter()
+                    .filter_map(|s| Some((s.id.to_string(), s.mqtt_password.clone()?)))
+                    .collect();
+                let creds = if users.is_empty() {
+                    None
+                } else {
+                    let engine_password = random_token(32);
+                    users.insert(config.mqtt.client_id.clone(), engine_password.clone());
+                    Some((config.mqtt.client_id.clone(), engine_password))
+                };
+                let broker = start_embedded_broker(EmbeddedBrokerConfig {
+                    listen: config.mqtt.listen,
+                    users,
+                    max_inflight: 1000,
+                })?;
+                (
+                    broker.addr.ip().to_string(),
+                    broker.addr.port(),
+                    true,
+                    creds,
+                )
+            }
+        };
+
+        let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {}: set [http] listen to a free address",
+                    config.http.listen
+                )
+            })?;
+        let http_addr = http_listener.local_addr()?;
+
+        let (ingest_tx, mut ingest_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
+        let (store_tx, store_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
+        let (store_healthy_tx, store_healthy) = watch::channel(true);
+        let writer = store::spawn_writer(
+            store.clone(),
+            store_rx,
+            store::WriterConfig::default(),
+            store_healthy_tx,
+        );
+
+        let hub = Hub::new();
+        let pipeline = {
+            let (tracker, hub) = (tracker.clone(), hub.clone());
+            tokio::spawn(async move {
+                while let Some(mut batch) = ingest_rx.recv().await {
+                    let updates = tracker.apply(&mut batch);
+                    hub.publish(updates, batch.received);
+                    if store_tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+
+        let mqtt = spawn_mqtt_source(
+            MqttSourceConfig {
+                host: mqtt_host.clone(),
+                port: mqtt_port,
+                client_id: config.mqtt.client_id.clone(),
+                credentials,
+                max_pending_acks: PIPELINE_CAPACITY,
+            },
+            suppliers.clone(),
+            ingest_tx.clone(),
+        )?;
+
+        let gateway = Gateway {
+            tracker: tracker.clone(),
+            hub,
+            auth: Arc::new(Auth::from_config(&config.tokens)),
+            sites: sites.clone(),
+            store: store.clone(),
+            readiness: Readiness {
+                broker: mqtt.connected.clone(),
+                store: store_healthy,
+            },
+            metrics,
+        };
+        let app =
+            ws_gateway::router(gateway).merge(ingest::http::tracks_router(suppliers, ingest_tx));
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), "movewatch engine started");
+        Ok(Engine {
+            http_addr,
+            mqtt_addr: (mqtt_host, mqtt_port),
+            embedded_broker,
+            tracker,
+            store,
+            sites,
+            mqtt,
+            tasks: vec![writer, pipeline, server],
+        })
+    }
+
+    /// Whether the engine's MQTT client is connected now.
+    pub fn mqtt_connected(&self) -> bool {
+        *self.mqtt.connected.borrow()
+    }
+
+    /// Stops the engine's tasks (the embedded broker lives until the process ends).
+    pub fn stop(self) {
+        self.mqtt.poll_task.abort();
+        self.mqtt.ack_task.abort();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A random token of `len` URL-safe characters.
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}

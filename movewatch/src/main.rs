@@ -1,1 +1,264 @@
-fn main() {}
+//! `movewatch serve | demo | simulate`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use model::config::{Config, RoleName, SupplierConfig, TokenConfig, parse_mqtt_url};
+use movewatch::{Engine, load_sites, random_token};
+
+#[derive(Parser)]
+#[command(
+    name = "movewatch",
+    version,
+    about = "Real-time GPS tracking for prisoner escort vans"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine from a TOML config (every key defaults as in the contract).
+    Serve {
+        /// The config file; without it, the contract's defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Use an external broker (`mqtt://host:port`) instead of the embedded one.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Use this store instead of the config's (`postgres://…` or `sqlite://…`).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Run everything on the defaults with a simulated fleet, and print the page address.
+    Demo {
+        /// Vans in the simulated fleet.
+        #[arg(long, default_value_t = 50)]
+        vehicles: usize,
+        /// HTTP and WebSocket address (a taken port is replaced by a free one; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
+        /// Embedded broker address (a taken port is replaced by a free one; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt_listen: SocketAddr,
+        /// Where the embedded store lives.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Seconds between each van's fixes.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Drive simulated vans between real sites, publishing to a broker.
+    Simulate {
+        /// How many vans.
+        #[arg(long, default_value_t = 100)]
+        vehicles: usize,
+        /// Time between a van's fixes (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// How long to run (e.g. 60s, 10m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+        mqtt_url: String,
+        /// Sites CSV to drive between.
+        #[arg(long, default_value = "data/sites.csv")]
+        sites: PathBuf,
+        /// Seed: the same seed drives the same fleet.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Broker passwords as supplier=password (for brokers that check them).
+        #[arg(long = "password", value_parser = parse_key_value)]
+        passwords: Vec<(String, String)>,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected supplier=password, got {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            mqtt_url,
+            database_url,
+        } => serve(config, mqtt_url, database_url).await,
+        Command::Demo {
+            vehicles,
+            http_listen,
+            mqtt_listen,
+            data_dir,
+            interval,
+        } => demo(vehicles, http_listen, mqtt_listen, data_dir, interval).await,
+        Command::Simulate {
+            vehicles,
+            interval,
+            duration,
+            mqtt_url,
+            sites,
+            seed,
+            passwords,
+        } => {
+            let (host, port) = parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+            let sites = model::site::load_sites_csv(&sites)?;
+            eprintln!(
+                "simulating {vehicles} vans every {} for {} against {mqtt_url}",
+                humantime::format_duration(interval),
+                humantime::format_duration(duration)
+            );
+            let report = simulator::run(
+                simulator::SimConfig {
+                    vehicles,
+                    interval,
+                    duration: Some(duration),
+                    host,
+                    port,
+                    passwords: passwords.into_iter().collect(),
+                    seed,
+                    vans_per_connection: 100,
+                },
+                &sites,
+            )
+            .await?;
+            println!(
+                "published {} points from {} vans",
+                report.points, report.vehicles
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    config_path: Option<PathBuf>,
+    mqtt_url: Option<String>,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    let mut config = match &config_path {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if mqtt_url.is_some() {
+        config.mqtt.url = mqtt_url;
+    }
+    if let Some(url) = database_url {
+        config.store.url = url;
+    }
+    config.validate()?;
+    let engine = Engine::start(config).await?;
+    println!(
+        "movewatch serving on http://{} (MQTT {}:{})",
+        engine.http_addr, engine.mqtt_addr.0, engine.mqtt_addr.1
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    engine.stop();
+    Ok(())
+}
+
+/// A taken port becomes a free one on the same IP, and port 0 a chosen one, saying so.
+fn usable_addr(wanted: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
+    if wanted.port() != 0 && ingest::broker::port_is_free(wanted) {
+        return Ok(wanted);
+    }
+    let free = ingest::broker::free_port(wanted.ip())?;
+    if wanted.port() != 0 {
+        println!(
+            "{what} port {} is taken (another broker or server is running); using {free} instead",
+            wanted.port()
+        );
+    }
+    Ok(free)
+}
+
+async fn demo(
+    vehicles: usize,
+    http_listen: SocketAddr,
+    mqtt_listen: SocketAddr,
+    data_dir: PathBuf,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.mqtt.listen = usable_addr(mqtt_listen, "MQTT")?;
+    config.http.listen = usable_addr(http_listen, "HTTP")?;
+    config.store.url = format!("sqlite://{}", data_dir.join("movewatch-demo.db").display());
+    let mut passwords = HashMap::new();
+    for id in ["geoamey", "serco"] {
+        let password = random_token(24);
+        passwords.insert(id.to_owned(), password.clone());
+        config.suppliers.push(SupplierConfig {
+            id: id.parse()?,
+            api_key: Some(random_token(32)),
+            mqtt_password: Some(password),
+        });
+    }
+    let control_token = random_token(32);
+    config.tokens.push(TokenConfig {
+        token: control_token.clone(),
+        role: RoleName::ControlRoom,
+        sites: vec![],
+        supplier: None,
+    });
+    config.validate()?;
+
+    let sites = load_sites(&config)?;
+    let engine = Engine::start(config.clone()).await?;
+    println!();
+    println!(
+        "movewatch demo is running: embedded broker, embedded store, {vehicles} simulated vans"
+    );
+    println!(
+        "  fleet page:          http://{}/?token={control_token}",
+        engine.http_addr
+    );
+    println!("  control-room token:  {control_token}");
+    println!(
+        "  MQTT broker:         mqtt://{}:{}",
+        engine.mqtt_addr.0, engine.mqtt_addr.1
+    );
+    for s in &config.suppliers {
+        println!(
+            "  supplier {:<8}      POST /tracks key {}",
+            s.id.as_str(),
+            s.api_key.as_deref().unwrap_or("")
+        );
+    }
+    println!("  store:               {}", config.store.url);
+    println!("Press Ctrl-C to stop.");
+
+    let sim = simulator::SimConfig {
+        vehicles,
+        interval,
+        duration: None,
+        host: engine.mqtt_addr.0.clone(),
+        port: engine.mqtt_addr.1,
+        passwords,
+        seed: 2026,
+        vans_per_connection: 100,
+    };
+    let simulation = tokio::spawn(async move { simulator::run(sim, &sites).await });
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = simulation => { r??; }
+    }
+    engine.stop();
+    Ok(())
+}
