@@ -1,1 +1,22 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers for the benchmarks: realistic device payloads.
+
+use chrono::{Duration, Utc};
+
+/// One contract point as a device sends it, numbered `i`.
+pub fn point_json(vehicle: &str, i: usize) -> String {
+    let ts = Utc::now() - Duration::seconds(3600 - (i % 3600) as i64);
+    format!(
+        r#"{{"tracking_id":"{vehicle}-{i}","tracking_timestamp":"{}","vehicle_registration":"{vehicle}","latitude":{},"longitude":{},"journey_id":"5d1f0c3e-7b4a-4c1e-9f2a-{i:012}","speed":{},"bearing":{},"altitude":61.5,"precision_hdop":1.2,"precision_vdop":1.8,"vehicle_vin":"WF0XXXTTGXJA12345"}}"#,
+        ts.to_rfc3339(),
+        53.0 + (i % 1000) as f64 * 0.000_731,
+        -1.5 + (i % 997) as f64 * 0.000_517,
+        40.0 + (i % 60) as f64,
+        (i * 7 % 360) as f64,
+    )
+}
+
+/// An array payload of `n` points.
+pub fn array_json(vehicle: &str, n: usize) -> String {
+    let points: Vec<String> = (0..n).map(|i| point_json(vehicle, i)).collect();
+    format!("[{}]", points.join(","))
+}

@@ -20,6 +20,9 @@ use model::{IngestBatch, MoveId, Position, SupplierId, VehicleId};
 pub use index::{BoundingBox, haversine_m};
 use index::{VehicleIndex, indexed};
 
+/// A (latitude, longitude) pair in degrees.
+type LatLon = (f64, f64);
+
 /// Thresholds for bad-fix flags.
 #[derive(Debug, Clone, Copy)]
 pub struct TrackerConfig {
@@ -112,7 +115,8 @@ impl Tracker {
 
     /// Applies a batch: sets each point's flags and returns the live updates.
     pub fn apply(&self, batch: &mut IngestBatch) -> Vec<Update> {
-        let mut moved: Vec<(VehicleId, Option<(f64, f64)>, (f64, f64))> = Vec::new();
+        // (vehicle, old fix if any, new fix) for the index, applied under one lock.
+        let mut moved: Vec<(VehicleId, Option<LatLon>, LatLon)> = Vec::new();
         let mut updates = Vec::new();
         for p in &mut batch.positions {
             let mut entry = self.vehicles.entry(p.vehicle);
@@ -195,7 +199,7 @@ impl Tracker {
     /// Every vehicle's live view, sorted by registration.
     pub fn snapshot(&self) -> Vec<PositionView> {
         let mut all: Vec<PositionView> = self.vehicles.iter().map(|s| s.view()).collect();
-        all.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
+        all.sort_by_key(|v| v.vehicle);
         all
     }
 

@@ -1,5 +1,7 @@
 //! Tokens and what they may see. Tokens are compared in constant time and never logged.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use model::config::{RoleName, TokenConfig};
@@ -110,5 +112,50 @@ impl Auth {
         };
         self.check(token)
             .ok_or_else(|| crate::error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_header_or_the_decoded_query() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            Auth::token_of(&headers, Some("a=1&token=ab%2Bc%2Fd")).as_deref(),
+            Some("ab+c/d")
+        );
+        assert_eq!(Auth::token_of(&headers, Some("a=1")), None);
+        headers.insert("authorization", "Bearer xyz".parse().unwrap());
+        assert_eq!(
+            Auth::token_of(&headers, Some("token=other")).as_deref(),
+            Some("xyz")
+        );
+    }
+
+    #[test]
+    fn scopes() {
+        let token = |role, sites: &[&str], supplier: Option<&str>| TokenConfig {
+            token: format!("token-{role:?}"),
+            role,
+            sites: sites.iter().map(|s| s.parse().unwrap()).collect(),
+            supplier: supplier.map(|s| s.parse().unwrap()),
+        };
+        let auth = Auth::from_config(&[
+            token(RoleName::ControlRoom, &[], None),
+            token(RoleName::Site, &["LEI"], None),
+            token(RoleName::Supplier, &[], Some("serco")),
+        ]);
+        let site = auth.check("token-Site").unwrap();
+        assert!(site.may_subscribe(&Channel::parse("site:LEI").unwrap()));
+        assert!(!site.may_subscribe(&Channel::parse("site:WDI").unwrap()));
+        assert!(!site.may_subscribe(&Channel::Fleet));
+        assert!(!site.may_subscribe(&Channel::parse("vehicle:AB12CDE").unwrap()));
+        let control = auth.check("token-ControlRoom").unwrap();
+        assert!(control.may_subscribe(&Channel::Fleet));
+        let supplier = auth.check("token-Supplier").unwrap();
+        assert!(!supplier.may_subscribe(&Channel::Fleet));
+        assert!(auth.check("token-Nobody").is_none());
     }
 }

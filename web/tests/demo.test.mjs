@@ -1,0 +1,259 @@
+// Browser test of the live fleet page against the real engine in demo mode.
+//
+//   node --test web/tests/
+//
+// Starts `movewatch demo` (MOVEWATCH_BIN, default <repo>/target/debug/movewatch)
+// on free ports with a fresh data directory, and drives the system Chromium
+// (/usr/bin/chromium, or CHROMIUM_PATH) with playwright-core. No browser is
+// ever downloaded.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '..', '..');
+const BIN = process.env.MOVEWATCH_BIN
+  ? path.resolve(process.env.MOVEWATCH_BIN)
+  : path.join(REPO, 'target', 'debug', 'movewatch');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = path.join(REPO, 'artifacts');
+const URL_RE = /http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]+/;
+
+const STARTUP_MS = 60_000;
+const FLEET_MS = 30_000;
+
+let engine = null; // child process
+let engineOutput = ''; // stdout + stderr, for diagnostics
+let pageUrl = null; // http://127.0.0.1:<port>/?token=<token>
+let origin = null; // http://127.0.0.1:<port>
+let token = null;
+let context = null; // persistent browser context (fresh user-data-dir)
+const tempDirs = [];
+
+function tail(text, n = 4000) {
+  return text.length > n ? `…${text.slice(-n)}` : text;
+}
+
+function killEngine() {
+  if (engine && engine.exitCode === null && engine.signalCode === null) {
+    try {
+      engine.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+// Last resort if the runner dies without reaching after().
+process.on('exit', killEngine);
+
+function startEngine() {
+  if (!existsSync(BIN)) {
+    throw new Error(`movewatch binary not found at ${BIN}; run \`cargo build -p movewatch\` or set MOVEWATCH_BIN`);
+  }
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-web-test-data-'));
+  tempDirs.push(dataDir);
+  const args = ['demo', '--http-listen', '127.0.0.1:0', '--mqtt-listen', '127.0.0.1:0', '--data-dir', dataDir];
+  engine = spawn(BIN, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+
+  return new Promise((resolve, reject) => {
+    let stdout = '';
+    const timer = setTimeout(() => {
+      reject(new Error(`no page URL on movewatch's stdout within ${STARTUP_MS / 1000} s; output:\n${tail(engineOutput)}`));
+    }, STARTUP_MS);
+    engine.stdout.setEncoding('utf8');
+    engine.stderr.setEncoding('utf8');
+    engine.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      engineOutput += chunk;
+      if (engineOutput.length > 200_000) engineOutput = engineOutput.slice(-100_000);
+      const m = URL_RE.exec(stdout);
+      if (m && !pageUrl) {
+        pageUrl = m[0];
+        const u = new URL(pageUrl);
+        origin = u.origin;
+        token = u.searchParams.get('token');
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    engine.stderr.on('data', (chunk) => {
+      engineOutput += chunk;
+      if (engineOutput.length > 200_000) engineOutput = engineOutput.slice(-100_000);
+    });
+    engine.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`could not start ${BIN}: ${err.message}`));
+    });
+    engine.on('exit', (code, signal) => {
+      if (!pageUrl) {
+        clearTimeout(timer);
+        reject(new Error(`movewatch exited early (code ${code}, signal ${signal}); output:\n${tail(engineOutput)}`));
+      }
+    });
+  });
+}
+
+async function stopEngine() {
+  if (!engine || engine.exitCode !== null || engine.signalCode !== null) return;
+  const exited = new Promise((resolve) => engine.once('exit', resolve));
+  engine.kill('SIGTERM');
+  const timer = setTimeout(killEngine, 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+before(async () => {
+  await startEngine();
+  const userDataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-web-test-chromium-'));
+  tempDirs.push(userDataDir);
+  // launchPersistentContext is how Playwright takes a --user-data-dir.
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-quic',
+    ],
+    viewport: { width: 1280, height: 1000 },
+    timeout: 60_000,
+  });
+});
+
+after(async () => {
+  try {
+    if (context) await context.close();
+  } catch {
+    /* browser already gone */
+  }
+  try {
+    await stopEngine();
+  } finally {
+    killEngine();
+    for (const dir of tempDirs) {
+      try {
+        rmSync(dir, { recursive: true, force: true });
+      } catch {
+        /* best effort */
+      }
+    }
+  }
+});
+
+/** A new tab that records console errors and uncaught page errors. */
+async function openPage() {
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(`console.error: ${msg.text()}`);
+  });
+  page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
+  return { page, errors };
+}
+
+async function positions(page) {
+  return page.evaluate(() => {
+    const out = {};
+    for (const [vehicle, p] of window.movewatchState.vehicles) out[vehicle] = [p.lat, p.lon];
+    return out;
+  });
+}
+
+test('demo page shows vans moving', { timeout: 120_000 }, async () => {
+  const { page, errors } = await openPage();
+  try {
+    await page.goto(pageUrl, { waitUntil: 'load' });
+    await page.getByRole('heading', { level: 1, name: 'movewatch — fleet' }).waitFor();
+
+    try {
+      await page.waitForFunction(
+        () => Number(document.querySelector('#vehicle-count')?.dataset.count) >= 40,
+        null,
+        { timeout: FLEET_MS, polling: 250 },
+      );
+    } catch (err) {
+      const count = await page.locator('#vehicle-count').getAttribute('data-count').catch(() => '?');
+      const status = await page.locator('#connection-status').textContent().catch(() => '?');
+      throw new Error(
+        `fewer than 40 vehicles within ${FLEET_MS / 1000} s (data-count=${count}, status=${status}); ` +
+          `page errors: ${JSON.stringify(errors)}; engine output:\n${tail(engineOutput)}`,
+        { cause: err },
+      );
+    }
+
+    const count = Number(await page.locator('#vehicle-count').getAttribute('data-count'));
+    assert.match(await page.locator('#vehicle-count').innerText(), new RegExp(`^${count} vehicles live$`));
+    assert.equal(await page.locator('#connection-status').innerText(), 'Live');
+
+    const first = await positions(page);
+    assert.ok(Object.keys(first).length >= 40, `expected ≥ 40 vehicles in movewatchState, got ${Object.keys(first).length}`);
+    await page.waitForTimeout(3_000);
+    const second = await positions(page);
+    const moved = Object.keys(first).filter((v) => {
+      const b = second[v];
+      return b && (b[0] !== first[v][0] || b[1] !== first[v][1]);
+    });
+    assert.ok(moved.length >= 10, `expected ≥ 10 vehicles to move in 3 s, ${moved.length} did`);
+
+    // The text alternative lists the vehicles, sorted by registration.
+    await page.waitForFunction(
+      () => document.querySelectorAll('#vehicle-table tbody tr').length >= 40,
+      null,
+      { timeout: 5_000 },
+    );
+    const regs = await page.locator('#vehicle-table tbody tr > :first-child').allInnerTexts();
+    assert.deepEqual(regs, [...regs].sort());
+    assert.equal(await page.locator('#vehicle-table caption').innerText(), 'Vehicles');
+    assert.equal(await page.locator('canvas#map').getAttribute('role'), 'img');
+    assert.ok((await page.locator('canvas#map').getAttribute('aria-label'))?.length > 20);
+
+    // The token is never shown.
+    assert.ok(!page.url().includes(token), 'token left in the address bar');
+    assert.ok(!(await page.locator('body').innerText()).includes(token), 'token displayed on the page');
+
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'demo-fleet.png'), fullPage: false });
+
+    assert.deepEqual(errors, [], 'console errors or page errors');
+  } finally {
+    await page.close();
+  }
+});
+
+test('token form appears without a token', { timeout: 60_000 }, async () => {
+  const { page } = await openPage();
+  try {
+    await page.goto(`${origin}/`, { waitUntil: 'load' });
+    const input = page.getByLabel('Access token', { exact: true });
+    await input.waitFor({ state: 'visible', timeout: 10_000 });
+    assert.equal(await input.getAttribute('type'), 'password');
+    await page.getByRole('button', { name: 'Continue' }).waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#token-error').isVisible(), false);
+  } finally {
+    await page.close();
+  }
+});
+
+test('a wrong token is refused', { timeout: 60_000 }, async () => {
+  const { page } = await openPage();
+  try {
+    await page.goto(`${origin}/?token=wrong-token-123`, { waitUntil: 'load' });
+    await page.getByText('Token not accepted').waitFor({ state: 'visible', timeout: 15_000 });
+    await page.getByLabel('Access token', { exact: true }).waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#vehicle-count').getAttribute('data-count'), '0');
+    assert.ok(!(await page.locator('body').innerText()).includes('wrong-token-123'), 'token displayed on the page');
+  } finally {
+    await page.close();
+  }
+});
