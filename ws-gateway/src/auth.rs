@@ -82,18 +82,18 @@ impl Auth {
         found
     }
 
-    /// The token of a request: `Authorization: Bearer` or `?token=`.
-    pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    /// The token of a request: `Authorization: Bearer` or `?token=` (percent-decoded).
+    pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
         if let Some(bearer) = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         {
-            return Some(bearer.trim());
+            return Some(Cow::Borrowed(bearer.trim()));
         }
-        query?
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("token="))
+        form_urlencoded::parse(query?.as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value)
     }
 
     /// The access of a request, or the 401 reply.
@@ -110,7 +110,7 @@ impl Auth {
                 "a token is required (Authorization: Bearer or ?token=)",
             ));
         };
-        self.check(token)
+        self.check(&token)
             .ok_or_else(|| crate::error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
     }
 }
