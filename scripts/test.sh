@@ -209,7 +209,7 @@ fi
 # ---------------------------------------------------------------------------
 step "cargo build -p movewatch"
 cargo build -p movewatch --quiet
-export MOVEWATCH_BIN="${MOVEWATCH_BIN:-$REPO/target/debug/movewatch}"
+export MOVEWATCH_BIN="${MOVEWATCH_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/movewatch}"
 [ -x "$MOVEWATCH_BIN" ] || die "$MOVEWATCH_BIN was not built"
 
 step "node --test web/tests/ (fleet page in Chromium against movewatch demo)"
