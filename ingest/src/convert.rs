@@ -131,48 +131,36 @@ pub fn batch_from_mqtt(
         now: batch.received_at,
         shape: Shape::ObjectOrArray,
     };
-    let (total, rejections) = match parsed.kind {
-        MessageKind::Positions => match decode_positions(payload, &ctx) {
-            Ok(mut decoded) => {
-                let mut indices = valid_indices(decoded.total, &decoded.rejections);
-                enforce_ownership(
-                    &mut decoded.items,
-                    &mut decoded.rejections,
-                    suppliers,
-                    &mut indices,
-                );
-                batch.positions = decoded.items;
-                (decoded.total, decoded.rejections)
-            }
-            Err(e) => {
-                metrics::counter!("movewatch_ingest_points_total").increment(1);
-                batch.dead_letters.push(whole_message_letter(
-                    e.reason,
-                    e.detail,
-                    Some(supplier),
-                    Some(topic),
-                    payload,
-                ));
-                return batch;
-            }
-        },
-        MessageKind::Events => match decode_events(payload, &ctx) {
-            Ok(decoded) => {
-                batch.events = decoded.items;
-                (decoded.total, decoded.rejections)
-            }
-            Err(e) => {
-                metrics::counter!("movewatch_ingest_points_total").increment(1);
-                batch.dead_letters.push(whole_message_letter(
-                    e.reason,
-                    e.detail,
-                    Some(supplier),
-                    Some(topic),
-                    payload,
-                ));
-                return batch;
-            }
-        },
+    let decoded = match parsed.kind {
+        MessageKind::Positions => decode_positions(payload, &ctx).map(|mut decoded| {
+            let mut indices = valid_indices(decoded.total, &decoded.rejections);
+            enforce_ownership(
+                &mut decoded.items,
+                &mut decoded.rejections,
+                suppliers,
+                &mut indices,
+            );
+            batch.positions = decoded.items;
+            (decoded.total, decoded.rejections)
+        }),
+        MessageKind::Events => decode_events(payload, &ctx).map(|decoded| {
+            batch.events = decoded.items;
+            (decoded.total, decoded.rejections)
+        }),
+    };
+    let (total, rejections) = match decoded {
+        Ok(counts) => counts,
+        Err(e) => {
+            metrics::counter!("movewatch_ingest_points_total").increment(1);
+            batch.dead_letters.push(whole_message_letter(
+                e.reason,
+                e.detail,
+                Some(supplier),
+                Some(topic),
+                payload,
+            ));
+            return batch;
+        }
     };
     metrics::counter!("movewatch_ingest_points_total").increment(total as u64);
     for r in &rejections {
