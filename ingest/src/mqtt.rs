@@ -39,7 +39,7 @@ pub struct MqttSourceConfig {
 /// A running MQTT source.
 #[derive(Debug)]
 pub struct MqttSource {
-    /// True while connected to the broker (for `/readyz`).
+    /// True while connected and subscribed (for `/readyz`).
     pub connected: watch::Receiver<bool>,
     /// The client, for a clean disconnect at shutdown.
     pub client: AsyncClient,
@@ -97,7 +97,6 @@ async fn poll_loop(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
-                connected.send_replace(true);
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
@@ -108,6 +107,10 @@ async fn poll_loop(
                         tracing::error!(error = %e, filter, "cannot queue subscription");
                     }
                 }
+            }
+            // Ready only once subscribed: before the SUBACK, new messages have no subscriber.
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                connected.send_replace(true);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let (commit, committed) = CommitToken::new();

@@ -32,6 +32,15 @@ fn config(dir: &tempfile::TempDir, external_mqtt: Option<&str>) -> Config {
 }
 
 async fn publisher(engine: &Engine) -> AsyncClient {
+    // Publish only once the engine is subscribed, or the broker has nobody to deliver to.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !engine.mqtt_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut options = MqttOptions::new(
         format!("test-publisher-{}", random_token(8)),
         engine.mqtt_addr.0.clone(),
