@@ -18,11 +18,19 @@ pub struct EmbeddedBrokerConfig {
     pub max_inflight: usize,
 }
 
+/// The username the engine itself uses on the embedded broker. The dot is
+/// outside the supplier id grammar, so no supplier can take it.
+pub const ENGINE_USER: &str = "movewatch.engine";
+
 /// A running embedded broker. It runs on its own threads until the process ends.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedBroker {
-    /// The address it listens on.
+    /// The address devices connect to.
     pub addr: SocketAddr,
+    /// The address the engine's own client connects to: the broker itself,
+    /// which is behind the topic guard on a private loopback port when
+    /// suppliers have passwords, and `addr` otherwise.
+    pub engine_addr: SocketAddr,
 }
 
 /// Whether a TCP address can be bound now.
@@ -37,12 +45,50 @@ pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
 
 /// Starts the embedded broker. Fails with [`IngestError::PortInUse`] when
 /// the address is taken (checked before starting, since rumqttd only logs it).
+///
+/// With `users` set, every user except [`ENGINE_USER`] is a supplier: the
+/// broker then listens on a private loopback port and the topic guard
+/// ([`crate::guard`]) on `listen` keeps each supplier under
+/// `movewatch/v1/{id}/`. Must be called inside a Tokio runtime.
 pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBroker, IngestError> {
-    if !port_is_free(config.listen) {
-        return Err(IngestError::PortInUse {
-            addr: config.listen,
+    let public = std::net::TcpListener::bind(config.listen).map_err(|_| IngestError::PortInUse {
+        addr: config.listen,
+    })?;
+    if config.users.is_empty() {
+        drop(public);
+        let addr = start_rumqttd(config.listen, &config)?;
+        return Ok(EmbeddedBroker {
+            addr,
+            engine_addr: addr,
         });
     }
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let internal = free_port(loopback.ip()).map_err(|e| IngestError::Broker(e.to_string()))?;
+    let engine_addr = start_rumqttd(internal, &config)?;
+    public
+        .set_nonblocking(true)
+        .map_err(|e| IngestError::Broker(e.to_string()))?;
+    let listener =
+        tokio::net::TcpListener::from_std(public).map_err(|e| IngestError::Broker(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| IngestError::Broker(e.to_string()))?;
+    let suppliers = config
+        .users
+        .keys()
+        .filter(|u| u.as_str() != ENGINE_USER)
+        .cloned()
+        .collect();
+    tokio::spawn(crate::guard::run_guard(
+        listener,
+        engine_addr,
+        std::sync::Arc::new(suppliers),
+    ));
+    tracing::info!(%addr, "MQTT topic guard listening");
+    Ok(EmbeddedBroker { addr, engine_addr })
+}
+
+fn start_rumqttd(listen: SocketAddr, config: &EmbeddedBrokerConfig) -> Result<SocketAddr, IngestError> {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         // Above the contract's 256 KiB so that intake, not the broker, rejects
@@ -59,7 +105,7 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     };
     let server = ServerSettings {
         name: "movewatch-v4".into(),
-        listen: config.listen,
+        listen,
         tls: None,
         next_connection_delay_ms: 0,
         connections,
@@ -96,16 +142,13 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     // Wait until it has bound its port (binding then fails), so callers can
     // connect at once; probing with a connection would make rumqttd log an error.
     for _ in 0..500 {
-        if !port_is_free(config.listen) {
-            tracing::info!(addr = %config.listen, "embedded MQTT broker listening");
-            return Ok(EmbeddedBroker {
-                addr: config.listen,
-            });
+        if !port_is_free(listen) {
+            tracing::info!(addr = %listen, "embedded MQTT broker listening");
+            return Ok(listen);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Err(IngestError::Broker(format!(
-        "did not start listening on {}",
-        config.listen
+        "did not start listening on {listen}"
     )))
 }

@@ -12,6 +12,7 @@
 
 pub mod broker;
 mod convert;
+pub mod guard;
 pub mod http;
 pub mod mqtt;
 mod suppliers;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use ingest::Suppliers;
-use ingest::broker::{EmbeddedBrokerConfig, start_embedded_broker};
+use ingest::broker::{ENGINE_USER, EmbeddedBrokerConfig, start_embedded_broker};
 use ingest::mqtt::{MqttSource, MqttSourceConfig, spawn_mqtt_source};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use model::config::{Config, parse_mqtt_url};
@@ -135,7 +135,12 @@ impl Engine {
         }
         tracker.restore(restored);
 
-        let (mqtt_host, mqtt_port, embedded_broker, credentials) = match &config.mqtt.url {
+        // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
+        // `engine_broker`, which differs when the topic guard fronts the broker.
+        let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) = match &config
+            .mqtt
+            .url
+        {
             Some(url) => {
                 let (host, port) = parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
                 let creds = config
@@ -143,7 +148,7 @@ impl Engine {
                     .username
                     .clone()
                     .zip(config.mqtt.password.clone());
-                (host, port, false, creds)
+                (host.clone(), port, (host, port), false, creds)
             }
             None => {
                 let mut users: std::collections::HashMap<String, String> = config
@@ -155,8 +160,8 @@ impl Engine {
                     None
                 } else {
                     let engine_password = random_token(32);
-                    users.insert(config.mqtt.client_id.clone(), engine_password.clone());
-                    Some((config.mqtt.client_id.clone(), engine_password))
+                    users.insert(ENGINE_USER.to_owned(), engine_password.clone());
+                    Some((ENGINE_USER.to_owned(), engine_password))
                 };
                 let broker = start_embedded_broker(EmbeddedBrokerConfig {
                     listen: config.mqtt.listen,
@@ -166,6 +171,10 @@ impl Engine {
                 (
                     broker.addr.ip().to_string(),
                     broker.addr.port(),
+                    (
+                        broker.engine_addr.ip().to_string(),
+                        broker.engine_addr.port(),
+                    ),
                     true,
                     creds,
                 )
@@ -208,8 +217,8 @@ impl Engine {
 
         let mqtt = spawn_mqtt_source(
             MqttSourceConfig {
-                host: mqtt_host.clone(),
-                port: mqtt_port,
+                host: engine_broker.0,
+                port: engine_broker.1,
                 client_id: config.mqtt.client_id.clone(),
                 credentials,
                 max_pending_acks: PIPELINE_CAPACITY,
