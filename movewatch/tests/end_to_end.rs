@@ -2,74 +2,24 @@
 //! broker, and Mosquitto on 127.0.0.1:1883) reach the store and a WebSocket
 //! client; malformed payloads are dead-lettered without stopping the rest.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::{TOKEN, config, get, publisher, wait_for_dead_letters, wait_for_positions};
 use futures_util::{SinkExt, StreamExt};
-use model::config::{Config, RoleName, TokenConfig};
 use movewatch::{Engine, random_token};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::QoS;
 use tokio_tungstenite::tungstenite::Message;
-
-const TOKEN: &str = "test-control-room-token";
-
-fn config(dir: &tempfile::TempDir, external_mqtt: Option<&str>) -> Config {
-    let mut c = Config::default();
-    c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.listen = ingest::broker::free_port("127.0.0.1".parse().unwrap()).unwrap();
-    c.mqtt.url = external_mqtt.map(str::to_owned);
-    // A fresh session per run: Mosquitto keeps persistent sessions across tests.
-    c.mqtt.client_id = format!("movewatch-test-{}", random_token(8));
-    c.store.url = format!("sqlite://{}/test.db", dir.path().display());
-    c.sites.files = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv").into()];
-    c.tokens.push(TokenConfig {
-        token: TOKEN.into(),
-        role: RoleName::ControlRoom,
-        sites: vec![],
-        supplier: None,
-    });
-    c
-}
-
-async fn publisher(engine: &Engine) -> AsyncClient {
-    // Publish only once the engine is subscribed, or the broker has nobody to deliver to.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !engine.mqtt_connected() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the engine never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut options = MqttOptions::new(
-        format!("test-publisher-{}", random_token(8)),
-        engine.mqtt_addr.0.clone(),
-        engine.mqtt_addr.1,
-    );
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
-}
-
-async fn wait_for_positions(engine: &Engine, expected: i64) -> i64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let n = engine.store.counts().await.unwrap().positions;
-        if n >= expected || tokio::time::Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Publishes 100 points from each of 100 vehicles, `per_message` points to a
 /// message, and checks the store and a live WebSocket client.
 async fn ten_thousand_points(external_mqtt: Option<&str>, per_message: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(&dir, external_mqtt)).await.unwrap();
+    let engine = Engine::start(config(dir.path(), external_mqtt))
+        .await
+        .unwrap();
     let run = random_token(4).to_uppercase();
 
     // A WebSocket client subscribed before the points flow.
@@ -84,7 +34,7 @@ async fn ten_thousand_points(external_mqtt: Option<&str>, per_message: usize) {
     };
     assert_eq!(first["type"], "snapshot");
 
-    let client = publisher(&engine).await;
+    let client = publisher(&engine, None).await;
     let mut expected_last: HashMap<String, (f64, f64)> = HashMap::new();
     let start = chrono::Utc::now() - chrono::Duration::minutes(30);
     for first_step in (0..100i64).step_by(per_message) {
@@ -183,8 +133,8 @@ async fn ten_thousand_points_through_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_counted_and_do_not_stop_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(&dir, None)).await.unwrap();
-    let client = publisher(&engine).await;
+    let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+    let client = publisher(&engine, None).await;
     let now = chrono::Utc::now().to_rfc3339();
     let good = |id: &str| {
         serde_json::json!({"tracking_id": id, "tracking_timestamp": now, "vehicle_registration": "AB12CDE", "latitude": 53.8, "longitude": -1.55}).to_string()
@@ -209,23 +159,14 @@ async fn malformed_payloads_are_counted_and_do_not_stop_the_rest() {
         2,
         "the good points before and after are kept"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let letters = loop {
-        let letters = engine.store.dead_letter_counts().await.unwrap();
-        if letters.iter().map(|(_, n)| n).sum::<i64>() >= 3
-            || tokio::time::Instant::now() > deadline
-        {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let letters = wait_for_dead_letters(&engine, 3).await;
     use model::Reason::*;
     assert_eq!(
         letters,
         vec![(MalformedJson, 1), (MissingField, 1), (OutOfRange, 1)]
     );
 
-    let metrics = reqwest_get(&format!("http://{}/metrics", engine.http_addr)).await;
+    let metrics = get(engine.http_addr, "/metrics").await;
     for reason in ["malformed_json", "missing_field", "out_of_range"] {
         let line = metrics
             .lines()
@@ -239,21 +180,4 @@ async fn malformed_payloads_are_counted_and_do_not_stop_the_rest() {
         assert!(n >= 1.0, "{line}");
     }
     engine.stop();
-}
-
-/// A minimal HTTP GET over a TCP stream (keeps the test free of an HTTP client crate).
-async fn reqwest_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    stream
-        .write_all(
-            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }

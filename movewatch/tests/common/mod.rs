@@ -1,0 +1,360 @@
+//! Helpers shared by the engine's integration tests: configs, publishers,
+//! a minimal HTTP client, waiting, and a test-owned Mosquitto.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use model::config::{Config, RoleName, SupplierConfig, TokenConfig};
+use movewatch::{Engine, random_token};
+use rumqttc::{AsyncClient, MqttOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The control-room token every test config carries.
+pub const TOKEN: &str = "test-control-room-token";
+
+/// A config on free ports with the store in `dir`, no suppliers (open mode).
+pub fn config(dir: &Path, external_mqtt: Option<&str>) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.mqtt.listen = free_port();
+    c.mqtt.url = external_mqtt.map(str::to_owned);
+    // A fresh session per run: Mosquitto keeps persistent sessions across tests.
+    c.mqtt.client_id = format!("movewatch-test-{}", random_token(8));
+    c.store.url = format!("sqlite://{}/test.db", dir.display());
+    c.sites.files = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv").into()];
+    c.tokens.push(TokenConfig {
+        token: TOKEN.into(),
+        role: RoleName::ControlRoom,
+        sites: vec![],
+        supplier: None,
+    });
+    c
+}
+
+/// Adds a supplier with an API key `key-{id}` and MQTT password `pw-{id}`.
+pub fn with_supplier(config: &mut Config, id: &str) {
+    config.suppliers.push(SupplierConfig {
+        id: id.parse().unwrap(),
+        api_key: Some(format!("key-{id}")),
+        mqtt_password: Some(format!("pw-{id}")),
+    });
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> SocketAddr {
+    ingest::broker::free_port("127.0.0.1".parse().unwrap()).unwrap()
+}
+
+/// Waits until the engine is subscribed: before that the broker has nobody to deliver to.
+pub async fn wait_subscribed(engine: &Engine) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !engine.mqtt_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connected QoS 1 publisher. The returned receiver yields the broker's
+/// PUBACK count, and closes when the connection ends.
+pub async fn publisher_at(
+    host: &str,
+    port: u16,
+    credentials: Option<(&str, &str)>,
+) -> (AsyncClient, tokio::sync::watch::Receiver<PublisherState>) {
+    let mut options = MqttOptions::new(format!("test-publisher-{}", random_token(8)), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_inflight(100);
+    if let Some((user, pass)) = credentials {
+        options.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let (state_tx, state) = tokio::sync::watch::channel(PublisherState::default());
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    state_tx.send_modify(|s| s.acked += 1)
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    state_tx.send_modify(|s| s.connected = true)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    state_tx.send_modify(|s| {
+                        s.connected = false;
+                        s.error = Some(e.to_string());
+                    });
+                    return;
+                }
+            }
+        }
+    });
+    (client, state)
+}
+
+/// What a test publisher has seen.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherState {
+    /// CONNACK received.
+    pub connected: bool,
+    /// PUBACKs received.
+    pub acked: u64,
+    /// Why the connection ended.
+    pub error: Option<String>,
+}
+
+/// A publisher to the engine's device-facing broker address.
+pub async fn publisher(engine: &Engine, credentials: Option<(&str, &str)>) -> AsyncClient {
+    wait_subscribed(engine).await;
+    publisher_at(&engine.mqtt_addr.0, engine.mqtt_addr.1, credentials)
+        .await
+        .0
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `secs`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the store holds at least `expected` positions; returns the count then
+/// (or at the deadline).
+pub async fn wait_for_positions(engine: &Engine, expected: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = engine.store.counts().await.unwrap().positions;
+        if n >= expected || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the store holds at least `expected` dead letters; returns them by reason.
+pub async fn wait_for_dead_letters(engine: &Engine, expected: i64) -> Vec<(model::Reason, i64)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let letters = engine.store.dead_letter_counts().await.unwrap();
+        if letters.iter().map(|(_, n)| n).sum::<i64>() >= expected
+            || tokio::time::Instant::now() > deadline
+        {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A position point as JSON.
+pub fn point(
+    tracking_id: &str,
+    vehicle: &str,
+    seconds_ago: i64,
+    lat: f64,
+    lon: f64,
+) -> serde_json::Value {
+    let ts = chrono::Utc::now() - chrono::Duration::seconds(seconds_ago);
+    serde_json::json!({
+        "tracking_id": tracking_id,
+        "tracking_timestamp": ts.to_rfc3339(),
+        "vehicle_registration": vehicle,
+        "latitude": lat,
+        "longitude": lon,
+        "speed": 40.0,
+    })
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 request over a TCP stream (keeps the tests free of an HTTP client crate).
+pub async fn http(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The server may answer (413) and close before reading a large body.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Reply { status, body }
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        text = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A GET returning the body.
+pub async fn get(addr: SocketAddr, path: &str) -> String {
+    http("GET", addr, path, &[], b"").await.body
+}
+
+/// A Mosquitto owned by one test, on a spare port, configured as
+/// docs/PROTOCOL.md recommends for production: password file, the supplier
+/// ACL, no queue limit and a wide in-flight window. Killed on drop.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// The username the engine uses on a test-owned Mosquitto.
+pub const ENGINE_USER: &str = "movewatch-engine";
+/// Its password.
+pub const ENGINE_PASSWORD: &str = "engine-secret";
+
+impl Mosquitto {
+    /// Starts one with these supplier users (plus the engine's) and waits until it listens.
+    pub fn start(suppliers: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().port();
+        let passwd = dir.path().join("passwd");
+        let acl = dir.path().join("acl");
+        let mut users = vec![(ENGINE_USER, ENGINE_PASSWORD)];
+        users.extend_from_slice(suppliers);
+        for (i, (user, pass)) in users.iter().enumerate() {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .args(["-b", passwd.to_str().unwrap(), user, pass])
+                .stdout(Stdio::null())
+                .status()
+                .expect("mosquitto_passwd (Debian package mosquitto) must be installed");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+        std::fs::write(
+            &acl,
+            format!(
+                "# Each supplier may publish only under its own prefix.\n\
+                 pattern write movewatch/v1/%u/#\n\n\
+                 user {ENGINE_USER}\ntopic read movewatch/v1/#\n"
+            ),
+        )
+        .unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous false\n\
+                 password_file {}\n\
+                 acl_file {}\n\
+                 max_queued_messages 0\n\
+                 max_inflight_messages 1000\n\
+                 persistence false\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n",
+                passwd.display(),
+                acl.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "test Mosquitto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `mqtt://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
