@@ -51,9 +51,10 @@ pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
 /// ([`crate::guard`]) on `listen` keeps each supplier under
 /// `movewatch/v1/{id}/`. Must be called inside a Tokio runtime.
 pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBroker, IngestError> {
-    let public = std::net::TcpListener::bind(config.listen).map_err(|_| IngestError::PortInUse {
-        addr: config.listen,
-    })?;
+    let public =
+        std::net::TcpListener::bind(config.listen).map_err(|_| IngestError::PortInUse {
+            addr: config.listen,
+        })?;
     if config.users.is_empty() {
         drop(public);
         let addr = start_rumqttd(config.listen, &config)?;
@@ -68,8 +69,8 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     public
         .set_nonblocking(true)
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    let listener =
-        tokio::net::TcpListener::from_std(public).map_err(|e| IngestError::Broker(e.to_string()))?;
+    let listener = tokio::net::TcpListener::from_std(public)
+        .map_err(|e| IngestError::Broker(e.to_string()))?;
     let addr = listener
         .local_addr()
         .map_err(|e| IngestError::Broker(e.to_string()))?;
@@ -88,7 +89,10 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     Ok(EmbeddedBroker { addr, engine_addr })
 }
 
-fn start_rumqttd(listen: SocketAddr, config: &EmbeddedBrokerConfig) -> Result<SocketAddr, IngestError> {
+fn start_rumqttd(
+    listen: SocketAddr,
+    config: &EmbeddedBrokerConfig,
+) -> Result<SocketAddr, IngestError> {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         // Above the contract's 256 KiB so that intake, not the broker, rejects

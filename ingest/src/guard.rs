@@ -96,7 +96,9 @@ impl ClientCheck {
                     if !filter.starts_with(prefix.as_str()) {
                         return Err(self.outside("subscribe", filter));
                     }
-                    rest = after.get(1..).ok_or(Refusal::Malformed("short SUBSCRIBE"))?;
+                    rest = after
+                        .get(1..)
+                        .ok_or(Refusal::Malformed("short SUBSCRIBE"))?;
                 }
                 Ok(())
             }
@@ -281,7 +283,10 @@ mod tests {
 
     fn connected(user: &str) -> ClientCheck {
         let mut check = ClientCheck::default();
-        assert_eq!(check.check(0x10, &connect(Some(user), None), &suppliers()), Ok(()));
+        assert_eq!(
+            check.check(0x10, &connect(Some(user), None), &suppliers()),
+            Ok(())
+        );
         check
     }
 
@@ -294,7 +299,10 @@ mod tests {
         let other = string("movewatch/v1/serco/AB12CDE/positions");
         assert!(matches!(
             check.check(0x32, &other, &suppliers()),
-            Err(Refusal::OutsidePrefix { action: "publish", .. })
+            Err(Refusal::OutsidePrefix {
+                action: "publish",
+                ..
+            })
         ));
     }
 
@@ -312,7 +320,10 @@ mod tests {
         wide.push(1);
         assert!(matches!(
             check.check(0x82, &wide, &suppliers()),
-            Err(Refusal::OutsidePrefix { action: "subscribe", .. })
+            Err(Refusal::OutsidePrefix {
+                action: "subscribe",
+                ..
+            })
         ));
     }
 
@@ -326,15 +337,25 @@ mod tests {
             Err(Refusal::UnknownUser("movewatch.engine".into()))
         );
         assert!(matches!(
-            refuse(connect(Some("geoamey"), Some("movewatch/v1/serco/X/events"))),
+            refuse(connect(
+                Some("geoamey"),
+                Some("movewatch/v1/serco/X/events")
+            )),
             Err(Refusal::OutsidePrefix { action: "will", .. })
         ));
         assert_eq!(
-            refuse(connect(Some("geoamey"), Some("movewatch/v1/geoamey/X/events"))),
+            refuse(connect(
+                Some("geoamey"),
+                Some("movewatch/v1/geoamey/X/events")
+            )),
             Ok(())
         );
         let publish_first = string("movewatch/v1/geoamey/X/positions");
-        assert!(ClientCheck::default().check(0x30, &publish_first, &s).is_err());
+        assert!(
+            ClientCheck::default()
+                .check(0x30, &publish_first, &s)
+                .is_err()
+        );
     }
 
     #[test]
@@ -343,7 +364,10 @@ mod tests {
         assert_eq!(frame(&[0x30, 2, 0]), Ok(None));
         assert_eq!(frame(&[0x30, 2, 0, 0, 9]), Ok(Some((4, 2))));
         assert_eq!(frame(&[0x30, 0x80, 0x01]), Ok(None));
-        assert!(matches!(frame(&[0x30, 0xff, 0xff, 0xff, 0x7f]), Err(Refusal::TooLarge(_))));
+        assert!(matches!(
+            frame(&[0x30, 0xff, 0xff, 0xff, 0x7f]),
+            Err(Refusal::TooLarge(_))
+        ));
         assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
         // Truncated strings never panic.
         let mut check = connected("geoamey");

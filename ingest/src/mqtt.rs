@@ -8,6 +8,16 @@
 //! waits for the store, then acknowledges. A message whose batch is never
 //! committed (the engine stops first) is not acknowledged, so the broker
 //! delivers it again.
+//!
+//! The poll task must never wait on anything that needs the event loop to
+//! be polled: acks reach the broker only through that loop. It may wait on
+//! the pipeline (which drains as the store commits, independent of MQTT),
+//! but never on room for an ack. So the ack queue is sized to the MQTT
+//! packet-id space ([`MAX_UNACKED`]): a broker cannot have more QoS 1
+//! messages unacknowledged on one session, so the queue never fills. In
+//! practice the broker's in-flight window (1000 on the embedded broker,
+//! `max_inflight_messages` on Mosquitto) is the bound, and the queue
+//! allocates only as it grows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +42,16 @@ pub struct MqttSourceConfig {
     pub client_id: String,
     /// Credentials, if the broker needs them.
     pub credentials: Option<(String, String)>,
-    /// How many received messages may wait for their commit at once.
-    pub max_pending_acks: usize,
 }
+
+/// Most QoS 1 messages a broker can leave unacknowledged on one session:
+/// packet identifiers are 16-bit and unique among in-flight messages.
+pub const MAX_UNACKED: usize = 65_535;
+
+/// Requests (acks, subscriptions) queued for the event loop. Generous, so the
+/// ack task rarely waits; when it does, the poll task is still polling and
+/// drains it.
+const REQUEST_CAPACITY: usize = 4_096;
 
 /// A running MQTT source.
 #[derive(Debug)]
@@ -64,9 +81,9 @@ pub fn spawn_mqtt_source(
     if let Some((user, pass)) = &config.credentials {
         options.set_credentials(user.clone(), pass.clone());
     }
-    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (connected_tx, connected) = watch::channel(false);
-    let (ack_tx, ack_rx) = mpsc::channel(config.max_pending_acks.max(1));
+    let (ack_tx, ack_rx) = mpsc::channel(MAX_UNACKED);
     let poll_task = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
@@ -115,8 +132,9 @@ async fn poll_loop(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let (commit, committed) = CommitToken::new();
                 let batch = batch_from_mqtt(&publish.topic, &publish.payload, &suppliers, commit);
-                // Both sends are bounded: a slow pipeline holds us here and the
-                // broker's in-flight window holds the devices' messages.
+                // A slow pipeline holds us here and the broker's in-flight
+                // window holds the devices' messages. The ack queue never
+                // fills (see the module docs), so its send never waits.
                 if out.send(batch).await.is_err() || acks.send((committed, publish)).await.is_err()
                 {
                     tracing::info!("pipeline closed; MQTT source stopping");

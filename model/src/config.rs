@@ -79,12 +79,16 @@ impl Default for MqttConfig {
 pub struct StoreConfig {
     /// `sqlite://path` (embedded) or `postgres://user@host/db`.
     pub url: String,
+    /// Keep positions this many days; older ones are dropped (whole
+    /// partitions on PostgreSQL). Unset keeps everything.
+    pub retention_days: Option<u32>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://data/movewatch.db".into(),
+            retention_days: None,
         }
     }
 }

@@ -137,49 +137,47 @@ impl Engine {
 
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
-        let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) = match &config
-            .mqtt
-            .url
-        {
-            Some(url) => {
-                let (host, port) = parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
-                let creds = config
-                    .mqtt
-                    .username
-                    .clone()
-                    .zip(config.mqtt.password.clone());
-                (host.clone(), port, (host, port), false, creds)
-            }
-            None => {
-                let mut users: std::collections::HashMap<String, String> = config
-                    .suppliers
-                    .iter()
-                    .filter_map(|s| Some((s.id.to_string(), s.mqtt_password.clone()?)))
-                    .collect();
-                let creds = if users.is_empty() {
-                    None
-                } else {
-                    let engine_password = random_token(32);
-                    users.insert(ENGINE_USER.to_owned(), engine_password.clone());
-                    Some((ENGINE_USER.to_owned(), engine_password))
-                };
-                let broker = start_embedded_broker(EmbeddedBrokerConfig {
-                    listen: config.mqtt.listen,
-                    users,
-                    max_inflight: 1000,
-                })?;
-                (
-                    broker.addr.ip().to_string(),
-                    broker.addr.port(),
+        let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) =
+            match &config.mqtt.url {
+                Some(url) => {
+                    let (host, port) = parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
+                    let creds = config
+                        .mqtt
+                        .username
+                        .clone()
+                        .zip(config.mqtt.password.clone());
+                    (host.clone(), port, (host, port), false, creds)
+                }
+                None => {
+                    let mut users: std::collections::HashMap<String, String> = config
+                        .suppliers
+                        .iter()
+                        .filter_map(|s| Some((s.id.to_string(), s.mqtt_password.clone()?)))
+                        .collect();
+                    let creds = if users.is_empty() {
+                        None
+                    } else {
+                        let engine_password = random_token(32);
+                        users.insert(ENGINE_USER.to_owned(), engine_password.clone());
+                        Some((ENGINE_USER.to_owned(), engine_password))
+                    };
+                    let broker = start_embedded_broker(EmbeddedBrokerConfig {
+                        listen: config.mqtt.listen,
+                        users,
+                        max_inflight: 1000,
+                    })?;
                     (
-                        broker.engine_addr.ip().to_string(),
-                        broker.engine_addr.port(),
-                    ),
-                    true,
-                    creds,
-                )
-            }
-        };
+                        broker.addr.ip().to_string(),
+                        broker.addr.port(),
+                        (
+                            broker.engine_addr.ip().to_string(),
+                            broker.engine_addr.port(),
+                        ),
+                        true,
+                        creds,
+                    )
+                }
+            };
 
         let http_listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
@@ -221,7 +219,6 @@ impl Engine {
                 port: engine_broker.1,
                 client_id: config.mqtt.client_id.clone(),
                 credentials,
-                max_pending_acks: PIPELINE_CAPACITY,
             },
             suppliers.clone(),
             ingest_tx.clone(),

@@ -77,6 +77,7 @@ pub async fn publisher_at(
         options.set_credentials(user, pass);
     }
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let host = host.to_owned();
     let (state_tx, state) = tokio::sync::watch::channel(PublisherState::default());
     tokio::spawn(async move {
         loop {
@@ -89,6 +90,7 @@ pub async fn publisher_at(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    eprintln!("test publisher {host}:{port}: {e}");
                     state_tx.send_modify(|s| {
                         s.connected = false;
                         s.error = Some(e.to_string());
@@ -280,6 +282,10 @@ impl Mosquitto {
     /// Starts one with these supplier users (plus the engine's) and waits until it listens.
     pub fn start(suppliers: &[(&str, &str)]) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to the `mosquitto` user, which must
+        // be able to read its password and ACL files and write its log.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let port = free_port().port();
         let passwd = dir.path().join("passwd");
         let acl = dir.path().join("acl");
@@ -306,6 +312,9 @@ impl Mosquitto {
             ),
         )
         .unwrap();
+        for file in [&passwd, &acl] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -317,11 +326,13 @@ impl Mosquitto {
                  max_queued_messages 0\n\
                  max_inflight_messages 1000\n\
                  persistence false\n\
-                 log_dest stderr\n\
-                 log_type error\n\
-                 log_type warning\n",
+                 log_dest file {}\n\
+                 log_type {}\n",
                 passwd.display(),
-                acl.display()
+                acl.display(),
+                dir.path().join("mosquitto.log").display(),
+                // MOVEWATCH_TEST_MOSQUITTO_LOG=all shows every packet when debugging.
+                std::env::var("MOVEWATCH_TEST_MOSQUITTO_LOG").unwrap_or_else(|_| "warning".into())
             ),
         )
         .unwrap();
@@ -354,6 +365,18 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SIGTERM first so that Mosquitto flushes its log.
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+            let log = std::fs::read_to_string(self._dir.path().join("mosquitto.log"));
+            eprintln!(
+                "--- test Mosquitto's log (port {}) ---\n{:?}",
+                self.port, log
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,302 @@
+//! The engine against a test-owned Mosquitto with the documented production
+//! settings (docs/PROTOCOL.md): the supplier ACL holds, and a SIGKILL of the
+//! engine in the middle of a 50,000-point QoS 1 stream loses nothing and
+//! stores nothing twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::*;
+use model::Reason;
+use movewatch::Engine;
+use rumqttc::QoS;
+use sqlx::Row;
+
+fn engine_config(dir: &Path, broker: &Mosquitto) -> model::config::Config {
+    let mut c = config(dir, Some(&broker.url()));
+    c.mqtt.username = Some(ENGINE_USER.into());
+    c.mqtt.password = Some(ENGINE_PASSWORD.into());
+    with_supplier(&mut c, "geoamey");
+    with_supplier(&mut c, "serco");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mosquitto_acl_keeps_a_supplier_under_its_own_prefix() {
+    // `rogue` is a broker user the engine does not know.
+    let broker = Mosquitto::start(&[
+        ("geoamey", "pw-geoamey"),
+        ("serco", "pw-serco"),
+        ("rogue", "pw-rogue"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(engine_config(dir.path(), &broker))
+        .await
+        .unwrap();
+    wait_subscribed(&engine).await;
+
+    // Under serco's prefix the ACL refuses it. Mosquitto 2.0 answers a denied
+    // QoS 1 publish with a PUBACK carrying reason 135, which a 3.1.1 client
+    // may treat as a protocol error and drop the connection: either way the
+    // message must never reach the engine.
+    let (spoofer, _) =
+        publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
+    spoofer
+        .publish(
+            "movewatch/v1/serco/SP00FED/positions",
+            QoS::AtLeastOnce,
+            false,
+            point("spoof", "SP00FED", 5, 51.0, -1.0).to_string(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (geoamey, _) =
+        publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
+    geoamey
+        .publish(
+            "movewatch/v1/geoamey/H0NEST1/positions",
+            QoS::AtLeastOnce,
+            false,
+            point("honest", "H0NEST1", 5, 51.0, -1.0).to_string(),
+        )
+        .await
+        .unwrap();
+    // A broker user that is not a configured supplier is dead-lettered `unknown_supplier`.
+    let (rogue, _) = publisher_at("127.0.0.1", broker.port, Some(("rogue", "pw-rogue"))).await;
+    rogue
+        .publish(
+            "movewatch/v1/rogue/R0GUE11/positions",
+            QoS::AtLeastOnce,
+            false,
+            point("rogue-1", "R0GUE11", 5, 51.0, -1.0).to_string(),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(wait_for_positions(&engine, 1).await, 1);
+    let letters = wait_for_dead_letters(&engine, 1).await;
+    assert_eq!(letters, vec![(Reason::UnknownSupplier, 1)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let latest = engine.store.latest_positions().await.unwrap();
+    let vehicles: Vec<&str> = latest.iter().map(|p| p.vehicle.as_str()).collect();
+    assert_eq!(vehicles, ["H0NEST1"]);
+    engine.stop();
+}
+
+/// The engine as a child process, killed with SIGKILL on drop.
+struct EngineProcess(Child);
+
+impl EngineProcess {
+    fn spawn(config: &Path) -> EngineProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_movewatch"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("MOVEWATCH_TEST_ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        EngineProcess(child)
+    }
+
+    /// SIGKILL: no chance to flush, ack or close anything.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(http: std::net::SocketAddr) {
+    wait_for(60, "the engine's /readyz", || async move {
+        tokio::net::TcpStream::connect(http).await.ok()?;
+        (http_status(http, "/readyz").await == 200).then_some(())
+    })
+    .await;
+}
+
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    http("GET", addr, path, &[], b"").await.status
+}
+
+async fn stored(db: &Path) -> i64 {
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+            .unwrap()
+            .read_only(true);
+    let Ok(mut conn) = sqlx::ConnectOptions::connect(&options).await else {
+        return 0;
+    };
+    sqlx::query("SELECT COUNT(*) AS n FROM positions")
+        .fetch_one(&mut conn)
+        .await
+        .map(|row| row.get::<i64, _>("n"))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_50k_point_stream_loses_and_repeats_nothing() {
+    const VANS: usize = 50;
+    const MESSAGES_PER_VAN: usize = 100;
+    const POINTS_PER_MESSAGE: usize = 10;
+    const TOTAL: usize = VANS * MESSAGES_PER_VAN * POINTS_PER_MESSAGE;
+
+    let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kill.db");
+    let http_addr = free_port();
+    let config_file = dir.path().join("movewatch.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            r#"
+[http]
+listen = "{http_addr}"
+[mqtt]
+url = "{url}"
+client_id = "movewatch-kill-test"
+username = "{ENGINE_USER}"
+password = "{ENGINE_PASSWORD}"
+[store]
+url = "sqlite://{db}"
+[sites]
+files = ["{sites}"]
+[[suppliers]]
+id = "geoamey"
+api_key = "key-geoamey"
+mqtt_password = "pw-geoamey"
+"#,
+            url = broker.url(),
+            db = db.display(),
+            sites = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv"),
+        ),
+    )
+    .unwrap();
+
+    let mut engine = EngineProcess::spawn(&config_file);
+    wait_ready(http_addr).await;
+
+    let (client, acks) =
+        publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let publishing = tokio::spawn(async move {
+        for m in 0..MESSAGES_PER_VAN {
+            for v in 0..VANS {
+                let vehicle = format!("KL{v:02}ABC");
+                let points: Vec<_> = (0..POINTS_PER_MESSAGE)
+                    .map(|p| {
+                        let step = (m * POINTS_PER_MESSAGE + p) as i64;
+                        serde_json::json!({
+                            "tracking_id": format!("kill-{v}-{step}"),
+                            "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
+                            "vehicle_registration": vehicle,
+                            "latitude": 52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
+                            "longitude": -1.5 + step as f64 * 1e-5,
+                            "speed": 36.0,
+                        })
+                    })
+                    .collect();
+                client
+                    .publish(
+                        format!("movewatch/v1/geoamey/{vehicle}/positions"),
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&points).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        client
+    });
+
+    // Kill once the engine has committed some of the stream, well before the end.
+    let db_path = db.clone();
+    let at_kill = wait_for(60, "the engine to commit part of the stream", || {
+        let db = db_path.clone();
+        async move {
+            let n = stored(&db).await;
+            (n >= 5_000).then_some(n)
+        }
+    })
+    .await;
+    engine.kill();
+    let after_kill = stored(&db).await;
+    assert!(
+        after_kill < TOTAL as i64,
+        "the kill must land mid-stream (stored {after_kill} of {TOTAL}, {at_kill} when killing)"
+    );
+
+    // The devices go on publishing; the broker keeps the engine's session queue.
+    let client = publishing.await.unwrap();
+    wait_for(120, "the broker to acknowledge every message", || {
+        let acked = acks.borrow().acked;
+        async move { (acked == (VANS * MESSAGES_PER_VAN) as u64).then_some(()) }
+    })
+    .await;
+
+    let mut engine = EngineProcess::spawn(&config_file);
+    wait_ready(http_addr).await;
+    let db_path = db.clone();
+    wait_for(120, "every point in the store", || {
+        let db = db_path.clone();
+        async move { (stored(&db).await >= TOTAL as i64).then_some(()) }
+    })
+    .await;
+    // Let any redelivered duplicates land before stopping.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.kill();
+    drop(client);
+
+    let store = store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.positions, TOTAL as i64, "every point exactly once");
+    let mut ids = HashSet::new();
+    for v in 0..VANS {
+        let vehicle: model::VehicleId = format!("KL{v:02}ABC").parse().unwrap();
+        let track = store
+            .track(
+                &vehicle,
+                start - chrono::Duration::hours(1),
+                chrono::Utc::now(),
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            track.len(),
+            MESSAGES_PER_VAN * POINTS_PER_MESSAGE,
+            "{vehicle}"
+        );
+        ids.extend(track.into_iter().map(|p| p.tracking_id));
+    }
+    assert_eq!(ids.len(), TOTAL, "no point is missing or repeated");
+    for v in 0..VANS {
+        for step in 0..MESSAGES_PER_VAN * POINTS_PER_MESSAGE {
+            assert!(ids.contains(&format!("kill-{v}-{step}")));
+        }
+    }
+    // Whatever was redelivered after the kill was recognised as a duplicate.
+    let letters = store.dead_letter_counts().await.unwrap();
+    assert!(
+        letters.iter().all(|(r, _)| *r == Reason::Duplicate),
+        "only redelivery duplicates are dead-lettered: {letters:?}"
+    );
+}
