@@ -32,7 +32,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         (
             centre,
             prop::collection::vec(30.0..2500.0f64, 3..12),
-            0.0..6.28f64
+            0.0..std::f64::consts::TAU
         )
             .prop_map(|((lat, lon), radii, turn)| Spec::Star {
                 lat,
