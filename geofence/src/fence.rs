@@ -66,6 +66,10 @@ enum Shape {
         lat: f64,
         lon: f64,
         radius_m: f64,
+        /// cos(lat), for haversine.
+        cos_lat: f64,
+        /// sin²(radius / 2R): the haversine term at the radius.
+        max_hav: f64,
     },
     Polygon {
         source: MultiPolygon<f64>,
@@ -132,7 +136,13 @@ impl Fence {
         let worst_lat = (lat.abs() + dlat).min(89.9);
         let dlon = radius_m / (M_PER_DEG * worst_lat.to_radians().cos()) * 1.01;
         Ok(Fence {
-            shape: Shape::Circle { lat, lon, radius_m },
+            shape: Shape::Circle {
+                lat,
+                lon,
+                radius_m,
+                cos_lat: lat.to_radians().cos(),
+                max_hav: (radius_m / (2.0 * EARTH_RADIUS_M)).sin().powi(2),
+            },
             bbox: [lon - dlon, lat - dlat, lon + dlon, lat + dlat],
         })
     }
@@ -237,23 +247,31 @@ impl Fence {
                 lat: clat,
                 lon: clon,
                 radius_m,
+                ..
             } => haversine_m(*clat, *clon, lat, lon) - radius_m,
             Shape::Polygon { local, .. } => local.signed_distance(local.frame.project(lat, lon)),
         }
     }
 
-    /// Whether the point is inside the fence (the boundary counts as inside).
+    /// Whether the point is inside the fence; agrees with the sign of
+    /// [`Fence::signed_distance_m`] (up to rounding exactly on a circle's edge).
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
         match &self.shape {
             Shape::Circle {
                 lat: clat,
                 lon: clon,
-                radius_m,
-            } => haversine_m(*clat, *clon, lat, lon) <= *radius_m,
-            Shape::Polygon { local, .. } => {
-                let p = local.frame.project(lat, lon);
-                local.inside(p) || local.boundary_distance(p) == 0.0
+                cos_lat,
+                max_hav,
+                ..
+            } => {
+                // The haversine term against a precomputed bound: no asin, no sqrt.
+                let dp = (lat - clat).to_radians();
+                let dl = (lon - clon).to_radians();
+                let a = (dp * 0.5).sin().powi(2)
+                    + cos_lat * lat.to_radians().cos() * (dl * 0.5).sin().powi(2);
+                a <= *max_hav
             }
+            Shape::Polygon { local, .. } => local.inside(local.frame.project(lat, lon)),
         }
     }
 
@@ -262,7 +280,9 @@ impl Fence {
     /// it goes (metres), if it enters at all.
     pub(crate) fn segment_entry(&self, a: (f64, f64), b: (f64, f64)) -> Option<(f64, f64)> {
         match &self.shape {
-            Shape::Circle { lat, lon, radius_m } => {
+            Shape::Circle {
+                lat, lon, radius_m, ..
+            } => {
                 let f = Frame::at(*lat, *lon);
                 let (pa, pb) = (f.project(a.0, a.1), f.project(b.0, b.1));
                 let d = [pb[0] - pa[0], pb[1] - pa[1]];
@@ -363,9 +383,16 @@ impl Local {
         best2.sqrt()
     }
 
+    /// Negative inside (even-odd rule), positive outside; a boundary point
+    /// that the even-odd rule puts outside gets the smallest positive value,
+    /// so that the sign always agrees with [`Local::inside`].
     fn signed_distance(&self, p: [f64; 2]) -> f64 {
         let d = self.boundary_distance(p);
-        if self.inside(p) { -d } else { d }
+        if self.inside(p) {
+            -d
+        } else {
+            d.max(f64::MIN_POSITIVE)
+        }
     }
 
     /// The smallest fraction along `a → b` at which it crosses an edge.

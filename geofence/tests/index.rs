@@ -100,6 +100,10 @@ fn indexed(set: &FenceSet, lat: f64, lon: f64) -> Vec<String> {
         .map(|s| s.site.id.to_string())
         .collect();
     v.sort();
+    let mut w = Vec::new();
+    set.for_each_containing(lat, lon, |s| w.push(s.site.id.to_string()));
+    w.sort();
+    assert_eq!(v, w, "the two query forms differ");
     v
 }
 
