@@ -1,15 +1,19 @@
 //! The PostgreSQL backend.
 //!
-//! Positions are written with binary `COPY` into a per-connection temporary
-//! staging table, then moved in one statement: the `(supplier, tracking_id)`
-//! keys go into `position_keys` with `ON CONFLICT DO NOTHING RETURNING`, only
-//! the fresh ones are inserted into the (partitioned) `positions`, and the
-//! staging indices of the rest come back as duplicates, which are
-//! dead-lettered in the same transaction — the same outcome as SQLite's.
+//! Positions are written in one transaction per commit: binary `COPY` writes
+//! the `(supplier, tracking_id)` keys to `position_keys` (the non-partitioned
+//! de-duplication table, whose primary key makes a point unique) and the
+//! points to the (day-partitioned) `positions`. When a key is already stored
+//! the key COPY fails, and the transaction is redone after one query that
+//! finds the stored keys, so only fresh points are copied; the repeats are
+//! dead-lettered as `duplicate` in the same transaction — the same outcome as
+//! SQLite's. See [`write_positions`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,7 +22,7 @@ use model::{
     SiteId, SupplierId, VehicleId,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Executor, Postgres, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 use crate::pg_layout::{self, Layout, POSITION_COLUMNS};
 use crate::records::{self, Arrival, FenceTransition, JourneyRecord, MoveRecord};
@@ -36,50 +40,21 @@ const RETENTION_BATCH: i64 = 10_000;
 /// Serialises schema changes between engines sharing a database.
 const DDL_LOCK: i64 = 0x6d6f_7665_7761_7463; // "movewatc"
 
-/// The per-connection staging table that `COPY` fills; emptied at each commit.
-const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS positions_stage (
-    idx          integer          NOT NULL,
-    supplier     text             NOT NULL,
-    tracking_id  text             NOT NULL,
-    vehicle      text             NOT NULL,
-    ts           timestamptz      NOT NULL,
-    lat          double precision NOT NULL,
-    lon          double precision NOT NULL,
-    journey_id   text,
-    speed        double precision,
-    bearing      double precision,
-    altitude     double precision,
-    hdop         double precision,
-    vdop         double precision,
-    vin          text,
-    flags        smallint         NOT NULL,
-    received_at  timestamptz      NOT NULL
-) ON COMMIT DELETE ROWS";
+/// Which of the transaction's keys are already stored: one index probe each.
+/// Returns 1-based positions in the arrays.
+const STORED_KEYS: &str = "SELECT t.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(supplier, tracking_id, i)
+WHERE EXISTS (SELECT 1 FROM position_keys k WHERE k.supplier = t.supplier AND k.tracking_id = t.tracking_id)";
 
-const STAGE_COLUMNS: i16 = 16;
+const COPY_KEYS: &str = "COPY position_keys (supplier, tracking_id, ts) FROM STDIN (FORMAT binary)";
 
-const COPY_STAGE: &str = "COPY positions_stage FROM STDIN (FORMAT binary)";
-
-/// Keys first; only fresh keys reach `positions`; the staged rows whose key
-/// was already stored come back (data-modifying CTEs always run to completion).
-const MOVE_STAGED: &str = "WITH fresh AS (
-    INSERT INTO position_keys (supplier, tracking_id, ts)
-    SELECT supplier, tracking_id, ts FROM positions_stage
-    ON CONFLICT DO NOTHING
-    RETURNING supplier, tracking_id
-), stored AS (
-    INSERT INTO positions (supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags, received_at)
-    SELECT s.supplier, s.tracking_id, s.vehicle, s.ts, s.lat, s.lon, s.journey_id, s.speed, s.bearing, s.altitude, s.hdop, s.vdop, s.vin, s.flags, s.received_at
-    FROM positions_stage s JOIN fresh f ON f.supplier = s.supplier AND f.tracking_id = s.tracking_id
-    RETURNING 1
-)
-SELECT s.idx FROM positions_stage s
-WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.supplier = s.supplier AND f.tracking_id = s.tracking_id)";
+const COPY_POSITIONS: &str = "COPY positions (supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags, received_at) FROM STDIN (FORMAT binary)";
 
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
     pool: PgPool,
     layout: Layout,
+    /// Whether the next write probes for stored keys before copying.
+    probe_next: Arc<AtomicBool>,
 }
 
 impl PgStore {
@@ -90,17 +65,15 @@ impl PgStore {
             .min_connections(0)
             // A write during an outage fails fast and is retried by the writer.
             .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(STAGE_DDL).await?;
-                    Ok(())
-                })
-            })
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
         let layout = Self::ensure_positions(&pool).await?;
-        Ok(PgStore { pool, layout })
+        Ok(PgStore {
+            pool,
+            layout,
+            probe_next: Arc::default(),
+        })
     }
 
     pub(crate) fn layout(&self) -> Layout {
@@ -267,22 +240,29 @@ impl PgStore {
         batches: &[IngestBatch],
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
-        let mut tx = self.pool.begin().await?;
-
-        if !first.is_empty() {
-            let data = encode_stage(&first, batches);
-            let mut copy = tx.copy_in_raw(COPY_STAGE).await?;
-            copy.send(data).await?;
-            copy.finish().await?;
-            let repeats: Vec<i32> = sqlx::query_scalar(MOVE_STAGED).fetch_all(&mut *tx).await?;
-            for idx in repeats {
-                let (b, i, _) = usize::try_from(idx)
-                    .ok()
-                    .and_then(|k| first.get(k))
-                    .ok_or_else(|| StoreError::Corrupt(format!("staging index {idx}")))?;
-                outcomes[*b].duplicates.push(*i);
+        let mut probe = self.probe_next.load(Ordering::Relaxed);
+        let mut tx = loop {
+            let mut tx = self.pool.begin().await?;
+            match write_positions(&mut tx, &first, batches, probe).await {
+                Ok(repeats) => {
+                    for k in repeats {
+                        let (b, i, _) = first[k];
+                        outcomes[b].duplicates.push(i);
+                    }
+                    break tx;
+                }
+                // Optimistic COPY met a stored key: redo with the probe.
+                Err(sqlx::Error::Database(e)) if !probe && e.is_unique_violation() => {
+                    tx.rollback().await?;
+                    probe = true;
+                }
+                Err(e) => return Err(e.into()),
             }
-        }
+        };
+        // Repeats come in bursts (a redelivered session): keep probing until a
+        // probed write finds none.
+        let found = outcomes.iter().any(|o| !o.duplicates.is_empty());
+        self.probe_next.store(probe && found, Ordering::Relaxed);
 
         let letters = crate::dead_letters_of(batches, &mut outcomes);
         for chunk in letters.chunks(ROWS_PER_STATEMENT) {
@@ -626,6 +606,70 @@ impl PgStore {
     }
 }
 
+/// Writes the transaction's first-occurrence points and returns the indices
+/// (into `first`) of those whose key was already stored.
+///
+/// Without `probe`, the keys are copied straight into `position_keys`: when
+/// none is stored yet (the usual case) that is all, and a stored one fails
+/// the COPY with a unique violation, which the caller answers by redoing the
+/// transaction with `probe`. With `probe`, one query first finds the stored
+/// keys, and only the fresh ones are copied. Either way the primary key of
+/// `position_keys` is what guarantees a point is stored once, also against
+/// another engine writing at the same time (its key makes this COPY fail,
+/// the transaction rolls back and the writer's retry sees a duplicate).
+async fn write_positions(
+    conn: &mut PgConnection,
+    first: &[Candidate<'_>],
+    batches: &[IngestBatch],
+    probe: bool,
+) -> Result<Vec<usize>, sqlx::Error> {
+    if first.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut repeats = Vec::new();
+    if probe {
+        let suppliers: Vec<&str> = first.iter().map(|(_, _, p)| p.supplier.as_str()).collect();
+        let ids: Vec<String> = first
+            .iter()
+            .map(|(_, _, p)| text(&p.tracking_id).into_owned())
+            .collect();
+        let stored: Vec<i64> = sqlx::query_scalar(STORED_KEYS)
+            .bind(&suppliers)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        for i in stored {
+            let k = usize::try_from(i - 1)
+                .ok()
+                .filter(|k| *k < first.len())
+                .ok_or_else(|| sqlx::Error::Protocol(format!("key index {i} out of range")))?;
+            repeats.push(k);
+        }
+    }
+    let fresh: Vec<Candidate<'_>> = if repeats.is_empty() {
+        first.to_vec()
+    } else {
+        let mut is_fresh = vec![true; first.len()];
+        for &k in &repeats {
+            is_fresh[k] = false;
+        }
+        first
+            .iter()
+            .zip(is_fresh)
+            .filter_map(|(c, f)| f.then_some(*c))
+            .collect()
+    };
+    if !fresh.is_empty() {
+        let mut copy = conn.copy_in_raw(COPY_KEYS).await?;
+        copy.send(encode_keys(&fresh)).await?;
+        copy.finish().await?;
+        let mut copy = conn.copy_in_raw(COPY_POSITIONS).await?;
+        copy.send(encode_positions(&fresh, batches)).await?;
+        copy.finish().await?;
+    }
+    Ok(repeats)
+}
+
 fn move_from_row(row: &PgRow) -> Result<MoveRecord, StoreError> {
     Ok(MoveRecord {
         id: records::id(MoveId::parse, row.try_get(0)?)?,
@@ -728,10 +772,6 @@ impl BinaryCopy {
         }
     }
 
-    pub(crate) fn i32(&mut self, v: i32) {
-        self.field(&v.to_be_bytes());
-    }
-
     pub(crate) fn i16(&mut self, v: i16) {
         self.field(&v.to_be_bytes());
     }
@@ -746,16 +786,25 @@ impl BinaryCopy {
     }
 }
 
-/// The staging rows: the candidate's index in `first`, then the positions columns.
-fn encode_stage(first: &[Candidate<'_>], batches: &[IngestBatch]) -> Vec<u8> {
-    debug_assert_eq!(
-        POSITION_COLUMNS.split(',').count() + 1,
-        STAGE_COLUMNS as usize
-    );
-    let mut out = BinaryCopy::new(first.len());
-    for (k, (b, _, p)) in first.iter().enumerate() {
-        out.row(STAGE_COLUMNS);
-        out.i32(k as i32);
+/// `position_keys` rows.
+fn encode_keys(fresh: &[Candidate<'_>]) -> Vec<u8> {
+    let mut out = BinaryCopy::new(fresh.len() / 3);
+    for (_, _, p) in fresh {
+        out.row(3);
+        out.text(p.supplier.as_str());
+        out.text(&p.tracking_id);
+        out.timestamptz(&p.ts);
+    }
+    out.finish()
+}
+
+/// `positions` rows, in [`POSITION_COLUMNS`] order.
+fn encode_positions(fresh: &[Candidate<'_>], batches: &[IngestBatch]) -> Vec<u8> {
+    const COLUMNS: i16 = 15;
+    debug_assert_eq!(POSITION_COLUMNS.split(',').count(), COLUMNS as usize);
+    let mut out = BinaryCopy::new(fresh.len());
+    for (b, _, p) in fresh {
+        out.row(COLUMNS);
         out.text(p.supplier.as_str());
         out.text(&p.tracking_id);
         out.text(p.vehicle.as_str());
