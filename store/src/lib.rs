@@ -1,21 +1,40 @@
 //! Time-series persistence for movewatch: the system of record.
 //!
-//! [`Store`] opens a backend by URL (`sqlite://path`, the embedded default),
-//! migrates it, and writes [`IngestBatch`]es in transactions. [`spawn_writer`]
-//! runs the batching write loop: it groups batches by size or age, commits
-//! them, and only then completes each batch's commit token, which is what
-//! lets intake acknowledge the MQTT message. A failed write is retried with
-//! backoff while the tokens wait, so the broker keeps unacknowledged messages.
+//! [`Store`] opens a backend by URL — `sqlite://path` (the embedded default)
+//! or `postgres://user@host/db` (production) — migrates it, and writes
+//! [`IngestBatch`]es in transactions. Both backends keep the same behaviour,
+//! checked by one conformance suite (`tests/conformance.rs`): de-duplication
+//! by `(supplier, tracking_id)` across restarts, duplicates dead-lettered in
+//! the same transaction, the same queries.
+//!
+//! [`spawn_writer`] runs the batching write loop: it groups batches by size or
+//! age, commits them, and only then completes each batch's commit token, which
+//! is what lets intake acknowledge the MQTT message. A failed write is retried
+//! with backoff while the tokens wait, so the broker keeps unacknowledged
+//! messages. [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of
+//! time and applies retention.
 
+mod pg_layout;
+mod postgres;
+mod records;
 mod sqlite;
 mod writer;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
-use model::{CommitOutcome, DeadLetter, IngestBatch, Position, Reason};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use model::{
+    CommitOutcome, DeadLetter, IngestBatch, MoveId, Position, Reason, SiteId, SupplierId, VehicleId,
+};
 
-pub use writer::{WriterConfig, spawn_writer};
+pub use pg_layout::{
+    Layout, PARTITIONS_AHEAD, PARTITIONS_BEHIND, choose_layout, native_partition_ddl,
+    native_positions_ddl, partition_day, partition_name, partitions_to_create, partitions_to_drop,
+    timescale_positions_ddl,
+};
+pub use records::{Arrival, FenceTransition, JourneyRecord, MoveRecord, TransitionKind};
+pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +70,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Counts of what the store holds, for tests, the simulator's loss check and `/readyz`.
@@ -64,71 +84,185 @@ pub struct Counts {
     pub dead_letters: i64,
 }
 
+/// What one retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Day partitions (or TimescaleDB chunks) dropped whole.
+    pub partitions_dropped: Vec<String>,
+    /// Rows deleted one by one (SQLite positions; on PostgreSQL the default
+    /// partition's stragglers and the de-duplication keys).
+    pub rows_deleted: u64,
+}
+
+/// Which backend and, on PostgreSQL, which positions layout a store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL with the given positions layout.
+    Postgres(Layout),
+}
+
+/// Runs `$call` on whichever backend the store has.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($s) => $call,
+            Backend::Postgres($s) => $call,
+        }
+    };
+}
+
 impl Store {
-    /// Opens (creating if needed) and migrates the store at `url`.
+    /// Opens (creating if needed) and migrates the store at `url`
+    /// (`sqlite://path` or `postgres://…` / `postgresql://…`). On PostgreSQL
+    /// it also makes sure the day partitions around today exist.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
             return Ok(Store {
                 backend: Backend::Sqlite(sqlite::SqliteStore::open(url).await?),
             });
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pg = postgres::PgStore::open(url).await?;
+            pg.maintain(Utc::now()).await?;
+            return Ok(Store {
+                backend: Backend::Postgres(pg),
+            });
+        }
         Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+
+    /// Which backend (and positions layout) this store uses.
+    pub fn kind(&self) -> BackendKind {
+        match &self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(p) => BackendKind::Postgres(p.layout()),
+        }
     }
 
     /// Writes batches in one transaction. Returns, per batch, which of its
     /// positions were duplicates (and were dead-lettered as such).
     pub async fn write(&self, batches: &[IngestBatch]) -> Result<Vec<CommitOutcome>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.write(batches).await,
-        }
+        dispatch!(self, s => s.write(batches).await)
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.ping().await,
-        }
+        dispatch!(self, s => s.ping().await)
     }
 
     /// How many rows of each kind are stored.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.counts().await,
-        }
+        dispatch!(self, s => s.counts().await)
     }
 
     /// Dead letters grouped by reason.
     pub async fn dead_letter_counts(&self) -> Result<Vec<(Reason, i64)>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.dead_letter_counts().await,
-        }
+        dispatch!(self, s => s.dead_letter_counts().await)
     }
 
     /// The most recent dead letters, newest first.
     pub async fn recent_dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.recent_dead_letters(limit).await,
-        }
+        dispatch!(self, s => s.recent_dead_letters(limit).await)
     }
 
     /// The newest usable (not late, not bad) fix of every vehicle, to rebuild live state on start.
     pub async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.latest_positions().await,
-        }
+        dispatch!(self, s => s.latest_positions().await)
     }
 
-    /// A vehicle's stored points between two times, oldest first.
+    /// A vehicle's stored points between two times (both inclusive), oldest
+    /// first, at most `limit`. Served by the `(vehicle, ts)` index (and, on
+    /// PostgreSQL, partition pruning on `ts`).
     pub async fn track(
         &self,
-        vehicle: &model::VehicleId,
+        vehicle: &VehicleId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
+        dispatch!(self, s => s.track(vehicle, from, to, limit).await)
+    }
+
+    /// Housekeeping that keeps writes cheap: on PostgreSQL with native
+    /// partitioning, makes sure the day partitions from
+    /// [`PARTITIONS_BEHIND`] days before `now` to [`PARTITIONS_AHEAD`] days
+    /// after exist (moving any rows of those days out of the default
+    /// partition). Nothing to do on SQLite or TimescaleDB.
+    pub async fn maintain(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.track(vehicle, from, to, limit).await,
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.maintain(now).await,
         }
+    }
+
+    /// Removes positions whose fix time is more than `retention_days` before
+    /// `now` (`None` keeps everything). PostgreSQL drops whole day partitions
+    /// (TimescaleDB: chunks); SQLite deletes by time in batches.
+    pub async fn apply_retention(
+        &self,
+        now: DateTime<Utc>,
+        retention_days: Option<u32>,
+    ) -> Result<RetentionReport, StoreError> {
+        let Some(days) = retention_days else {
+            return Ok(RetentionReport::default());
+        };
+        let cutoff = now - chrono::Duration::days(i64::from(days));
+        dispatch!(self, s => s.apply_retention(cutoff, days).await)
+    }
+
+    /// Stores a move and replaces its journeys.
+    pub async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.upsert_move(m).await)
+    }
+
+    /// A stored move with its journeys.
+    pub async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
+        dispatch!(self, s => s.get_move(id).await)
+    }
+
+    /// Sets a move's status; false if there is no such move.
+    pub async fn set_move_status(&self, id: &MoveId, status: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_move_status(id, status).await)
+    }
+
+    /// The moves booked for a day, by id.
+    pub async fn moves_on(&self, date: NaiveDate) -> Result<Vec<MoveRecord>, StoreError> {
+        dispatch!(self, s => s.moves_on(date).await)
+    }
+
+    /// Records fence crossings, in one transaction.
+    pub async fn insert_fence_transitions(
+        &self,
+        transitions: &[FenceTransition],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_fence_transitions(transitions).await)
+    }
+
+    /// A vehicle's fence crossings between two times (inclusive), oldest first.
+    pub async fn fence_transitions(
+        &self,
+        vehicle: &VehicleId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<FenceTransition>, StoreError> {
+        dispatch!(self, s => s.fence_transitions(vehicle, from, to).await)
+    }
+
+    /// Records a completed leg for ETA learning.
+    pub async fn insert_arrival(&self, arrival: &Arrival) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_arrival(arrival).await)
+    }
+
+    /// The most recent arrivals at `site` from `from_location`, newest first.
+    pub async fn arrivals(
+        &self,
+        from_location: &SiteId,
+        site: &SiteId,
+        limit: i64,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        dispatch!(self, s => s.arrivals(from_location, site, limit).await)
     }
 }
 
@@ -146,4 +280,64 @@ pub(crate) fn from_micros(us: i64) -> Result<DateTime<Utc>, StoreError> {
 /// The wait between retries of a failed write: doubles up to 5 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
+
+/// A position to insert: (batch index, index in the batch, the point).
+pub(crate) type Candidate<'a> = (usize, usize, &'a Position);
+
+/// Splits the points of a transaction into first occurrences of their
+/// `(supplier, tracking_id)` (to insert) and repeats within the transaction
+/// (duplicates outright, recorded in the returned outcomes).
+pub(crate) fn first_occurrences(
+    batches: &[IngestBatch],
+) -> (Vec<CommitOutcome>, Vec<Candidate<'_>>) {
+    let mut outcomes = vec![CommitOutcome::default(); batches.len()];
+    let mut first = Vec::with_capacity(batches.iter().map(|b| b.positions.len()).sum());
+    let mut seen: HashSet<(SupplierId, &str)> = HashSet::with_capacity(first.capacity());
+    for (b, batch) in batches.iter().enumerate() {
+        for (i, p) in batch.positions.iter().enumerate() {
+            if seen.insert((p.supplier, p.tracking_id.as_str())) {
+                first.push((b, i, p));
+            } else {
+                outcomes[b].duplicates.push(i);
+            }
+        }
+    }
+    (outcomes, first)
+}
+
+/// Sorts each outcome's duplicates and returns every dead letter the
+/// transaction writes: the batches' own, then one `duplicate` per repeat.
+pub(crate) fn dead_letters_of(
+    batches: &[IngestBatch],
+    outcomes: &mut [CommitOutcome],
+) -> Vec<DeadLetter> {
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for (batch, outcome) in batches.iter().zip(outcomes.iter_mut()) {
+        outcome.duplicates.sort_unstable();
+        letters.extend(batch.dead_letters.iter().cloned());
+        for &i in &outcome.duplicates {
+            let p = &batch.positions[i];
+            letters.push(DeadLetter {
+                reason: Reason::Duplicate,
+                detail: format!(
+                    "tracking_id {:?} of supplier {} is already stored",
+                    p.tracking_id, p.supplier
+                ),
+                supplier: Some(p.supplier.to_string()),
+                topic: match &batch.source {
+                    model::Source::Mqtt { topic } => Some(topic.clone()),
+                    _ => None,
+                },
+                received_at: batch.received_at,
+                index: Some(i),
+                raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
+            });
+        }
+    }
+    letters
+}
+
+pub(crate) fn parse_reason(reason: &str) -> Result<Reason, StoreError> {
+    Reason::parse(reason).ok_or_else(|| StoreError::Corrupt(format!("reason {reason}")))
 }

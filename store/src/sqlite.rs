@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use model::{
-    CommitOutcome, DeadLetter, IngestBatch, JourneyId, PointFlags, Position, Reason, SupplierId,
-    VehicleId,
+    CommitOutcome, DeadLetter, IngestBatch, JourneyId, MoveId, PointFlags, Position, Reason,
+    SiteId, SupplierId, VehicleId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -16,10 +16,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{Counts, StoreError, from_micros, to_micros};
+use crate::records::{self, Arrival, FenceTransition, JourneyRecord, MoveRecord};
+use crate::{Counts, RetentionReport, StoreError, from_micros, to_micros};
 
 /// Rows per INSERT statement: 16 columns × 500 stays under SQLite's 32766 bound variables.
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Rows per retention DELETE.
+const RETENTION_BATCH: i64 = 10_000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -59,21 +63,8 @@ impl SqliteStore {
         &self,
         batches: &[IngestBatch],
     ) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut outcomes = vec![CommitOutcome::default(); batches.len()];
+        let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut tx = self.pool.begin().await?;
-
-        // First occurrences in this transaction go to INSERT; repeats within it are duplicates outright.
-        let mut first: Vec<(usize, usize, &Position)> = Vec::new();
-        let mut seen: HashSet<(SupplierId, &str)> = HashSet::new();
-        for (b, batch) in batches.iter().enumerate() {
-            for (i, p) in batch.positions.iter().enumerate() {
-                if seen.insert((p.supplier, p.tracking_id.as_str())) {
-                    first.push((b, i, p));
-                } else {
-                    outcomes[b].duplicates.push(i);
-                }
-            }
-        }
 
         let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(first.len());
         for chunk in first.chunks(ROWS_PER_STATEMENT) {
@@ -110,29 +101,7 @@ impl SqliteStore {
             }
         }
 
-        let mut letters: Vec<DeadLetter> = Vec::new();
-        for (batch, outcome) in batches.iter().zip(&mut outcomes) {
-            outcome.duplicates.sort_unstable();
-            letters.extend(batch.dead_letters.iter().cloned());
-            for &i in &outcome.duplicates {
-                let p = &batch.positions[i];
-                letters.push(DeadLetter {
-                    reason: Reason::Duplicate,
-                    detail: format!(
-                        "tracking_id {:?} of supplier {} is already stored",
-                        p.tracking_id, p.supplier
-                    ),
-                    supplier: Some(p.supplier.to_string()),
-                    topic: match &batch.source {
-                        model::Source::Mqtt { topic } => Some(topic.clone()),
-                        _ => None,
-                    },
-                    received_at: batch.received_at,
-                    index: Some(i),
-                    raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
-                });
-            }
-        }
+        let letters = crate::dead_letters_of(batches, &mut outcomes);
         for chunk in letters.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO dead_letters (reason, detail, supplier, topic, received_at, item_index, raw) ",
@@ -195,10 +164,8 @@ impl SqliteStore {
         .await?;
         rows.iter()
             .map(|r| {
-                let reason: String = r.try_get(0)?;
-                let reason = Reason::parse(&reason)
-                    .ok_or_else(|| StoreError::Corrupt(format!("reason {reason}")))?;
-                Ok((reason, r.try_get(1)?))
+                let reason: &str = r.try_get(0)?;
+                Ok((crate::parse_reason(reason)?, r.try_get(1)?))
             })
             .collect()
     }
@@ -215,10 +182,8 @@ impl SqliteStore {
         .await?;
         rows.iter()
             .map(|r| {
-                let reason: String = r.try_get(0)?;
                 Ok(DeadLetter {
-                    reason: Reason::parse(&reason)
-                        .ok_or_else(|| StoreError::Corrupt(format!("reason {reason}")))?,
+                    reason: crate::parse_reason(r.try_get(0)?)?,
                     detail: r.try_get(1)?,
                     supplier: r.try_get(2)?,
                     topic: r.try_get(3)?,
@@ -267,6 +232,245 @@ impl SqliteStore {
         .await?;
         rows.iter().map(position_from_row).collect()
     }
+    /// Deletes positions older than `cutoff` in batches, so that no single
+    /// statement holds the write lock for long.
+    pub(crate) async fn apply_retention(
+        &self,
+        cutoff: DateTime<Utc>,
+        _days: u32,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM positions WHERE id IN (SELECT id FROM positions WHERE ts < ? LIMIT ?)",
+            )
+            .bind(to_micros(&cutoff))
+            .bind(RETENTION_BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.rows_deleted += deleted;
+            if deleted < RETENTION_BATCH as u64 {
+                return Ok(report);
+            }
+        }
+    }
+
+    pub(crate) async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO moves (id, reference, from_location, to_location, move_date, status, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET reference = excluded.reference,
+               from_location = excluded.from_location, to_location = excluded.to_location,
+               move_date = excluded.move_date, status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(m.id.as_str())
+        .bind(m.reference.as_str())
+        .bind(m.from_location.as_str())
+        .bind(m.to_location.as_str())
+        .bind(m.date)
+        .bind(m.status.as_str())
+        .bind(to_micros(&Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM journeys WHERE move_id = ?")
+            .bind(m.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (seq, j) in m.journeys.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO journeys (id, move_id, seq, from_location, to_location, vehicle)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET move_id = excluded.move_id, seq = excluded.seq,
+                   from_location = excluded.from_location, to_location = excluded.to_location,
+                   vehicle = excluded.vehicle",
+            )
+            .bind(j.id.as_str())
+            .bind(m.id.as_str())
+            .bind(seq as i64)
+            .bind(j.from_location.as_str())
+            .bind(j.to_location.as_str())
+            .bind(j.vehicle.as_ref().map(VehicleId::as_str))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, reference, from_location, to_location, move_date, status FROM moves WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut m = move_from_row(&row)?;
+        m.journeys = self.journeys_of(&m.id).await?;
+        Ok(Some(m))
+    }
+
+    async fn journeys_of(&self, id: &MoveId) -> Result<Vec<JourneyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, from_location, to_location, vehicle FROM journeys WHERE move_id = ? ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JourneyRecord {
+                    id: records::id(JourneyId::parse, r.try_get(0)?)?,
+                    from_location: records::id(SiteId::parse, r.try_get(1)?)?,
+                    to_location: records::id(SiteId::parse, r.try_get(2)?)?,
+                    vehicle: r
+                        .try_get::<Option<&str>, _>(3)?
+                        .map(|v| records::id(VehicleId::parse, v))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn set_move_status(
+        &self,
+        id: &MoveId,
+        status: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE moves SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(to_micros(&Utc::now()))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn moves_on(&self, date: NaiveDate) -> Result<Vec<MoveRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, reference, from_location, to_location, move_date, status FROM moves WHERE move_date = ? ORDER BY id",
+        )
+        .bind(date)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut moves = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut m = move_from_row(row)?;
+            m.journeys = self.journeys_of(&m.id).await?;
+            moves.push(m);
+        }
+        Ok(moves)
+    }
+
+    pub(crate) async fn insert_fence_transitions(
+        &self,
+        transitions: &[FenceTransition],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO fence_transitions (vehicle, site, kind, ts) ");
+            q.push_values(chunk, |mut row, t| {
+                row.push_bind(t.vehicle.as_str())
+                    .push_bind(t.site.as_str())
+                    .push_bind(t.kind.as_str())
+                    .push_bind(to_micros(&t.ts));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn fence_transitions(
+        &self,
+        vehicle: &VehicleId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<FenceTransition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT vehicle, site, kind, ts FROM fence_transitions
+             WHERE vehicle = ? AND ts >= ? AND ts <= ? ORDER BY ts, id",
+        )
+        .bind(vehicle.as_str())
+        .bind(to_micros(&from))
+        .bind(to_micros(&to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FenceTransition {
+                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
+                    site: records::id(SiteId::parse, r.try_get(1)?)?,
+                    kind: records::kind(r.try_get(2)?)?,
+                    ts: from_micros(r.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn insert_arrival(&self, a: &Arrival) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO arrivals (move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(a.move_id.as_str())
+        .bind(a.vehicle.as_str())
+        .bind(a.site.as_str())
+        .bind(a.from_location.as_str())
+        .bind(to_micros(&a.departed_at))
+        .bind(to_micros(&a.arrived_at))
+        .bind(a.distance_m)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn arrivals(
+        &self,
+        from_location: &SiteId,
+        site: &SiteId,
+        limit: i64,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m FROM arrivals
+             WHERE from_location = ? AND site = ? ORDER BY arrived_at DESC, id DESC LIMIT ?",
+        )
+        .bind(from_location.as_str())
+        .bind(site.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Arrival {
+                    move_id: records::id(MoveId::parse, r.try_get(0)?)?,
+                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
+                    site: records::id(SiteId::parse, r.try_get(2)?)?,
+                    from_location: records::id(SiteId::parse, r.try_get(3)?)?,
+                    departed_at: from_micros(r.try_get(4)?)?,
+                    arrived_at: from_micros(r.try_get(5)?)?,
+                    distance_m: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn move_from_row(row: &SqliteRow) -> Result<MoveRecord, StoreError> {
+    Ok(MoveRecord {
+        id: records::id(MoveId::parse, row.try_get(0)?)?,
+        reference: row.try_get(1)?,
+        from_location: records::id(SiteId::parse, row.try_get(2)?)?,
+        to_location: records::id(SiteId::parse, row.try_get(3)?)?,
+        date: row.try_get(4)?,
+        status: row.try_get(5)?,
+        journeys: Vec::new(),
+    })
 }
 
 fn position_from_row(row: &SqliteRow) -> Result<Position, StoreError> {

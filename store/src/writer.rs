@@ -11,6 +11,8 @@ use model::IngestBatch;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use chrono::Utc;
+
 use crate::{Store, backoff};
 
 /// When the writer commits.
@@ -97,4 +99,44 @@ async fn commit_with_retry(
             }
         }
     }
+}
+
+/// What the maintenance task does, and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct MaintenanceConfig {
+    /// Time between passes (the first runs at once).
+    pub interval: Duration,
+    /// `[store] retention_days`: positions older than this many days are
+    /// removed; `None` keeps everything.
+    pub retention_days: Option<u32>,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            interval: Duration::from_secs(3600),
+            retention_days: None,
+        }
+    }
+}
+
+/// Runs [`Store::maintain`] (day partitions ahead of time) and
+/// [`Store::apply_retention`] now and then every `config.interval`, until
+/// the task is aborted. Failures are logged and retried at the next pass;
+/// they never touch the write path.
+pub fn spawn_maintenance(store: Store, config: MaintenanceConfig) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = Utc::now();
+            if let Err(e) = store.maintain(now).await {
+                tracing::warn!(error = %e, "store maintenance failed; retrying next pass");
+            }
+            if let Err(e) = store.apply_retention(now, config.retention_days).await {
+                tracing::warn!(error = %e, "store retention failed; retrying next pass");
+            }
+        }
+    })
 }

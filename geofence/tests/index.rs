@@ -1,0 +1,170 @@
+//! The R-tree index against a brute-force scan, and the exact tests against
+//! independent formulas (geo's planar containment, haversine).
+
+mod common;
+
+use common::*;
+use geo::{Contains, Distance, Haversine, Point};
+use model::SiteId;
+use movewatch_geofence::{Fence, FenceSet};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Spec {
+    Circle {
+        lat: f64,
+        lon: f64,
+        r: f64,
+    },
+    Star {
+        lat: f64,
+        lon: f64,
+        radii: Vec<f64>,
+        turn: f64,
+    },
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    // A 0.3° × 0.5° patch of Yorkshire, so that fences overlap often.
+    let centre = (53.6..53.9f64, -1.8..-1.3f64);
+    prop_oneof![
+        (centre.clone(), 20.0..3000.0f64).prop_map(|((lat, lon), r)| Spec::Circle { lat, lon, r }),
+        (
+            centre,
+            prop::collection::vec(30.0..2500.0f64, 3..12),
+            0.0..std::f64::consts::TAU
+        )
+            .prop_map(|((lat, lon), radii, turn)| Spec::Star {
+                lat,
+                lon,
+                radii,
+                turn
+            }),
+    ]
+}
+
+fn build(s: &Spec) -> Fence {
+    match s {
+        Spec::Circle { lat, lon, r } => Fence::circle(*lat, *lon, *r).unwrap(),
+        Spec::Star {
+            lat,
+            lon,
+            radii,
+            turn,
+        } => star(*lat, *lon, radii, *turn),
+    }
+}
+
+fn ids(n: usize) -> Vec<SiteId> {
+    (0..n).map(|i| sid(&format!("S{i}"))).collect()
+}
+
+fn set_of(specs: &[Spec]) -> FenceSet {
+    let sites = ids(specs.len())
+        .into_iter()
+        .map(|id| site(id.as_str(), "prison", 53.7, -1.5))
+        .collect();
+    let mut set = FenceSet::new(sites, vec![]).unwrap();
+    for (id, s) in ids(specs.len()).iter().zip(specs) {
+        set.replace(id, build(s)).unwrap();
+    }
+    set
+}
+
+/// The independent answer: geo's planar containment in degrees (our local
+/// projection is affine per axis, so insideness is the same) and geo's
+/// haversine for circles.
+fn brute(specs: &[Spec], lat: f64, lon: f64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let inside = match s {
+            Spec::Circle { lat: c, lon: l, r } => {
+                Haversine.distance(Point::new(*l, *c), Point::new(lon, lat)) <= *r
+            }
+            Spec::Star { .. } => build(s)
+                .as_polygon()
+                .unwrap()
+                .contains(&Point::new(lon, lat)),
+        };
+        if inside {
+            out.push(format!("S{i}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn indexed(set: &FenceSet, lat: f64, lon: f64) -> Vec<String> {
+    let mut v: Vec<String> = set
+        .containing(lat, lon)
+        .map(|s| s.site.id.to_string())
+        .collect();
+    v.sort();
+    let mut w = Vec::new();
+    set.for_each_containing(lat, lon, |s| w.push(s.site.id.to_string()));
+    w.sort();
+    assert_eq!(v, w, "the two query forms differ");
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn index_agrees_with_brute_force(
+        specs in prop::collection::vec(spec(), 1..40),
+        points in prop::collection::vec((53.55..53.95f64, -1.9..-1.2f64), 50),
+        replace in prop::collection::vec((any::<prop::sample::Index>(), spec()), 0..5),
+    ) {
+        let mut specs = specs;
+        let mut set = set_of(&specs);
+        // Some fences replaced at run time: the index must follow.
+        for (i, s) in replace {
+            let i = i.index(specs.len());
+            set.replace(&sid(&format!("S{i}")), build(&s)).unwrap();
+            specs[i] = s;
+        }
+        for (lat, lon) in points {
+            let got = indexed(&set, lat, lon);
+            // Skip points within a few cm of an edge, where float rounding may differ.
+            let near_edge = specs.iter().any(|s| build(s).signed_distance_m(lat, lon).abs() < 0.05);
+            if !near_edge {
+                prop_assert_eq!(got, brute(&specs, lat, lon), "at ({}, {})", lat, lon);
+            }
+        }
+        // Also points placed on purpose just inside and just outside each fence.
+        for (i, s) in specs.iter().enumerate() {
+            let f = build(s);
+            let (clat, clon) = f.centre();
+            if f.contains(clat, clon) {
+                let want = format!("S{}", i);
+                prop_assert!(indexed(&set, clat, clon).contains(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn signed_distance_sign_matches_containment(s in spec(), lat in 53.55..53.95f64, lon in -1.9..-1.2f64) {
+        let f = build(&s);
+        let d = f.signed_distance_m(lat, lon);
+        prop_assert_eq!(d <= 0.0, f.contains(lat, lon));
+        if let Spec::Circle { lat: c, lon: l, r } = s {
+            let h = Haversine.distance(Point::new(l, c), Point::new(lon, lat));
+            prop_assert!((d - (h - r)).abs() < 1e-6);
+        }
+    }
+}
+
+#[test]
+fn the_shipped_sites_are_indexed_as_circles() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sites.csv");
+    let set = FenceSet::load(&[path]).unwrap();
+    assert_eq!(set.len(), 603);
+    for s in set.iter() {
+        assert_eq!(s.fence.radius_m(), Some(s.site.kind.default_radius_m()));
+        assert!(
+            set.containing(s.site.lat, s.site.lon)
+                .any(|c| c.site.id == s.site.id)
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Typed rows for moves, journeys, fence transitions and arrivals: the tables
+//! later issues (moves API, geofencing, ETA learning) read and write.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use model::{JourneyId, MoveId, SiteId, VehicleId};
+
+use crate::StoreError;
+
+/// A move as booked (`PUT /api/moves/{id}`), with its journeys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoveRecord {
+    /// The move id (BaSM uses UUIDs).
+    pub id: MoveId,
+    /// The human reference of the move.
+    pub reference: String,
+    /// Where the move starts.
+    pub from_location: SiteId,
+    /// Where the move ends.
+    pub to_location: SiteId,
+    /// The day the move is booked for.
+    pub date: NaiveDate,
+    /// The contract's status string (`booked`, `in_transit`, `arrived`, `completed`, `cancelled`).
+    pub status: String,
+    /// The legs of the move, in order.
+    pub journeys: Vec<JourneyRecord>,
+}
+
+/// One leg of a move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyRecord {
+    /// The journey id.
+    pub id: JourneyId,
+    /// Where the leg starts.
+    pub from_location: SiteId,
+    /// Where the leg ends.
+    pub to_location: SiteId,
+    /// The vehicle, once known.
+    pub vehicle: Option<VehicleId>,
+}
+
+/// What a vehicle did at a site's fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransitionKind {
+    /// Went inside the fence.
+    Enter,
+    /// Left the fence.
+    Exit,
+    /// Crossed the fence between two fixes without a fix inside.
+    PassThrough,
+}
+
+impl TransitionKind {
+    /// The stored string: `enter`, `exit`, `pass_through`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Enter => "enter",
+            TransitionKind::Exit => "exit",
+            TransitionKind::PassThrough => "pass_through",
+        }
+    }
+
+    /// Parses [`TransitionKind::as_str`].
+    pub fn parse(s: &str) -> Option<TransitionKind> {
+        match s {
+            "enter" => Some(TransitionKind::Enter),
+            "exit" => Some(TransitionKind::Exit),
+            "pass_through" => Some(TransitionKind::PassThrough),
+            _ => None,
+        }
+    }
+}
+
+/// A fence crossing of one vehicle at one site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceTransition {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// The site whose fence was crossed.
+    pub site: SiteId,
+    /// Enter, exit or pass-through.
+    pub kind: TransitionKind,
+    /// The fix time of the crossing, UTC.
+    pub ts: DateTime<Utc>,
+}
+
+/// A completed leg, the history ETA learning draws on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    /// The move that arrived.
+    pub move_id: MoveId,
+    /// The vehicle that carried it.
+    pub vehicle: VehicleId,
+    /// Where it arrived.
+    pub site: SiteId,
+    /// Where it came from.
+    pub from_location: SiteId,
+    /// When it left `from_location`.
+    pub departed_at: DateTime<Utc>,
+    /// When it entered the fence of `site`.
+    pub arrived_at: DateTime<Utc>,
+    /// Distance driven, metres.
+    pub distance_m: f64,
+}
+
+/// Parses a stored id, reporting a bad one as a corrupt row.
+pub(crate) fn id<T>(
+    parse: fn(&str) -> Result<T, model::IdError>,
+    raw: &str,
+) -> Result<T, StoreError> {
+    parse(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn kind(raw: &str) -> Result<TransitionKind, StoreError> {
+    TransitionKind::parse(raw)
+        .ok_or_else(|| StoreError::Corrupt(format!("fence transition kind {raw:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_kinds_round_trip() {
+        for k in [
+            TransitionKind::Enter,
+            TransitionKind::Exit,
+            TransitionKind::PassThrough,
+        ] {
+            assert_eq!(TransitionKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(TransitionKind::parse("inside"), None);
+    }
+}
