@@ -199,6 +199,15 @@ impl Engine {
             store_healthy_tx,
         );
 
+        // Partitions ahead and retention, hourly (the first pass runs now).
+        let maintenance = store::spawn_maintenance(
+            store.clone(),
+            store::MaintenanceConfig {
+                retention_days: config.store.retention_days,
+                ..Default::default()
+            },
+        );
+
         let hub = Hub::new();
         let pipeline = {
             let (tracker, hub) = (tracker.clone(), hub.clone());
@@ -252,7 +261,7 @@ impl Engine {
             store,
             sites,
             mqtt,
-            tasks: vec![writer, pipeline, server],
+            tasks: vec![writer, pipeline, server, maintenance],
         })
     }
 
