@@ -80,6 +80,14 @@ pub enum Update {
     },
 }
 
+/// What the checks need of a vehicle's previous live fix.
+#[derive(Clone, Copy)]
+struct PreviousFix {
+    ts: DateTime<Utc>,
+    lat: f64,
+    lon: f64,
+}
+
 /// The live state of every vehicle.
 #[derive(Debug)]
 pub struct Tracker {
@@ -120,12 +128,20 @@ impl Tracker {
         let mut updates = Vec::new();
         for p in &mut batch.positions {
             let mut entry = self.vehicles.entry(p.vehicle);
+            // Only the time and place of the previous fix are needed: copy those, not the point.
             let previous = match &entry {
-                dashmap::Entry::Occupied(o) => Some(o.get().latest.clone()),
+                dashmap::Entry::Occupied(o) => {
+                    let l = &o.get().latest;
+                    Some(PreviousFix {
+                        ts: l.ts,
+                        lat: l.lat,
+                        lon: l.lon,
+                    })
+                }
                 dashmap::Entry::Vacant(_) => None,
             };
-            p.flags.late = previous.as_ref().is_some_and(|prev| p.ts <= prev.ts);
-            p.flags.bad_fix = !p.flags.late && self.is_bad_fix(p, previous.as_ref());
+            p.flags.late = previous.is_some_and(|prev| p.ts <= prev.ts);
+            p.flags.bad_fix = !p.flags.late && self.is_bad_fix(p, previous);
             if !p.flags.usable_live() {
                 continue;
             }
@@ -170,7 +186,7 @@ impl Tracker {
         updates
     }
 
-    fn is_bad_fix(&self, p: &Position, previous: Option<&Position>) -> bool {
+    fn is_bad_fix(&self, p: &Position, previous: Option<PreviousFix>) -> bool {
         if p.hdop.is_some_and(|h| h > self.config.max_hdop) {
             return true;
         }
