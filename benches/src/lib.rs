@@ -15,8 +15,23 @@ pub fn point_json(vehicle: &str, i: usize) -> String {
     )
 }
 
-/// An array payload of `n` points.
+/// A store-and-forward point: the required fields with speed, bearing and
+/// hdop, as units send after a gap (a 1000-point array of full points would
+/// exceed the contract's 256 KiB).
+pub fn compact_point_json(vehicle: &str, i: usize) -> String {
+    let ts = Utc::now() - Duration::seconds(3600 - (i % 3600) as i64);
+    format!(
+        r#"{{"tracking_id":"{vehicle}-{i}","tracking_timestamp":"{}","vehicle_registration":"{vehicle}","latitude":{},"longitude":{},"speed":{},"bearing":{},"precision_hdop":1.2}}"#,
+        ts.format("%Y-%m-%dT%H:%M:%SZ"),
+        53.0 + (i % 1000) as f64 * 0.000_731,
+        -1.5 + (i % 997) as f64 * 0.000_517,
+        40.0 + (i % 60) as f64,
+        (i * 7 % 360) as f64,
+    )
+}
+
+/// An array payload of `n` compact points (under 256 KiB for n = 1000).
 pub fn array_json(vehicle: &str, n: usize) -> String {
-    let points: Vec<String> = (0..n).map(|i| point_json(vehicle, i)).collect();
+    let points: Vec<String> = (0..n).map(|i| compact_point_json(vehicle, i)).collect();
     format!("[{}]", points.join(","))
 }
