@@ -70,6 +70,7 @@ fn batches(n: usize, base: DateTime<Utc>, received_at: DateTime<Utc>) -> Vec<Ing
                 .collect(),
             events: vec![],
             dead_letters: vec![],
+            transitions: vec![],
             commit: CommitToken::detached(),
         })
         .collect()

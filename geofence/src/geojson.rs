@@ -183,6 +183,15 @@ pub fn parse_fences_geojson(text: &str, origin: &str) -> Result<Vec<FenceFeature
     Ok(out)
 }
 
+/// Parses one GeoJSON `Polygon` or `MultiPolygon` geometry into a fence,
+/// with the same checks as a feature of a fences file (closed rings, at
+/// least 4 positions, `[longitude, latitude]` order, inside the service
+/// area, a valid polygon). Used by `PUT /api/sites/{id}/fence`.
+pub fn parse_fence_geometry(geometry: &Value) -> Result<Fence, FeatureProblem> {
+    let polygon = feature_polygon(Some(geometry))?;
+    Ok(Fence::polygon(polygon)?)
+}
+
 fn feature_polygon(geometry: Option<&Value>) -> Result<MultiPolygon<f64>, FeatureProblem> {
     let geometry = geometry.filter(|g| !g.is_null());
     let kind = geometry

@@ -20,5 +20,8 @@ pub use engine::{EngineConfig, Fix, GeofenceEngine, Transition, TransitionKind};
 pub use fence::{
     EARTH_RADIUS_M, Fence, FenceError, MAX_POLYGON_EXTENT_M, MAX_RADIUS_M, haversine_m,
 };
-pub use geojson::{FeatureProblem, FenceFeature, GeoJsonError, SERVICE_AREA, parse_fences_geojson};
+pub use geojson::{
+    FeatureProblem, FenceFeature, GeoJsonError, SERVICE_AREA, parse_fence_geometry,
+    parse_fences_geojson,
+};
 pub use set::{FenceSet, LoadError, SiteFence};

@@ -43,6 +43,7 @@ fn empty_batch(source: Source, commit: CommitToken) -> IngestBatch {
         positions: vec![],
         events: vec![],
         dead_letters: vec![],
+        transitions: vec![],
         commit,
     }
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use crate::event::Event;
+use crate::fence::FenceTransition;
 use crate::point::Position;
 use crate::reject::{Reason, Rejection};
 
@@ -117,6 +118,10 @@ pub struct IngestBatch {
     pub events: Vec<Event>,
     /// Rejected elements or the whole rejected message.
     pub dead_letters: Vec<DeadLetter>,
+    /// Fence crossings confirmed by this batch's live points (set by the
+    /// pipeline; empty from intake). Committed in the same transaction as
+    /// the points, so a crossing is durable no later than the points' ack.
+    pub transitions: Vec<FenceTransition>,
     /// Completed by the store after commit.
     pub commit: CommitToken,
 }

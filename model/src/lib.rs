@@ -1,6 +1,6 @@
 //! Shared types of movewatch: typed identifiers, the contract's position point
 //! and event, payload decoding with the contract's rejection reasons, sites,
-//! configuration, the WebSocket wire frames, and the batch that flows from
+//! configuration, the WebSocket wire frames, fence crossings, and the batch that flows from
 //! intake to the store (carrying the commit token that releases MQTT acks).
 //!
 //! Everything here is plain data and pure functions; no I/O but file reads in
@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod fence;
 pub mod ids;
 pub mod point;
 pub mod reject;
@@ -23,6 +24,7 @@ pub use decode::{
     DecodedPayload, MAX_PAYLOAD_BYTES, MAX_POINTS_PER_PAYLOAD, decode_events, decode_positions,
 };
 pub use event::{Event, EventKind};
+pub use fence::{FenceTransition, TransitionKind};
 pub use ids::{IdError, JourneyId, MoveId, SiteId, SupplierId, VehicleId};
 pub use point::{PointFlags, Position};
 pub use reject::{Reason, Rejection};

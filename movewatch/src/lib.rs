@@ -1,17 +1,18 @@
-//! The movewatch engine, wired: broker → ingest → tracker → gateway and store.
+//! The movewatch engine, wired: broker → ingest → tracker (+ geofence) → gateway and store.
 //! `main.rs` is the command line around [`Engine::start`].
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use geofence::{EngineConfig, FenceSet, Fix, GeofenceEngine};
 use ingest::Suppliers;
 use ingest::broker::{ENGINE_USER, EmbeddedBrokerConfig, start_embedded_broker};
 use ingest::mqtt::{MqttSource, MqttSourceConfig, spawn_mqtt_source};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use model::config::{Config, parse_mqtt_url};
-use model::{IngestBatch, Site};
+use model::{FenceTransition, IngestBatch, Site, TransitionKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracker::{Tracker, TrackerConfig};
@@ -38,6 +39,9 @@ pub struct Engine {
     pub store: store::Store,
     /// The loaded sites.
     pub sites: Arc<Vec<Site>>,
+    /// The fences and per-vehicle fence state, fed every live fix by the
+    /// pipeline; `PUT /api/sites/{id}/fence` replaces fences in it.
+    pub geofence: Arc<Mutex<GeofenceEngine>>,
     mqtt: MqttSource,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -79,36 +83,57 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Loads every configured sites file; any error fails the whole load.
+/// Loads every configured sites file (`.csv` sites, `.geojson` / `.json`
+/// polygon fences) into the fence set; any error fails the whole load, naming
+/// the file and the row or feature. When the only file is the default
+/// `data/sites.csv` and it is absent, the sites shipped with movewatch are
+/// used instead (with a warning).
+pub fn load_fences(config: &Config) -> anyhow::Result<FenceSet> {
+    let files = &config.sites.files;
+    if files.len() == 1 && files[0] == Path::new("data/sites.csv") && !files[0].exists() {
+        tracing::warn!(
+            "{} not found; using the sites shipped with movewatch",
+            files[0].display()
+        );
+        let sites = model::site::parse_sites_csv(SHIPPED_SITES, "shipped sites.csv")?;
+        return FenceSet::new(sites, Vec::new()).context("the shipped sites.csv is invalid");
+    }
+    FenceSet::load(files).context("cannot load the sites ([sites] files)")
+}
+
+/// The configured sites (see [`load_fences`]), without their fences.
 pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
-    let mut sites = Vec::new();
-    for file in &config.sites.files {
-        let is_default = config.sites.files.len() == 1 && file == Path::new("data/sites.csv");
-        if file
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("geojson") || e.eq_ignore_ascii_case("json"))
-        {
-            bail!(
-                "{}: GeoJSON site fences are not supported yet; list CSV files in [sites] files",
-                file.display()
-            );
+    Ok(load_fences(config)?
+        .iter()
+        .map(|s| s.site.clone())
+        .collect())
+}
+
+/// Runs the geofence engine over a batch's live fixes (neither late nor bad)
+/// and puts the crossings they confirm on the batch, which carries them to
+/// the store in the same transaction as the points.
+fn observe_fences(geofence: &Mutex<GeofenceEngine>, batch: &mut IngestBatch) {
+    if !batch.positions.iter().any(|p| p.flags.usable_live()) {
+        return;
+    }
+    // Never held across an await: this function is synchronous.
+    let mut engine = geofence
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for p in batch.positions.iter().filter(|p| p.flags.usable_live()) {
+        for t in engine.observe(p.vehicle, &Fix::from(p)) {
+            batch.transitions.push(FenceTransition {
+                vehicle: t.vehicle,
+                site: t.site,
+                kind: match t.kind {
+                    geofence::TransitionKind::Enter => TransitionKind::Enter,
+                    geofence::TransitionKind::Exit => TransitionKind::Exit,
+                    geofence::TransitionKind::PassThrough => TransitionKind::PassThrough,
+                },
+                ts: t.ts,
+            });
         }
-        let loaded = if is_default && !file.exists() {
-            tracing::warn!(
-                "{} not found; using the sites shipped with movewatch",
-                file.display()
-            );
-            model::site::parse_sites_csv(SHIPPED_SITES, "shipped sites.csv")?
-        } else {
-            model::site::load_sites_csv(file)?
-        };
-        sites.extend(loaded);
     }
-    let mut ids = std::collections::HashSet::new();
-    if let Some(dup) = sites.iter().find(|s| !ids.insert(s.id.clone())) {
-        bail!("site {} is defined in more than one sites file", dup.id);
-    }
-    Ok(sites)
 }
 
 impl Engine {
@@ -116,7 +141,9 @@ impl Engine {
     /// embedded broker starts on `mqtt.listen`, which must be free.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
         let metrics = prometheus()?;
-        let sites = Arc::new(load_sites(&config)?);
+        let fences = load_fences(&config)?;
+        let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
+        let mut geofence = GeofenceEngine::new(fences, EngineConfig::default());
         let suppliers = Arc::new(Suppliers::from_config(&config.suppliers));
         if suppliers.is_open() {
             tracing::warn!("no [[suppliers]] configured: accepting points from any supplier");
@@ -134,6 +161,17 @@ impl Engine {
             suppliers.claim(p.vehicle, p.supplier);
         }
         tracker.restore(restored);
+        // Vehicles inside a site when the engine stopped are inside it still:
+        // their next fix there is no new arrival.
+        let crossings = store
+            .latest_fence_transitions()
+            .await
+            .context("cannot read fence state back from the store")?;
+        let mut inside = 0;
+        for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {
+            inside += geofence.restore(c.vehicle, [&c.site]);
+        }
+        let geofence = Arc::new(Mutex::new(geofence));
 
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
@@ -210,10 +248,11 @@ impl Engine {
 
         let hub = Hub::new();
         let pipeline = {
-            let (tracker, hub) = (tracker.clone(), hub.clone());
+            let (tracker, hub, geofence) = (tracker.clone(), hub.clone(), geofence.clone());
             tokio::spawn(async move {
                 while let Some(mut batch) = ingest_rx.recv().await {
                     let updates = tracker.apply(&mut batch);
+                    observe_fences(&geofence, &mut batch);
                     hub.publish(updates, batch.received);
                     if store_tx.send(batch).await.is_err() {
                         break;
@@ -238,6 +277,7 @@ impl Engine {
             hub,
             auth: Arc::new(Auth::from_config(&config.tokens)),
             sites: sites.clone(),
+            geofence: geofence.clone(),
             store: store.clone(),
             readiness: Readiness {
                 broker: mqtt.connected.clone(),
@@ -252,7 +292,7 @@ impl Engine {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), "movewatch engine started");
+        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), inside_fences = inside, "movewatch engine started");
         Ok(Engine {
             http_addr,
             mqtt_addr: (mqtt_host, mqtt_port),
@@ -260,6 +300,7 @@ impl Engine {
             tracker,
             store,
             sites,
+            geofence,
             mqtt,
             tasks: vec![writer, pipeline, server, maintenance],
         })

@@ -2,7 +2,8 @@
 //!
 //! [`Store`] opens a backend by URL — `sqlite://path` (the embedded default)
 //! or `postgres://user@host/db` (production) — migrates it, and writes
-//! [`IngestBatch`]es in transactions. Both backends keep the same behaviour,
+//! [`IngestBatch`]es in transactions (points, events, dead letters and the
+//! fence crossings the pipeline derived from the points, together). Both backends keep the same behaviour,
 //! checked by one conformance suite (`tests/conformance.rs`): de-duplication
 //! by `(supplier, tracking_id)` across restarts, duplicates dead-lettered in
 //! the same transaction, the same queries.
@@ -248,6 +249,13 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<Vec<FenceTransition>, StoreError> {
         dispatch!(self, s => s.fence_transitions(vehicle, from, to).await)
+    }
+
+    /// The latest fence crossing of every (vehicle, site) pair, by vehicle
+    /// then site: a vehicle whose latest crossing at a site is an `Enter` is
+    /// inside it (used to restore the geofence state on start).
+    pub async fn latest_fence_transitions(&self) -> Result<Vec<FenceTransition>, StoreError> {
+        dispatch!(self, s => s.latest_fence_transitions().await)
     }
 
     /// Records a completed leg for ETA learning.

@@ -2,6 +2,7 @@
 //! later issues (moves API, geofencing, ETA learning) read and write.
 
 use chrono::{DateTime, NaiveDate, Utc};
+pub use model::{FenceTransition, TransitionKind};
 use model::{JourneyId, MoveId, SiteId, VehicleId};
 
 use crate::StoreError;
@@ -38,51 +39,6 @@ pub struct JourneyRecord {
     pub vehicle: Option<VehicleId>,
 }
 
-/// What a vehicle did at a site's fence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransitionKind {
-    /// Went inside the fence.
-    Enter,
-    /// Left the fence.
-    Exit,
-    /// Crossed the fence between two fixes without a fix inside.
-    PassThrough,
-}
-
-impl TransitionKind {
-    /// The stored string: `enter`, `exit`, `pass_through`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TransitionKind::Enter => "enter",
-            TransitionKind::Exit => "exit",
-            TransitionKind::PassThrough => "pass_through",
-        }
-    }
-
-    /// Parses [`TransitionKind::as_str`].
-    pub fn parse(s: &str) -> Option<TransitionKind> {
-        match s {
-            "enter" => Some(TransitionKind::Enter),
-            "exit" => Some(TransitionKind::Exit),
-            "pass_through" => Some(TransitionKind::PassThrough),
-            _ => None,
-        }
-    }
-}
-
-/// A fence crossing of one vehicle at one site.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FenceTransition {
-    /// The vehicle.
-    pub vehicle: VehicleId,
-    /// The site whose fence was crossed.
-    pub site: SiteId,
-    /// Enter, exit or pass-through.
-    pub kind: TransitionKind,
-    /// The fix time of the crossing, UTC.
-    pub ts: DateTime<Utc>,
-}
-
 /// A completed leg, the history ETA learning draws on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arrival {
@@ -113,21 +69,4 @@ pub(crate) fn id<T>(
 pub(crate) fn kind(raw: &str) -> Result<TransitionKind, StoreError> {
     TransitionKind::parse(raw)
         .ok_or_else(|| StoreError::Corrupt(format!("fence transition kind {raw:?}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transition_kinds_round_trip() {
-        for k in [
-            TransitionKind::Enter,
-            TransitionKind::Exit,
-            TransitionKind::PassThrough,
-        ] {
-            assert_eq!(TransitionKind::parse(k.as_str()), Some(k));
-        }
-        assert_eq!(TransitionKind::parse("inside"), None);
-    }
 }

@@ -139,6 +139,20 @@ impl SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
 
+        let transitions: Vec<&FenceTransition> =
+            batches.iter().flat_map(|b| b.transitions.iter()).collect();
+        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO fence_transitions (vehicle, site, kind, ts) ");
+            q.push_values(chunk, |mut row, t| {
+                row.push_bind(t.vehicle.as_str())
+                    .push_bind(t.site.as_str())
+                    .push_bind(t.kind.as_str())
+                    .push_bind(to_micros(&t.ts));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -399,6 +413,30 @@ impl SqliteStore {
         .bind(vehicle.as_str())
         .bind(to_micros(&from))
         .bind(to_micros(&to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FenceTransition {
+                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
+                    site: records::id(SiteId::parse, r.try_get(1)?)?,
+                    kind: records::kind(r.try_get(2)?)?,
+                    ts: from_micros(r.try_get(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn latest_fence_transitions(
+        &self,
+    ) -> Result<Vec<FenceTransition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT vehicle, site, kind, ts FROM (
+                 SELECT vehicle, site, kind, ts, ROW_NUMBER() OVER (
+                     PARTITION BY vehicle, site ORDER BY ts DESC, id DESC) AS n
+                 FROM fence_transitions) AS latest
+             WHERE n = 1 ORDER BY vehicle, site",
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -34,7 +34,7 @@ impl Default for WriterConfig {
 }
 
 fn rows(batch: &IngestBatch) -> usize {
-    batch.positions.len() + batch.events.len() + batch.dead_letters.len()
+    batch.positions.len() + batch.events.len() + batch.dead_letters.len() + batch.transitions.len()
 }
 
 /// Runs the write loop until `input` closes and everything pending is

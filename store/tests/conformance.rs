@@ -52,6 +52,8 @@ conformance!(
     nul_characters_do_not_stall_writes,
     moves_round_trip_and_journeys_are_replaced,
     fence_transitions_round_trip,
+    fence_transitions_commit_with_their_batch,
+    latest_fence_transition_per_vehicle_and_site,
     arrivals_round_trip_newest_first,
     retention_removes_old_positions_and_keeps_recent,
     writer_completes_tokens_after_commit,
@@ -350,6 +352,78 @@ async fn fence_transitions_round_trip(db: &TestDb) {
             .await
             .unwrap(),
         all[1..2].to_vec()
+    );
+}
+
+async fn fence_transitions_commit_with_their_batch(db: &TestDb) {
+    let store = db.open().await;
+    let vehicle = VehicleId::parse("AB12CDE").unwrap();
+    let enter = FenceTransition {
+        vehicle,
+        site: site("LEI"),
+        kind: TransitionKind::Enter,
+        ts: at(1),
+    };
+    let mut b = batch(
+        vec![point("AB12CDE", "a", 1), point("AB12CDE", "b", 2)],
+        vec![],
+    );
+    b.transitions.push(enter.clone());
+    let mut other = batch(vec![point("XY99ZZZ", "c", 3)], vec![]);
+    other.transitions.push(FenceTransition {
+        vehicle: VehicleId::parse("XY99ZZZ").unwrap(),
+        site: site("WDI"),
+        kind: TransitionKind::PassThrough,
+        ts: at(3),
+    });
+    store.write(&[b, other]).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().positions, 3);
+    assert_eq!(
+        store
+            .fence_transitions(&vehicle, at(0), at(60))
+            .await
+            .unwrap(),
+        vec![enter]
+    );
+    assert_eq!(store.latest_fence_transitions().await.unwrap().len(), 2);
+}
+
+async fn latest_fence_transition_per_vehicle_and_site(db: &TestDb) {
+    let store = db.open().await;
+    assert!(store.latest_fence_transitions().await.unwrap().is_empty());
+    let t = |vehicle: &str, site_id: &str, kind, minute| FenceTransition {
+        vehicle: VehicleId::parse(vehicle).unwrap(),
+        site: site(site_id),
+        kind,
+        ts: at(minute),
+    };
+    store
+        .insert_fence_transitions(&[
+            // AB12CDE entered LEI, left, entered again: inside.
+            t("AB12CDE", "LEI", TransitionKind::Enter, 0),
+            t("AB12CDE", "LEI", TransitionKind::Exit, 30),
+            t("AB12CDE", "LEI", TransitionKind::Enter, 60),
+            // ... and entered then left WDI: outside.
+            t("AB12CDE", "WDI", TransitionKind::Enter, 5),
+            t("AB12CDE", "WDI", TransitionKind::Exit, 20),
+            // XY99ZZZ at LEI: two rows at the same time, the later written wins.
+            t("XY99ZZZ", "LEI", TransitionKind::Exit, 10),
+            t("XY99ZZZ", "LEI", TransitionKind::Enter, 10),
+        ])
+        .await
+        .unwrap();
+    // Written out of time order in a later transaction: time decides, not id.
+    store
+        .insert_fence_transitions(&[t("AB12CDE", "WDI", TransitionKind::Enter, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_fence_transitions().await.unwrap(),
+        vec![
+            t("AB12CDE", "LEI", TransitionKind::Enter, 60),
+            t("AB12CDE", "WDI", TransitionKind::Exit, 20),
+            t("XY99ZZZ", "LEI", TransitionKind::Enter, 10),
+        ]
     );
 }
 

@@ -115,6 +115,7 @@ impl Tracker {
             positions: positions.into_iter().collect(),
             events: vec![],
             dead_letters: vec![],
+            transitions: vec![],
             commit: model::CommitToken::detached(),
         };
         batch.positions.sort_by_key(|p| p.ts);

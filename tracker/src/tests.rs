@@ -33,6 +33,7 @@ fn batch(positions: Vec<Position>) -> IngestBatch {
         positions,
         events: vec![],
         dead_letters: vec![],
+        transitions: vec![],
         commit: CommitToken::detached(),
     }
 }

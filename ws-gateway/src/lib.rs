@@ -10,15 +10,17 @@
 mod auth;
 mod hub;
 mod pages;
+mod sites;
 mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
+use geofence::GeofenceEngine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use model::Site;
 use serde_json::json;
@@ -48,6 +50,10 @@ pub struct Gateway {
     pub auth: Arc<Auth>,
     /// The loaded sites.
     pub sites: Arc<Vec<Site>>,
+    /// The fences (shared with the pipeline, which feeds them every live
+    /// fix): `GET /api/sites` shows them, `PUT /api/sites/{id}/fence`
+    /// replaces one. Locked briefly, never across an await.
+    pub geofence: Arc<Mutex<GeofenceEngine>>,
     /// The store, for history and its health.
     pub store: store::Store,
     /// For `/readyz`.
@@ -62,7 +68,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/sites", get(api_sites))
+        .route("/api/sites", get(sites::list))
+        .route("/api/sites/{id}/fence", put(sites::put_fence))
         .route("/api/vehicles", get(api_vehicles))
         .route("/ws", get(ws::upgrade))
         .merge(pages::routes())
@@ -99,24 +106,6 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({"error": code, "message": message})),
     )
         .into_response()
-}
-
-async fn api_sites(
-    State(g): State<Gateway>,
-    headers: HeaderMap,
-    query: axum::extract::RawQuery,
-) -> Response {
-    match g.auth.from_request(&headers, query.0.as_deref()) {
-        Err(r) => r,
-        Ok(access) => {
-            let visible: Vec<&Site> = g
-                .sites
-                .iter()
-                .filter(|s| access.may_see_site(&s.id))
-                .collect();
-            axum::Json(visible).into_response()
-        }
-    }
 }
 
 async fn api_vehicles(

@@ -148,6 +148,7 @@ pub fn batch(positions: Vec<Position>, dead_letters: Vec<DeadLetter>) -> IngestB
         positions,
         events: vec![],
         dead_letters,
+        transitions: vec![],
         commit: CommitToken::detached(),
     }
 }

@@ -1,0 +1,137 @@
+//! `GET /api/sites` (each site with its fence) and
+//! `PUT /api/sites/{id}/fence` (replace a fence at run time, control room only).
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use geofence::{Fence, SiteFence};
+use model::SiteId;
+use serde_json::{Value, json};
+
+use crate::{Access, Gateway, error};
+
+/// A site as `GET /api/sites` shows it: its fields, and `fence` —
+/// `{"type": "circle", "radius_m": r}` or `{"type": "polygon", "geometry": <GeoJSON MultiPolygon>}`.
+fn site_json(s: &SiteFence) -> Value {
+    let mut v = serde_json::to_value(&s.site).unwrap_or_else(|_| json!({}));
+    let fence = match s.fence.radius_m() {
+        Some(r) => {
+            v["radius_m"] = json!(r);
+            json!({"type": "circle", "radius_m": r})
+        }
+        None => json!({"type": "polygon", "geometry": s.fence.to_geojson_geometry()}),
+    };
+    v["fence"] = fence;
+    v
+}
+
+pub(crate) async fn list(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
+    let access = match g.auth.from_request(&headers, query.0.as_deref()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    // Copy out under the lock (the pipeline shares it); serialise after.
+    let visible: Vec<SiteFence> = {
+        let engine = g
+            .geofence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engine
+            .fences()
+            .iter()
+            .filter(|s| access.may_see_site(&s.site.id))
+            .cloned()
+            .collect()
+    };
+    axum::Json(visible.iter().map(site_json).collect::<Vec<_>>()).into_response()
+}
+
+const BODY_SHAPES: &str = "expected a GeoJSON Polygon or MultiPolygon geometry, a GeoJSON Feature with one, or {\"radius_m\": n}";
+
+/// The new fence described by a request body, or the reason it is refused.
+fn fence_from_body(body: &[u8], site: &SiteFence) -> Result<Fence, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    if let Some(r) = value.get("radius_m") {
+        let r = r
+            .as_f64()
+            .ok_or_else(|| "radius_m must be a number of metres".to_owned())?;
+        return Fence::circle(site.site.lat, site.site.lon, r).map_err(|e| e.to_string());
+    }
+    let geometry = match value.get("type").and_then(Value::as_str) {
+        Some("Feature") => value
+            .get("geometry")
+            .filter(|g| !g.is_null())
+            .ok_or_else(|| "the Feature has no geometry".to_owned())?,
+        Some("Polygon" | "MultiPolygon") => &value,
+        Some(other) => {
+            return Err(format!(
+                "GeoJSON type {other} is not accepted: {BODY_SHAPES}"
+            ));
+        }
+        None => return Err(BODY_SHAPES.to_owned()),
+    };
+    geofence::parse_fence_geometry(geometry).map_err(|e| format!("bad fence geometry: {e}"))
+}
+
+pub(crate) async fn put_fence(
+    State(g): State<Gateway>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: RawQuery,
+    body: Bytes,
+) -> Response {
+    match g.auth.from_request(&headers, query.0.as_deref()) {
+        Err(r) => return r,
+        Ok(Access::ControlRoom) => {}
+        Ok(_) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "fences are changed by the control room",
+            );
+        }
+    }
+    let unknown = || error(StatusCode::NOT_FOUND, "not_found", &format!("no site {id}"));
+    let Ok(site_id) = SiteId::parse(&id) else {
+        return unknown();
+    };
+    let Some(current) = g.fence_of(&site_id) else {
+        return unknown();
+    };
+    let fence = match fence_from_body(&body, &current) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
+    };
+    let replaced = {
+        let mut engine = g
+            .geofence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engine
+            .replace_fence(&site_id, fence)
+            .ok()
+            .and_then(|_| engine.fences().get(&site_id).cloned())
+    };
+    let Some(replaced) = replaced else {
+        return unknown();
+    };
+    tracing::info!(site = %site_id, circle = replaced.fence.is_circle(), "site fence replaced");
+    axum::Json(site_json(&replaced)).into_response()
+}
+
+impl Gateway {
+    /// A site and its current fence.
+    fn fence_of(&self, site: &SiteId) -> Option<SiteFence> {
+        let engine = self
+            .geofence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engine.fences().get(site).cloned()
+    }
+}
