@@ -8,6 +8,7 @@
 //! instead (it conflates to the latest state; others are never delayed).
 
 mod auth;
+pub mod history;
 mod hub;
 mod pages;
 mod ws;
@@ -64,6 +65,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/sites", get(api_sites))
         .route("/api/vehicles", get(api_vehicles))
+        .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
+        .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
         .merge(pages::routes())
         .with_state(gateway)
