@@ -24,7 +24,10 @@ fn decode(c: &mut Criterion) {
     let ctx = ctx();
     let singles: Vec<String> = (0..1000).map(|i| point_json("AB12CDE", i)).collect();
     let array = array_json("AB12CDE", 1000);
-    assert!(array.len() <= model::MAX_PAYLOAD_BYTES, "the array must be a legal payload");
+    assert!(
+        array.len() <= model::MAX_PAYLOAD_BYTES,
+        "the array must be a legal payload"
+    );
 
     let mut group = c.benchmark_group("decode_validate");
     group.throughput(Throughput::Elements(1000));

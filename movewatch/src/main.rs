@@ -1,4 +1,4 @@
-//! `movewatch serve | demo | simulate`.
+//! `movewatch serve | demo | replay | simulate`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use model::config::{Config, RoleName, SupplierConfig, TokenConfig, parse_mqtt_url};
+use movewatch::replay::{Replay, ReplayConfig};
 use movewatch::{Engine, load_sites, random_token};
 
 #[derive(Parser)]
@@ -53,6 +55,30 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Stream stored history through the gateway as if it were live (incident review).
+    Replay {
+        /// First fix time to replay, RFC 3339 (e.g. 2026-11-21T09:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// Last fix time to replay, RFC 3339.
+        #[arg(long, value_parser = parse_time)]
+        to: DateTime<Utc>,
+        /// Speed-up over the original timing (10: ten minutes of history per minute).
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+        /// The config file (store, sites, tokens, `[http] listen`); without it, the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Read this store instead of the config's (`postgres://…` or `sqlite://…`).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Listen here instead of the config's `[http] listen`.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Wait this long for a first WebSocket client before starting (0s: start at once).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Drive simulated vans between real sites, publishing to a broker.
     Simulate {
         /// How many vans.
@@ -77,6 +103,12 @@ enum Command {
         #[arg(long = "password", value_parser = parse_key_value)]
         passwords: Vec<(String, String)>,
     },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-21T09:00:00Z: {e}"))
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -107,6 +139,15 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             interval,
         } => demo(vehicles, http_listen, mqtt_listen, data_dir, interval).await,
+        Command::Replay {
+            from,
+            to,
+            speed,
+            config,
+            database_url,
+            http_listen,
+            wait,
+        } => replay(from, to, speed, config, database_url, http_listen, wait).await,
         Command::Simulate {
             vehicles,
             interval,
@@ -171,6 +212,83 @@ async fn serve(
         .await
         .context("waiting for Ctrl-C")?;
     engine.stop();
+    Ok(())
+}
+
+async fn replay(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    speed: f64,
+    config_path: Option<PathBuf>,
+    database_url: Option<String>,
+    http_listen: Option<SocketAddr>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let mut config = match &config_path {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = database_url {
+        config.store.url = url;
+    }
+    if let Some(addr) = http_listen {
+        config.http.listen = addr;
+    }
+    config.validate()?;
+    let replay = Replay::start(
+        &config,
+        ReplayConfig {
+            from,
+            to,
+            speed,
+            progress_every: Duration::from_secs(5),
+        },
+    )
+    .await?;
+    println!(
+        "movewatch replay of {} .. {} at {speed}x from {}",
+        model::format_ts(&from),
+        model::format_ts(&to),
+        config.store.url
+    );
+    println!(
+        "  fleet page:          http://{}/?token={}",
+        replay.http_addr, replay.token
+    );
+    println!("  control-room token:  {}", replay.token);
+    if !wait.is_zero() {
+        println!(
+            "waiting up to {} for a first WebSocket client (--wait 0s starts at once)",
+            humantime::format_duration(wait)
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        while replay.clients() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the client subscribe and take its snapshot.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let done = tokio::select! {
+        r = replay.run(|p| {
+            println!(
+                "  {}  {} points sent  ({} s)",
+                model::format_ts(&p.simulated),
+                p.points,
+                p.elapsed.as_secs()
+            );
+        }) => r?,
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for Ctrl-C")?;
+            println!("replay interrupted");
+            return Ok(());
+        }
+    };
+    println!(
+        "replay finished: {} points up to {} in {:.1} s",
+        done.points,
+        model::format_ts(&done.simulated),
+        done.elapsed.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -74,6 +74,29 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
+/// Where a page of [`Store::positions_between`] ended: the sort key of its
+/// last point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionCursor {
+    /// The fix time of the last point.
+    pub ts: DateTime<Utc>,
+    /// Its supplier.
+    pub supplier: SupplierId,
+    /// Its tracking id.
+    pub tracking_id: String,
+}
+
+impl PositionCursor {
+    /// The cursor just after `p`.
+    pub fn after(p: &Position) -> PositionCursor {
+        PositionCursor {
+            ts: p.ts,
+            supplier: p.supplier,
+            tracking_id: p.tracking_id.clone(),
+        }
+    }
+}
+
 /// Counts of what the store holds, for tests, the simulator's loss check and `/readyz`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -184,6 +207,25 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
         dispatch!(self, s => s.track(vehicle, from, to, limit).await)
+    }
+
+    /// Every stored point (all vehicles) with a fix time between `from` and
+    /// `to` (both inclusive), in `(ts, supplier, tracking_id)` order, at most
+    /// `limit`, starting after `after` (the [`PositionCursor`] of the last
+    /// point of the previous page; `None` for the first page). The order is
+    /// total and the same on both backends: `(supplier, tracking_id)` is the
+    /// point's identity, so it breaks ties between equal times (PostgreSQL's
+    /// `positions` has no row id). For replay and exports; a page costs a
+    /// scan of `[max(from, after.ts), to]` on the `ts` index (BRIN on
+    /// PostgreSQL), so callers walking a long span should walk it in windows.
+    pub async fn positions_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&PositionCursor>,
+        limit: i64,
+    ) -> Result<Vec<Position>, StoreError> {
+        dispatch!(self, s => s.positions_between(from, to, after, limit).await)
     }
 
     /// Housekeeping that keeps writes cheap: on PostgreSQL with native

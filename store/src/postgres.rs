@@ -26,7 +26,7 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 use crate::pg_layout::{self, Layout, POSITION_COLUMNS};
 use crate::records::{self, Arrival, FenceTransition, JourneyRecord, MoveRecord};
-use crate::{Candidate, Counts, RetentionReport, StoreError};
+use crate::{Candidate, Counts, PositionCursor, RetentionReport, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -414,6 +414,46 @@ impl PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(position_from_row).collect()
+    }
+
+    pub(crate) async fn positions_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&PositionCursor>,
+        limit: i64,
+    ) -> Result<Vec<Position>, StoreError> {
+        let rows = match after {
+            None => {
+                sqlx::query(
+                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
+                     FROM positions WHERE ts >= $1 AND ts <= $2
+                     ORDER BY ts, supplier, tracking_id LIMIT $3",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(c) => {
+                sqlx::query(
+                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
+                     FROM positions WHERE ts >= $1 AND ts <= $2 AND ts >= $3
+                       AND (ts, supplier, tracking_id) > ($3, $4, $5)
+                     ORDER BY ts, supplier, tracking_id LIMIT $6",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(c.ts)
+                .bind(c.supplier.as_str())
+                .bind(text(&c.tracking_id).into_owned())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter().map(position_from_row).collect()
     }
 

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::records::{self, Arrival, FenceTransition, JourneyRecord, MoveRecord};
-use crate::{Counts, RetentionReport, StoreError, from_micros, to_micros};
+use crate::{Counts, PositionCursor, RetentionReport, StoreError, from_micros, to_micros};
 
 /// Rows per INSERT statement: 16 columns × 500 stays under SQLite's 32766 bound variables.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -246,6 +246,46 @@ impl SqliteStore {
         .await?;
         rows.iter().map(position_from_row).collect()
     }
+
+    pub(crate) async fn positions_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<&PositionCursor>,
+        limit: i64,
+    ) -> Result<Vec<Position>, StoreError> {
+        let rows = match after {
+            None => {
+                sqlx::query(
+                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
+                     FROM positions WHERE ts >= ? AND ts <= ?
+                     ORDER BY ts, supplier, tracking_id LIMIT ?",
+                )
+                .bind(to_micros(&from))
+                .bind(to_micros(&to))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(c) => {
+                sqlx::query(
+                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
+                     FROM positions WHERE ts >= ? AND ts <= ? AND (ts, supplier, tracking_id) > (?, ?, ?)
+                     ORDER BY ts, supplier, tracking_id LIMIT ?",
+                )
+                .bind(to_micros(&from))
+                .bind(to_micros(&to))
+                .bind(to_micros(&c.ts))
+                .bind(c.supplier.as_str())
+                .bind(c.tracking_id.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(position_from_row).collect()
+    }
+
     /// Deletes positions older than `cutoff` in batches, so that no single
     /// statement holds the write lock for long.
     pub(crate) async fn apply_retention(

@@ -12,7 +12,8 @@ use model::{
     SupplierId, VehicleId,
 };
 use movewatch_store::{
-    Arrival, FenceTransition, JourneyRecord, MoveRecord, TransitionKind, WriterConfig, spawn_writer,
+    Arrival, FenceTransition, JourneyRecord, MoveRecord, PositionCursor, TransitionKind,
+    WriterConfig, spawn_writer,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +49,7 @@ conformance!(
     duplicates_are_detected_across_restarts,
     dead_letters_and_latest_positions_survive_reopen,
     track_returns_a_range_oldest_first_with_a_limit,
+    positions_between_pages_in_time_order,
     events_are_stored,
     nul_characters_do_not_stall_writes,
     moves_round_trip_and_journeys_are_replaced,
@@ -216,6 +218,69 @@ async fn track_returns_a_range_oldest_first_with_a_limit(db: &TestDb) {
     let all = store.track(&vehicle, at(-60), at(60), 1000).await.unwrap();
     assert_eq!(all.len(), 21);
     assert_eq!(all.last().unwrap(), &full, "every column round-trips");
+}
+
+async fn positions_between_pages_in_time_order(db: &TestDb) {
+    let store = db.open().await;
+    // Three vehicles and two suppliers, several points sharing a fix time,
+    // written out of order over two transactions.
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for m in (0..10).rev() {
+        first.push(point("AB12CDE", &format!("a{m}"), m));
+        let mut other = point("XY99ZZZ", &format!("a{m}"), m);
+        other.supplier = SupplierId::parse("serco").unwrap();
+        second.push(other);
+        if m % 2 == 0 {
+            second.push(point("CD34EFG", &format!("c{m}"), m));
+        }
+    }
+    store.write(&[batch(first, vec![])]).await.unwrap();
+    store.write(&[batch(second, vec![])]).await.unwrap();
+
+    let key = |p: &model::Position| (p.ts, p.supplier.to_string(), p.tracking_id.clone());
+    // Walk [at(2), at(7)] three points at a time.
+    let mut pages = 0;
+    let mut walked = Vec::new();
+    let mut cursor: Option<PositionCursor> = None;
+    loop {
+        let page = store
+            .positions_between(at(2), at(7), cursor.as_ref(), 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        cursor = Some(PositionCursor::after(last));
+        walked.extend(page);
+        pages += 1;
+        assert!(pages < 20, "paging does not end");
+    }
+    // 6 minutes x 2 suppliers' vehicles + c2, c4, c6.
+    assert_eq!(walked.len(), 15);
+    assert!(walked.iter().all(|p| p.ts >= at(2) && p.ts <= at(7)));
+    let keys: Vec<_> = walked.iter().map(key).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        keys, sorted,
+        "strictly increasing (ts, supplier, tracking_id), no repeats"
+    );
+    // Same fix time: geoamey's two vehicles before serco's.
+    assert_eq!(walked[0].tracking_id, "a2");
+    assert_eq!(walked[0].supplier.as_str(), "geoamey");
+    assert_eq!(walked[2].supplier.as_str(), "serco");
+
+    let all = store
+        .positions_between(at(-60), at(60), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 25);
+    let none = store
+        .positions_between(at(20), at(30), None, 1000)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }
 
 async fn events_are_stored(db: &TestDb) {

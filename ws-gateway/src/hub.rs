@@ -64,6 +64,11 @@ impl Hub {
             .record(received.elapsed().as_secs_f64());
     }
 
+    /// How many WebSocket clients are connected (each holds one receiver).
+    pub fn receiver_count(&self) -> usize {
+        self.fleet.receiver_count()
+    }
+
     /// A new receiver of the fleet broadcast.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedFrame>> {
         self.fleet.subscribe()

@@ -8,6 +8,7 @@
 //! instead (it conflates to the latest state; others are never delayed).
 
 mod auth;
+pub mod history;
 mod hub;
 mod pages;
 mod sites;
@@ -71,6 +72,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/sites", get(sites::list))
         .route("/api/sites/{id}/fence", put(sites::put_fence))
         .route("/api/vehicles", get(api_vehicles))
+        .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
+        .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
         .merge(pages::routes())
         .with_state(gateway)
