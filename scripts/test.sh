@@ -216,6 +216,15 @@ step "node --test web/tests/ (fleet page in Chromium against movewatch demo)"
 node --test web/tests/
 
 # ---------------------------------------------------------------------------
+# A short coverage-guided pass over every untrusted input (docs/FUZZING.md);
+# MOVEWATCH_FUZZ_SECONDS=0 skips it, a larger value fuzzes longer.
+FUZZ_SECONDS="${MOVEWATCH_FUZZ_SECONDS:-15}"
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  step "fuzz smoke: scripts/fuzz.sh all $FUZZ_SECONDS"
+  bash scripts/fuzz.sh all "$FUZZ_SECONDS"
+fi
+
+# ---------------------------------------------------------------------------
 elapsed=$((SECONDS - START))
-printf '\n==> All tests passed: fmt, clippy, Rust tests, browser test (%dm%02ds). Screenshot: artifacts/demo-fleet.png\n' \
+printf '\n==> All tests passed: fmt, clippy, Rust tests, browser test, fuzz smoke (%dm%02ds). Screenshot: artifacts/demo-fleet.png\n' \
   $((elapsed / 60)) $((elapsed % 60))
