@@ -19,10 +19,16 @@ fuzz_target!(|data: &[u8]| {
             shape,
         };
         if let Ok(decoded) = decode_positions(data, &ctx) {
-            assert_eq!(decoded.items.len() + decoded.rejections.len(), decoded.total);
+            assert_eq!(
+                decoded.items.len() + decoded.rejections.len(),
+                decoded.total
+            );
         }
         if let Ok(decoded) = decode_events(data, &ctx) {
-            assert_eq!(decoded.items.len() + decoded.rejections.len(), decoded.total);
+            assert_eq!(
+                decoded.items.len() + decoded.rejections.len(),
+                decoded.total
+            );
         }
     }
 });
