@@ -1,0 +1,104 @@
+//! A stalled store holds back intake instead of growing memory (issue #3):
+//! while the database is locked, the engine takes in no more than the
+//! broker's in-flight window, and every message arrives once the store
+//! returns. Its own test binary, so the process-wide metrics count only this
+//! test.
+
+mod common;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::*;
+use movewatch::Engine;
+use rumqttc::QoS;
+
+/// The embedded broker's in-flight window per connection (ingest::broker).
+const WINDOW: f64 = 1000.0;
+/// Ten windows, published while the store is stalled.
+const MESSAGES: usize = 10_000;
+
+fn points_taken_in(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("movewatch_ingest_points_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_bounds_what_the_engine_takes_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+    let client = publisher(&engine, None).await;
+
+    // Stall the store: another connection holds SQLite's write lock.
+    let db = dir.path().join("test.db");
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+            .unwrap();
+    let mut locker = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    for i in 0..MESSAGES {
+        let vehicle = format!("BP{:03}AA", i % 100);
+        client
+            .publish(
+                format!("movewatch/v1/geoamey/{vehicle}/positions"),
+                QoS::AtLeastOnce,
+                false,
+                point(
+                    &format!("bp-{i}"),
+                    &vehicle,
+                    3_000 - (i / 100) as i64,
+                    52.5,
+                    -1.9,
+                )
+                .to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Let intake run as far as it can, then check it stopped at the window.
+    let mut taken = 0.0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = points_taken_in(&get(engine.http_addr, "/metrics").await);
+        if now == taken && now > 0.0 {
+            break;
+        }
+        taken = now;
+    }
+    eprintln!("with the store stalled, intake took in {taken} of {MESSAGES} messages");
+    assert!(taken > 0.0, "intake took nothing in");
+    assert!(
+        taken <= WINDOW,
+        "with the store stalled the engine took in {taken} messages, more than the broker's window of {WINDOW}"
+    );
+    assert_eq!(engine.store.counts().await.unwrap().positions, 0);
+    // A write fails once SQLite's busy timeout (10 s) runs out; from then on
+    // the engine reports itself not ready.
+    let addr = engine.http_addr;
+    wait_for(30, "/readyz to report the stalled store", || async move {
+        (http("GET", addr, "/readyz", &[], b"").await.status == 503).then_some(())
+    })
+    .await;
+
+    // The store comes back: everything arrives, once.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    assert_eq!(
+        wait_for_positions(&engine, MESSAGES as i64).await,
+        MESSAGES as i64
+    );
+    let letters = engine.store.dead_letter_counts().await.unwrap();
+    assert!(
+        letters.is_empty(),
+        "no duplicates or rejections: {letters:?}"
+    );
+    engine.stop();
+}
