@@ -1,5 +1,6 @@
 //! Site fences and arrivals: circles and polygons around prisons, courts and
-//! police stations, indexed in an R-tree, and a per-(vehicle, site) state
+//! police stations, indexed by a uniform grid (point checks) and an R-tree
+//! (box queries), and a per-(vehicle, site) state
 //! machine that turns GPS fixes into `Enter`, `Exit` and `PassThrough`
 //! transitions with dwell and hysteresis (issue #5; rules in docs/GEOFENCE.md).
 //!
@@ -14,6 +15,7 @@
 mod engine;
 mod fence;
 mod geojson;
+mod grid;
 mod set;
 
 pub use engine::{EngineConfig, Fix, GeofenceEngine, Transition, TransitionKind};

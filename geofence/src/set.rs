@@ -10,6 +10,7 @@ use rstar::{AABB, RStarInsertionStrategy, RTree, RTreeParams};
 
 use crate::fence::{Fence, FenceError};
 use crate::geojson::{FenceFeature, GeoJsonError, parse_fences_geojson};
+use crate::grid::Grid;
 
 type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
 
@@ -75,6 +76,8 @@ pub struct FenceSet {
     sites: Vec<SiteFence>,
     by_id: HashMap<SiteId, u32>,
     tree: RTree<Entry, Params>,
+    /// Point checks go through the grid; box queries through the tree.
+    grid: Grid,
 }
 
 fn entry(fence: &Fence, slot: u32) -> Entry {
@@ -138,10 +141,12 @@ impl FenceSet {
             .enumerate()
             .map(|(i, s)| entry(&s.fence, i as u32))
             .collect();
+        let grid = Grid::build(out.iter().map(|s| &s.fence));
         Ok(FenceSet {
             sites: out,
             by_id,
             tree: RTree::bulk_load_with_params(entries),
+            grid,
         })
     }
 
@@ -200,22 +205,26 @@ impl FenceSet {
 
     /// The sites whose fence contains the point. Allocates nothing.
     pub fn containing(&self, lat: f64, lon: f64) -> impl Iterator<Item = &SiteFence> {
-        self.tree
-            .locate_all_at_point([lon, lat])
-            .map(move |e| &self.sites[e.data as usize])
+        self.grid
+            .candidates(lat, lon)
+            .iter()
+            .filter(move |c| c.covers(lat, lon))
+            .map(move |c| &self.sites[c.slot as usize])
             .filter(move |s| s.fence.contains(lat, lon))
     }
 
     /// Calls `f` for each site whose fence contains the point, by internal
     /// iteration over the index (the fastest form; allocates nothing).
     pub fn for_each_containing<'a>(&'a self, lat: f64, lon: f64, mut f: impl FnMut(&'a SiteFence)) {
-        let _ = self.tree.locate_all_at_point_int([lon, lat], |e| {
-            let s = &self.sites[e.data as usize];
+        for c in self.grid.candidates(lat, lon) {
+            if !c.covers(lat, lon) {
+                continue;
+            }
+            let s = &self.sites[c.slot as usize];
             if s.fence.contains(lat, lon) {
                 f(s);
             }
-            std::ops::ControlFlow::<()>::Continue(())
-        });
+        }
     }
 
     /// Replaces one site's fence at run time (e.g. `PUT /api/sites/{id}/fence`);
@@ -229,7 +238,10 @@ impl FenceSet {
         let removed = self.tree.remove(&entry(&current.fence, slot));
         debug_assert!(removed.is_some(), "index out of step with the fences");
         self.tree.insert(entry(&fence, slot));
-        Ok(std::mem::replace(&mut current.fence, fence))
+        let old = std::mem::replace(&mut current.fence, fence);
+        // Rare (an operator's edit): rebuilding the grid keeps it exact.
+        self.grid = Grid::build(self.sites.iter().map(|s| &s.fence));
+        Ok(old)
     }
 
     pub(crate) fn slot(&self, id: &SiteId) -> Option<u32> {
