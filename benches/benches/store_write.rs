@@ -182,6 +182,31 @@ async fn write_all(store: &Store, batches: &[IngestBatch]) -> Duration {
     started.elapsed()
 }
 
+/// The engine's path: the batches through the store writer (`spawn_writer`,
+/// its default of two commits in flight on PostgreSQL), until every commit
+/// token has completed.
+async fn write_through_writer(store: &Store, batches: Vec<IngestBatch>) -> Duration {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (health, _) = tokio::sync::watch::channel(true);
+    let writer = store::spawn_writer(store.clone(), rx, store::WriterConfig::default(), health);
+    let started = Instant::now();
+    let mut done = Vec::with_capacity(batches.len());
+    for mut b in batches {
+        let (token, committed) = model::CommitToken::new();
+        b.commit = token;
+        done.push(committed);
+        tx.send(b).await.expect("writer running");
+    }
+    drop(tx);
+    for committed in done {
+        let outcome = committed.await.expect("committed");
+        assert!(outcome.duplicates.is_empty());
+    }
+    let elapsed = started.elapsed();
+    writer.await.expect("writer ends");
+    elapsed
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -207,6 +232,18 @@ async fn main() {
     let store_time = write_all(&store, &data).await;
     assert_eq!(store.counts().await.expect("counts").positions, n as i64);
     drop(store);
+
+    // The same through the engine's writer (two commits in flight).
+    let writer_db = format!("movewatch_bench_writer_{}", std::process::id());
+    let writer_store = Store::open(&fresh_db(&writer_db).await)
+        .await
+        .expect("open pg");
+    let writer_time = write_through_writer(&writer_store, batches(n, base, received_at)).await;
+    assert_eq!(
+        writer_store.counts().await.expect("counts").positions,
+        n as i64
+    );
+    drop(writer_store);
 
     // psql \copy of the same rows into the same schema.
     let copy_db = format!("movewatch_bench_copy_{}", std::process::id());
@@ -236,6 +273,7 @@ async fn main() {
 
     admin(format!("DROP DATABASE IF EXISTS {store_db} WITH (FORCE)")).await;
     admin(format!("DROP DATABASE IF EXISTS {copy_db} WITH (FORCE)")).await;
+    admin(format!("DROP DATABASE IF EXISTS {writer_db} WITH (FORCE)")).await;
 
     let store_rate = rate(n, store_time);
     let copy_rate = rate(n, copy_time);
@@ -244,6 +282,7 @@ async fn main() {
     println!("|----------------------------------------|-----------|---------|---------|");
     for (name, d) in [
         ("Store::write → PostgreSQL (COPY+dedup)", store_time),
+        ("store writer → PostgreSQL (2 in flight)", writer_time),
         ("psql \\copy → PostgreSQL positions", copy_time),
         ("  … plus psql \\copy of the keys", copy_time + keys_time),
         ("Store::write → SQLite", sqlite_time),
@@ -258,6 +297,10 @@ async fn main() {
     println!(
         "store / psql \\copy = {:.1} % (target ≥ 80 %)",
         100.0 * store_rate / copy_rate
+    );
+    println!(
+        "store writer (2 commits in flight) / psql \\copy = {:.1} % (target ≥ 80 %)",
+        100.0 * rate(n, writer_time) / copy_rate
     );
     println!(
         "store / (psql \\copy of positions + keys) = {:.1} %",

@@ -1,9 +1,17 @@
 //! The batching write loop between the tracker and the database.
 //!
-//! Back-pressure: the loop reads its bounded input channel only between
-//! commits, so a slow database fills the channel, which stalls the tracker,
-//! which stalls intake, which withholds MQTT acks; the broker's in-flight
-//! window then stops delivery. Nothing is dropped on the way.
+//! Back-pressure: the loop reads its bounded input channel only while it has
+//! room for another commit, so a slow database fills the channel, which
+//! stalls the tracker, which stalls intake, which withholds MQTT acks; the
+//! broker's in-flight window then stops delivery. Nothing is dropped on the way.
+//!
+//! On PostgreSQL two commits may be in flight, so one group is copied while
+//! the previous one waits for its fsync (the second core does the work).
+//! Each group's batches complete their commit tokens after their own commit,
+//! whatever the order; intake acknowledges in arrival order regardless. A
+//! point in both groups is kept once: the later transaction waits on the
+//! earlier one's key and, if that commits, finds it a duplicate. SQLite has
+//! one writer at a time, so it keeps one commit in flight.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +30,8 @@ pub struct WriterConfig {
     pub max_rows: usize,
     /// Commit at the latest this long after the first pending batch arrived.
     pub max_delay: Duration,
+    /// Commits in flight at once; `None`: 2 on PostgreSQL, 1 on SQLite.
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for WriterConfig {
@@ -29,6 +39,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_rows: 5_000,
             max_delay: Duration::from_millis(50),
+            max_in_flight: None,
         }
     }
 }
@@ -45,12 +56,25 @@ pub fn spawn_writer(
     config: WriterConfig,
     healthy: watch::Sender<bool>,
 ) -> JoinHandle<()> {
+    let max_in_flight = config
+        .max_in_flight
+        .unwrap_or(match store.kind() {
+            crate::BackendKind::Sqlite => 1,
+            crate::BackendKind::Postgres(_) => 2,
+        })
+        .max(1);
+    let healthy = std::sync::Arc::new(healthy);
     tokio::spawn(async move {
-        let mut pending: Vec<IngestBatch> = Vec::new();
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
+            // Room for another commit before reading more input.
+            while in_flight.len() >= max_in_flight {
+                in_flight.join_next().await;
+            }
             let Some(first) = input.recv().await else {
                 break;
             };
+            let mut pending: Vec<IngestBatch> = Vec::new();
             let deadline = Instant::now() + config.max_delay;
             let mut pending_rows = rows(&first);
             pending.push(first);
@@ -63,8 +87,10 @@ pub fn spawn_writer(
                     Ok(None) | Err(_) => break,
                 }
             }
-            commit_with_retry(&store, &mut pending, &healthy).await;
+            let (store, healthy) = (store.clone(), healthy.clone());
+            in_flight.spawn(async move { commit_with_retry(&store, &mut pending, &healthy).await });
         }
+        while in_flight.join_next().await.is_some() {}
         tracing::info!("store writer: input closed, all batches committed");
     })
 }

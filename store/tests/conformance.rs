@@ -579,6 +579,7 @@ async fn writer_completes_tokens_after_commit(db: &TestDb) {
         WriterConfig {
             max_rows: 50,
             max_delay: StdDuration::from_millis(20),
+            max_in_flight: None,
         },
         health_tx,
     );

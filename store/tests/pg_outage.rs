@@ -104,6 +104,7 @@ async fn outage() {
         WriterConfig {
             max_rows: 60,
             max_delay: Duration::from_millis(20),
+            max_in_flight: None,
         },
         health_tx,
     );
