@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use chrono::SubsecRound;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -299,7 +300,10 @@ fn parse_time(
                 format!("{field} {raw:?} is not RFC 3339 with an offset: {e}"),
             )
         })?
-        .with_timezone(&Utc);
+        .with_timezone(&Utc)
+        // Microseconds are what both stores keep: live state, frames and the
+        // stored history then agree to the digit.
+        .trunc_subsecs(6);
     if ts > now + MAX_FUTURE_SKEW {
         return Err(reject(
             index,
