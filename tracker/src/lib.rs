@@ -8,7 +8,9 @@
 //! Invariants: a vehicle's live fix only moves forward in time; the index
 //! holds exactly one entry per vehicle, at its live fix.
 
+pub mod eta;
 mod index;
+pub mod moves;
 
 use std::sync::Mutex;
 
