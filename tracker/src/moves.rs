@@ -520,6 +520,15 @@ impl MoveBook {
             .collect()
     }
 
+    /// Marks a vehicle as inside a site (restored on start from the stored
+    /// crossings), without any arrival: `stopped` is not raised there.
+    pub fn restore_inside(&mut self, vehicle: VehicleId, site: &SiteId) {
+        let v = self.vehicles.entry(vehicle).or_default();
+        if !v.inside.contains(site) {
+            v.inside.push(site.clone());
+        }
+    }
+
     // ---- evidence ------------------------------------------------------
 
     /// A live fix (not late, not bad): rule 1 matching, distance driven,
@@ -582,11 +591,9 @@ impl MoveBook {
         match t.kind {
             TransitionKind::PassThrough => {}
             TransitionKind::Enter => {
-                if let Some(v) = self.vehicles.get_mut(&t.vehicle)
-                    && !v.inside.contains(&t.site)
-                {
-                    v.inside.push(t.site.clone());
-                }
+                // Kept for every vehicle: one assigned a move while waiting in a yard
+                // must not be `stopped` there.
+                self.restore_inside(t.vehicle, &t.site);
                 self.on_enter(t, out);
             }
             TransitionKind::Exit => {
@@ -892,7 +899,8 @@ impl MoveBook {
                 self.unlink(&id, m.vehicle);
             }
         }
-        self.vehicles.retain(|_, v| !v.moves.is_empty());
+        self.vehicles
+            .retain(|_, v| !v.moves.is_empty() || !v.inside.is_empty());
         out
     }
 
