@@ -179,7 +179,10 @@ fn observe_moves(
     tracker: &Tracker,
     batch: &IngestBatch,
     updates: Vec<Update>,
-) -> (Vec<(Update, Vec<model::SiteId>)>, Vec<tracker::moves::MoveOutput>) {
+) -> (
+    Vec<(Update, Vec<model::SiteId>)>,
+    Vec<tracker::moves::MoveOutput>,
+) {
     let mut out = Vec::new();
     // Never held across an await: this function is synchronous.
     let mut book = moves.lock();
@@ -266,7 +269,9 @@ impl Engine {
         for record in &open {
             match spec_of(record) {
                 Some(spec) => drop(book.upsert(spec, now)),
-                None => tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped"),
+                None => {
+                    tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped")
+                }
             }
         }
         for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {

@@ -77,10 +77,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/sites/{id}/fence", put(sites::put_fence))
         .route("/api/vehicles", get(api_vehicles))
         .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
-        .route(
-            "/api/moves/{id}",
-            get(moves::get_move).put(moves::put_move),
-        )
+        .route("/api/moves/{id}", get(moves::get_move).put(moves::put_move))
         .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
         .merge(pages::routes())

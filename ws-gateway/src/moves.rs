@@ -291,7 +291,11 @@ pub(crate) async fn put_move(
     let details = g.moves.lock().details(&id);
     match details {
         Some(d) => axum::Json(details_json(&d.spec, Some(&d), true)).into_response(),
-        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "move vanished"),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "move vanished",
+        ),
     }
 }
 
@@ -326,7 +330,13 @@ pub(crate) async fn get_move(
         None => match g.store.get_move(&id).await {
             Ok(Some(r)) => match spec_of(&r) {
                 Some(s) => s,
-                None => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad stored status"),
+                None => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "bad stored status",
+                    );
+                }
             },
             Ok(None) if access == Access::ControlRoom => {
                 return error(StatusCode::NOT_FOUND, "not_found", &format!("no move {id}"));
@@ -335,7 +345,11 @@ pub(crate) async fn get_move(
             Ok(None) => return forbidden("this token may not see this move"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read a move");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "retry");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "retry",
+                );
             }
         },
     };

@@ -59,9 +59,7 @@ impl Subscriptions {
         let on_site = || frame.sites.iter().any(|s| self.sites.contains(s));
         match access {
             Access::ControlRoom => {
-                self.fleet
-                    || frame.vehicle.is_some_and(|v| self.vehicles.contains(&v))
-                    || on_site()
+                self.fleet || frame.vehicle.is_some_and(|v| self.vehicles.contains(&v)) || on_site()
             }
             Access::Supplier(s) => {
                 frame.supplier == Some(*s)
