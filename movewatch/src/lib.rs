@@ -1,6 +1,7 @@
 //! The movewatch engine, wired: broker → ingest → tracker (+ geofence) → gateway and store.
 //! `main.rs` is the command line around [`Engine::start`] and [`replay::Replay`].
 
+pub mod eta_eval;
 pub mod replay;
 
 use std::net::SocketAddr;

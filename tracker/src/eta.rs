@@ -115,6 +115,8 @@ pub struct Remaining {
     pub low_minutes: f64,
     /// Late end of the interval, minutes.
     pub high_minutes: f64,
+    /// The model's estimate before the residual correction (what residuals are learned on).
+    pub raw_minutes: f64,
     /// Estimated road distance still to drive, metres.
     pub road_m: f64,
 }
@@ -129,6 +131,8 @@ pub struct EtaModel {
     dest_circuity: HashMap<SiteId, VecDeque<f64>>,
     all_circuity: VecDeque<f64>,
     residuals: [VecDeque<f64>; 4],
+    /// The configured quantiles of each bucket's residuals, recomputed on learning.
+    bounds: [Option<(f64, f64, f64)>; 4],
 }
 
 fn push_bounded(q: &mut VecDeque<f64>, v: f64, max: usize) {
@@ -175,6 +179,7 @@ impl EtaModel {
             dest_circuity: HashMap::new(),
             all_circuity: VecDeque::new(),
             residuals: Default::default(),
+            bounds: [None; 4],
         }
     }
 
@@ -245,8 +250,9 @@ impl EtaModel {
             .unwrap_or(self.config.default_circuity)
     }
 
-    /// (overhead minutes, minutes per km) for journeys around this hour.
-    fn line(&self, hour: usize) -> (f64, f64) {
+    /// (overhead minutes, minutes per km) for journeys starting at this hour
+    /// (UTC): its own fit, else all hours', else the defaults.
+    pub fn line(&self, hour: usize) -> (f64, f64) {
         let min = self.config.min_trips_per_fit;
         self.hours[hour % 24]
             .line(min)
@@ -257,13 +263,24 @@ impl EtaModel {
             ))
     }
 
-    /// The best estimate of the minutes still to drive `road_km` at `hour`
-    /// (UTC) with the vehicle's smoothed live speed, without an interval.
-    pub fn point_minutes(&self, road_km: f64, hour: usize, live_kmh: Option<f64>) -> f64 {
+    /// The model's minutes still to drive `road_km` at `hour` (UTC), having
+    /// come `from_origin_km` (road) from the origin, with the vehicle's
+    /// smoothed live speed; before the residual correction.
+    pub fn point_minutes(
+        &self,
+        road_km: f64,
+        from_origin_km: f64,
+        hour: usize,
+        live_kmh: Option<f64>,
+    ) -> f64 {
         let c = &self.config;
         let (overhead, per_km) = self.line(hour);
+        // The overhead is the slow town driving at both ends: the end's share
+        // shrinks over the last few km, the start's over the first few.
         let end = overhead * c.end_share * (road_km / c.end_zone_km).min(1.0);
-        let model = end + per_km * road_km;
+        let start =
+            overhead * (1.0 - c.end_share) * (1.0 - from_origin_km / c.end_zone_km).max(0.0);
+        let model = start + end + per_km * road_km;
         let Some(live) = live_kmh.filter(|v| v.is_finite()) else {
             return model;
         };
@@ -278,53 +295,72 @@ impl EtaModel {
     }
 
     /// The estimate with its interval, for `direct_m` metres of great-circle
-    /// distance left on the route `from` → `to`.
+    /// distance left on the route `from` → `to`, `from_origin_m` (great
+    /// circle) from the origin.
     pub fn remaining(
         &self,
         from: &SiteId,
         to: &SiteId,
         direct_m: f64,
+        from_origin_m: f64,
         now: DateTime<Utc>,
         live_kmh: Option<f64>,
     ) -> Remaining {
-        let road_m = direct_m * self.circuity(from, to);
-        let minutes = self.point_minutes(road_m / 1000.0, now.hour() as usize, live_kmh);
-        let (low, high) = self.interval(minutes);
+        let circuity = self.circuity(from, to);
+        let road_m = direct_m * circuity;
+        let raw = self.point_minutes(
+            road_m / 1000.0,
+            from_origin_m * circuity / 1000.0,
+            now.hour() as usize,
+            live_kmh,
+        );
+        let (minutes, low, high) = self.corrected(raw);
         Remaining {
             minutes,
             low_minutes: low,
             high_minutes: high,
+            raw_minutes: raw,
             road_m,
         }
     }
 
-    /// The interval around an estimate of `minutes`: the residual quantiles
-    /// of past estimates at that horizon, or a default widening with the horizon.
-    pub fn interval(&self, minutes: f64) -> (f64, f64) {
-        let q = &self.residuals[horizon_bucket(minutes)];
-        let (lo, hi) = if q.len() >= self.config.min_residuals {
-            let v: Vec<f64> = q.iter().copied().collect();
-            (
-                quantile(&v, self.config.quantiles.0).unwrap_or(0.0),
-                quantile(&v, self.config.quantiles.1).unwrap_or(0.0),
-            )
-        } else {
-            (-(2.0 + 0.15 * minutes), 3.0 + 0.25 * minutes)
-        };
-        ((minutes + lo.min(0.0)).max(0.0), minutes + hi.max(0.0))
+    /// (estimate, low, high) from the model's `raw` minutes: the median and
+    /// the configured quantiles of the residuals of past raw estimates at
+    /// that horizon, or (before enough history) the raw estimate with a
+    /// default interval widening with the horizon.
+    pub fn corrected(&self, raw: f64) -> (f64, f64, f64) {
+        let (lo, mid, hi) = self.bounds[horizon_bucket(raw)].unwrap_or((
+            -(2.0 + 0.15 * raw),
+            0.0,
+            3.0 + 0.25 * raw,
+        ));
+        let minutes = (raw + mid).max(0.0);
+        (
+            minutes,
+            (raw + lo).max(0.0).min(minutes),
+            (raw + hi).max(minutes),
+        )
     }
 
-    /// Learns from one past estimate: `predicted` minutes ahead, `actual` as it turned out.
+    /// Learns from one past raw estimate: `predicted` minutes ahead, `actual` as it turned out.
     pub fn learn_residual(&mut self, predicted: f64, actual: f64) {
         if !(predicted.is_finite() && actual.is_finite()) {
             return;
         }
         let max = self.config.max_residuals;
-        push_bounded(
-            &mut self.residuals[horizon_bucket(predicted)],
-            actual - predicted,
-            max,
-        );
+        let bucket = horizon_bucket(predicted);
+        push_bounded(&mut self.residuals[bucket], actual - predicted, max);
+        let q = &self.residuals[bucket];
+        self.bounds[bucket] = (q.len() >= self.config.min_residuals).then(|| {
+            let mut v: Vec<f64> = q.iter().copied().collect();
+            v.sort_by(f64::total_cmp);
+            let at = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+            (
+                at(self.config.quantiles.0),
+                at(0.5),
+                at(self.config.quantiles.1),
+            )
+        });
     }
 }
 
@@ -343,8 +379,8 @@ mod tests {
         let (a, b) = (site("AAA"), site("BBB"));
         assert_eq!(m.circuity(&a, &b), 1.3);
         let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
-        let before = m.point_minutes(50.0, 9, None);
-        // 50 km at 65 km/h plus half of 10 min.
+        let before = m.point_minutes(50.0, 20.0, 9, None);
+        // 50 km at 65 km/h plus the end's half of 10 min.
         assert!((before - (50.0 * 60.0 / 65.0 + 5.0)).abs() < 1e-9);
         // Trips at a steady 12 min + 1 min/km (60 km/h), 1.2 circuity.
         for i in 0..20 {
@@ -364,25 +400,27 @@ mod tests {
             (m.circuity(&site("CCC"), &b) - 1.2).abs() < 1e-9,
             "by destination"
         );
-        let after = m.point_minutes(50.0, 9, None);
+        let after = m.point_minutes(50.0, 20.0, 9, None);
+        // At the gate the start's half of the overhead is still ahead.
+        assert!((m.point_minutes(50.0, 0.0, 9, None) - after - 6.0).abs() < 0.1);
         assert!((after - (6.0 + 50.0)).abs() < 0.1, "{after}");
         // Hour 15 has no trips of its own: all hours together.
-        assert!((m.point_minutes(50.0, 15, None) - after).abs() < 1e-9);
+        assert!((m.point_minutes(50.0, 20.0, 15, None) - after).abs() < 1e-9);
         // Crawling now: the next stretch is slower than the model says.
-        assert!(m.point_minutes(50.0, 9, Some(10.0)) > after + 2.0);
+        assert!(m.point_minutes(50.0, 20.0, 9, Some(10.0)) > after + 2.0);
     }
 
     #[test]
     fn the_interval_follows_past_residuals() {
         let mut m = EtaModel::default();
-        let (lo, hi) = m.interval(20.0);
-        assert!(lo < 20.0 && hi > 20.0);
+        let (mid, lo, hi) = m.corrected(20.0);
+        assert!(lo < 20.0 && hi > 20.0 && mid == 20.0);
+        // The model was 2.5 min early on average, give or take 5.
         for i in 0..100 {
             m.learn_residual(20.0, 20.0 + f64::from(i % 10) - 2.0);
         }
-        let (lo, hi) = m.interval(20.0);
-        assert_eq!((lo, hi), (18.0, 27.0));
+        assert_eq!(m.corrected(20.0), (23.0, 18.0, 27.0));
         // Other horizons keep the default.
-        assert!(m.interval(45.0).1 > 45.0 + 10.0);
+        assert!(m.corrected(45.0).2 > 45.0 + 10.0);
     }
 }

@@ -1080,11 +1080,10 @@ impl MoveBook {
             m.departed_at = None;
             m.driven_m = 0.0;
         }
-        if kind != MatchKind::Probable {
-            for j in m.spec.journeys.iter_mut().rev() {
-                j.vehicle = Some(vehicle);
-                break;
-            }
+        if kind != MatchKind::Probable
+            && let Some(j) = m.spec.journeys.last_mut()
+        {
+            j.vehicle = Some(vehicle);
         }
         self.unlink(id, old);
         let v = self.vehicles.entry(vehicle).or_default();
@@ -1190,10 +1189,15 @@ impl MoveBook {
             return;
         };
         let direct = haversine_m(lat, lon, dest.0, dest.1);
+        let from_origin = self
+            .sites
+            .get(&m.spec.from_location)
+            .map_or(f64::INFINITY, |o| haversine_m(lat, lon, o.0, o.1));
         let r = self.eta.remaining(
             &m.spec.from_location,
             &m.spec.to_location,
             direct,
+            from_origin,
             now,
             v.speed_kmh,
         );
@@ -1207,7 +1211,7 @@ impl MoveBook {
                 .last()
                 .is_none_or(|(t, _)| (now - *t).num_seconds() >= PREDICTION_EVERY_S)
         {
-            m.predictions.push((now, r.minutes));
+            m.predictions.push((now, r.raw_minutes));
         }
         let moved = match m.sent {
             Some(Some(sent)) => (eta - sent).abs() > config.eta_resend,

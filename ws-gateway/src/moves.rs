@@ -366,7 +366,7 @@ pub(crate) async fn get_move(
             vehicle_visible_to.iter().any(|s| sites.contains(s))
         }
         Access::Supplier(s) => {
-            if !vehicle.is_some_and(|v| g.tracker.supplier_of(&v) == Some(*s)) {
+            if vehicle.is_none_or(|v| g.tracker.supplier_of(&v) != Some(*s)) {
                 return forbidden("this move is not carried by this supplier's vehicles");
             }
             true
