@@ -110,6 +110,46 @@ pub struct AlertView {
     pub detail: String,
 }
 
+/// A `move` frame's body: a move's live status and estimate (issue #6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoveView {
+    /// The move.
+    pub move_id: MoveId,
+    /// `booked`, `in_transit`, `arrived`, `completed` or `cancelled`.
+    pub status: &'static str,
+    /// The vehicle carrying it, once known.
+    pub vehicle: Option<VehicleId>,
+    /// Estimated arrival, RFC 3339 UTC (in transit only).
+    pub eta: Option<String>,
+    /// Early end of the estimate's interval.
+    pub eta_low: Option<String>,
+    /// Late end of the estimate's interval.
+    pub eta_high: Option<String>,
+    /// Road distance still to drive, metres (estimated).
+    pub distance_remaining_m: Option<f64>,
+    /// Where the move starts.
+    pub from_location: SiteId,
+    /// Where the move ends (after any redirect).
+    pub to_location: SiteId,
+    /// How the vehicle was matched: `confirmed`, or `probable` (inferred from
+    /// a departure; shown to the control room only). Absent without a vehicle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vehicle_match: Option<&'static str>,
+}
+
+/// An `arrival` or `departure` frame's body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteEventView {
+    /// The move.
+    pub move_id: MoveId,
+    /// The vehicle carrying it.
+    pub vehicle: VehicleId,
+    /// The site arrived at or departed from.
+    pub site: SiteId,
+    /// When (the fence crossing's time), RFC 3339 UTC.
+    pub ts: String,
+}
+
 /// A `snapshot` frame's body: the channel's current state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SnapshotView {
@@ -119,6 +159,9 @@ pub struct SnapshotView {
     pub vehicles: Vec<PositionView>,
     /// Recent alerts visible on the channel, newest last.
     pub alerts: Vec<AlertView>,
+    /// Live moves visible on the channel (absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveView>,
 }
 
 /// An `error` frame's body.
@@ -138,6 +181,12 @@ pub enum Frame {
     Snapshot(SnapshotView),
     /// `position`
     Position(PositionView),
+    /// `move`
+    Move(MoveView),
+    /// `arrival`
+    Arrival(SiteEventView),
+    /// `departure`
+    Departure(SiteEventView),
     /// `alert`
     Alert(AlertView),
     /// `error`

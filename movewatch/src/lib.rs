@@ -1,6 +1,7 @@
 //! The movewatch engine, wired: broker → ingest → tracker (+ geofence) → gateway and store.
 //! `main.rs` is the command line around [`Engine::start`] and [`replay::Replay`].
 
+pub mod eta_eval;
 pub mod replay;
 
 use std::net::SocketAddr;
@@ -17,8 +18,11 @@ use model::config::{Config, parse_mqtt_url};
 use model::{FenceTransition, IngestBatch, Site, TransitionKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracker::{Tracker, TrackerConfig};
-use ws_gateway::{Auth, Gateway, Hub, Readiness};
+use tracker::eta::EtaModel;
+use tracker::moves::{MoveBook, MovesConfig};
+use tracker::{Tracker, TrackerConfig, Update};
+use ws_gateway::moves::{PERSIST_CAPACITY, spawn_persister, spec_of};
+use ws_gateway::{Auth, Gateway, Hub, Moves, Readiness};
 
 /// Batches between intake and the tracker, and between the tracker and the store.
 /// With the broker's in-flight window this bounds what the engine holds.
@@ -44,6 +48,9 @@ pub struct Engine {
     /// The fences and per-vehicle fence state, fed every live fix by the
     /// pipeline; `PUT /api/sites/{id}/fence` replaces fences in it.
     pub geofence: Arc<Mutex<GeofenceEngine>>,
+    /// The moves registry (issue #6): fed by the pipeline and the ticker,
+    /// booked through `PUT /api/moves/{id}`.
+    pub moves: Moves,
     mqtt: MqttSource,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -138,6 +145,75 @@ fn observe_fences(geofence: &Mutex<GeofenceEngine>, batch: &mut IngestBatch) {
     }
 }
 
+/// How often the time-based alerts (`gps_gap`, `device_silent`, `stopped`) are checked.
+pub const ALERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Arrivals the ETA model learns from on start.
+const ETA_HISTORY: i64 = 20_000;
+
+/// An ETA model taught the stored arrivals (routes between known sites).
+pub fn learned_eta_model(sites: &[Site], arrivals: &[store::Arrival]) -> EtaModel {
+    let mut model = EtaModel::default();
+    let at = |id: &model::SiteId| sites.iter().find(|s| s.id == *id).map(|s| (s.lat, s.lon));
+    // Oldest first, as they happened.
+    for a in arrivals.iter().rev() {
+        if let (Some(o), Some(d)) = (at(&a.from_location), at(&a.site)) {
+            let direct = tracker::haversine_m(o.0, o.1, d.0, d.1);
+            model.learn_trip(
+                &a.from_location,
+                &a.site,
+                direct,
+                a.distance_m,
+                a.departed_at,
+                a.arrived_at,
+            );
+        }
+    }
+    model
+}
+
+/// Feeds one batch to the moves registry (fixes, then the fence crossings
+/// they confirmed, then events) and scopes the tracker's position updates:
+/// each gets the moves its vehicle carries and the site channels that may see it.
+fn observe_moves(
+    moves: &Moves,
+    tracker: &Tracker,
+    batch: &IngestBatch,
+    updates: Vec<Update>,
+) -> (
+    Vec<(Update, Vec<model::SiteId>)>,
+    Vec<tracker::moves::MoveOutput>,
+) {
+    let mut out = Vec::new();
+    // Never held across an await: this function is synchronous.
+    let mut book = moves.lock();
+    for p in batch.positions.iter().filter(|p| p.flags.usable_live()) {
+        book.on_position(p, &mut out);
+    }
+    for t in &batch.transitions {
+        book.on_transition(t, &mut out);
+    }
+    for e in &batch.events {
+        book.on_event(e, &mut out);
+    }
+    let now = chrono::Utc::now();
+    let scoped = updates
+        .into_iter()
+        .map(|mut update| {
+            let Update::Position { view, .. } = &mut update;
+            view.move_ids = book.move_ids_of(&view.vehicle);
+            tracker.set_move_ids(&view.vehicle, &view.move_ids);
+            let sites = if view.move_ids.is_empty() {
+                Vec::new()
+            } else {
+                book.sites_seeing(&view.vehicle, now)
+            };
+            (update, sites)
+        })
+        .collect();
+    (scoped, out)
+}
+
 impl Engine {
     /// Starts everything the config describes. With `mqtt.url` unset the
     /// embedded broker starts on `mqtt.listen`, which must be free.
@@ -174,6 +250,37 @@ impl Engine {
             inside += geofence.restore(c.vehicle, [&c.site]);
         }
         let geofence = Arc::new(Mutex::new(geofence));
+
+        // The moves registry: open moves back from the store, the ETA model
+        // taught the stored arrivals, vehicles inside sites as they were.
+        let arrivals = store
+            .recent_arrivals(ETA_HISTORY)
+            .await
+            .context("cannot read arrivals for the ETA model")?;
+        let mut book = MoveBook::new(
+            &sites,
+            MovesConfig::default(),
+            learned_eta_model(&sites, &arrivals),
+        );
+        let now = chrono::Utc::now();
+        let open = store
+            .open_moves()
+            .await
+            .context("cannot read the open moves back from the store")?;
+        for record in &open {
+            match spec_of(record) {
+                Some(spec) => drop(book.upsert(spec, now)),
+                None => {
+                    tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped")
+                }
+            }
+        }
+        for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {
+            book.restore_inside(c.vehicle, &c.site);
+        }
+        let (persist_tx, persist_rx) = mpsc::channel(PERSIST_CAPACITY);
+        let persister = spawn_persister(store.clone(), persist_rx);
+        let moves = Moves::new(book, Some(persist_tx));
 
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
@@ -250,15 +357,35 @@ impl Engine {
 
         let hub = Hub::new();
         let pipeline = {
-            let (tracker, hub, geofence) = (tracker.clone(), hub.clone(), geofence.clone());
+            let (tracker, hub, geofence, moves) = (
+                tracker.clone(),
+                hub.clone(),
+                geofence.clone(),
+                moves.clone(),
+            );
             tokio::spawn(async move {
                 while let Some(mut batch) = ingest_rx.recv().await {
                     let updates = tracker.apply(&mut batch);
                     observe_fences(&geofence, &mut batch);
-                    hub.publish(updates, batch.received);
+                    let (updates, outputs) = observe_moves(&moves, &tracker, &batch, updates);
+                    hub.publish_scoped(updates, batch.received);
+                    moves.dispatch(&hub, &tracker, outputs).await;
                     if store_tx.send(batch).await.is_err() {
                         break;
                     }
+                }
+            })
+        };
+
+        let ticker = {
+            let (tracker, hub, moves) = (tracker.clone(), hub.clone(), moves.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(ALERT_TICK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let outputs = moves.lock().tick(chrono::Utc::now());
+                    moves.dispatch(&hub, &tracker, outputs).await;
                 }
             })
         };
@@ -280,6 +407,7 @@ impl Engine {
             auth: Arc::new(Auth::from_config(&config.tokens)),
             sites: sites.clone(),
             geofence: geofence.clone(),
+            moves: moves.clone(),
             store: store.clone(),
             readiness: Readiness {
                 broker: mqtt.connected.clone(),
@@ -303,8 +431,9 @@ impl Engine {
             store,
             sites,
             geofence,
+            moves,
             mqtt,
-            tasks: vec![writer, pipeline, server, maintenance],
+            tasks: vec![writer, pipeline, server, maintenance, ticker, persister],
         })
     }
 

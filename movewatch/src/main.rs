@@ -25,6 +25,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure the ETA model on simulated journeys (issue #6; run with --release).
+    EvalEta {
+        /// Days the model learns on.
+        #[arg(long, default_value_t = 20)]
+        train_days: u32,
+        /// Days it is measured on.
+        #[arg(long, default_value_t = 10)]
+        test_days: u32,
+        /// Journeys per day.
+        #[arg(long, default_value_t = 80)]
+        trips_per_day: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Run the engine from a TOML config (every key defaults as in the contract).
     Serve {
         /// The config file; without it, the contract's defaults.
@@ -127,6 +142,17 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::EvalEta {
+            train_days,
+            test_days,
+            trips_per_day,
+            seed,
+        } => movewatch::eta_eval::run(movewatch::eta_eval::EvalConfig {
+            train_days,
+            test_days,
+            trips_per_day,
+            seed,
+        }),
         Command::Serve {
             config,
             mqtt_url,

@@ -103,12 +103,22 @@ impl Replay {
             sites: vec![],
             supplier: None,
         });
+        // Replay has no moves of its own (the registry is live-only).
+        let moves = ws_gateway::Moves::new(
+            tracker::moves::MoveBook::new(
+                &sites,
+                tracker::moves::MovesConfig::default(),
+                tracker::eta::EtaModel::default(),
+            ),
+            None,
+        );
         // No broker is needed, and nothing is written: both count as ready.
         let gateway = Gateway {
             tracker: tracker.clone(),
             hub: hub.clone(),
             auth: Arc::new(Auth::from_config(&tokens)),
             sites,
+            moves,
             geofence,
             store: store.clone(),
             readiness: Readiness {

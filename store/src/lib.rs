@@ -275,6 +275,12 @@ impl Store {
         dispatch!(self, s => s.moves_on(date).await)
     }
 
+    /// Every move that is not finished (`booked`, `in_transit`, `arrived`),
+    /// by id, with its journeys: the live registry is rebuilt from these on start.
+    pub async fn open_moves(&self) -> Result<Vec<MoveRecord>, StoreError> {
+        dispatch!(self, s => s.open_moves().await)
+    }
+
     /// Records fence crossings, in one transaction.
     pub async fn insert_fence_transitions(
         &self,
@@ -303,6 +309,11 @@ impl Store {
     /// Records a completed leg for ETA learning.
     pub async fn insert_arrival(&self, arrival: &Arrival) -> Result<(), StoreError> {
         dispatch!(self, s => s.insert_arrival(arrival).await)
+    }
+
+    /// The most recent arrivals on every route, newest first (ETA learning on start).
+    pub async fn recent_arrivals(&self, limit: i64) -> Result<Vec<Arrival>, StoreError> {
+        dispatch!(self, s => s.recent_arrivals(limit).await)
     }
 
     /// The most recent arrivals at `site` from `from_location`, newest first.

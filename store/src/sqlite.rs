@@ -420,6 +420,45 @@ impl SqliteStore {
         Ok(moves)
     }
 
+    pub(crate) async fn open_moves(&self) -> Result<Vec<MoveRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, reference, from_location, to_location, move_date, status FROM moves
+             WHERE status IN ('booked', 'in_transit', 'arrived') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut moves = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut m = move_from_row(row)?;
+            m.journeys = self.journeys_of(&m.id).await?;
+            moves.push(m);
+        }
+        Ok(moves)
+    }
+
+    pub(crate) async fn recent_arrivals(&self, limit: i64) -> Result<Vec<Arrival>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m FROM arrivals
+             ORDER BY arrived_at DESC, id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Arrival {
+                    move_id: records::id(MoveId::parse, r.try_get(0)?)?,
+                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
+                    site: records::id(SiteId::parse, r.try_get(2)?)?,
+                    from_location: records::id(SiteId::parse, r.try_get(3)?)?,
+                    departed_at: from_micros(r.try_get(4)?)?,
+                    arrived_at: from_micros(r.try_get(5)?)?,
+                    distance_m: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn insert_fence_transitions(
         &self,
         transitions: &[FenceTransition],

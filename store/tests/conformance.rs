@@ -57,6 +57,7 @@ conformance!(
     fence_transitions_commit_with_their_batch,
     latest_fence_transition_per_vehicle_and_site,
     arrivals_round_trip_newest_first,
+    open_moves_are_the_unfinished_ones,
     retention_removes_old_positions_and_keeps_recent,
     writer_completes_tokens_after_commit,
     five_thousand_point_smoke,
@@ -519,6 +520,51 @@ async fn arrivals_round_trip_newest_first(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
+    // Every route, newest first.
+    assert_eq!(
+        store.recent_arrivals(2).await.unwrap(),
+        vec![arrival(9, "HMP"), arrival(3, "WYI")]
+    );
+    assert_eq!(store.recent_arrivals(100).await.unwrap().len(), 5);
+}
+
+async fn open_moves_are_the_unfinished_ones(db: &TestDb) {
+    let store = db.open().await;
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let mv = |id: &str, status: &str| MoveRecord {
+        id: MoveId::parse(id).unwrap(),
+        reference: format!("R-{id}"),
+        from_location: site("WYI"),
+        to_location: site("LEI"),
+        date,
+        status: status.into(),
+        journeys: vec![JourneyRecord {
+            id: JourneyId::parse(&format!("j-{id}")).unwrap(),
+            from_location: site("WYI"),
+            to_location: site("LEI"),
+            vehicle: Some(VehicleId::parse("AB12CDE").unwrap()),
+        }],
+    };
+    for (id, status) in [
+        ("a", "booked"),
+        ("b", "in_transit"),
+        ("c", "arrived"),
+        ("d", "completed"),
+        ("e", "cancelled"),
+    ] {
+        store.upsert_move(&mv(id, status)).await.unwrap();
+    }
+    assert_eq!(
+        store.open_moves().await.unwrap(),
+        vec![mv("a", "booked"), mv("b", "in_transit"), mv("c", "arrived")]
+    );
+    assert!(
+        store
+            .set_move_status(&MoveId::parse("a").unwrap(), "cancelled")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.open_moves().await.unwrap().len(), 2);
 }
 
 async fn retention_removes_old_positions_and_keeps_recent(db: &TestDb) {

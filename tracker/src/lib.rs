@@ -8,7 +8,9 @@
 //! Invariants: a vehicle's live fix only moves forward in time; the index
 //! holds exactly one entry per vehicle, at its live fix.
 
+pub mod eta;
 mod index;
+pub mod moves;
 
 use std::sync::Mutex;
 
@@ -211,6 +213,21 @@ impl Tracker {
     /// One vehicle's state.
     pub fn get(&self, vehicle: &VehicleId) -> Option<VehicleState> {
         self.vehicles.get(vehicle).map(|s| s.clone())
+    }
+
+    /// The supplier reporting a vehicle, if it is live.
+    pub fn supplier_of(&self, vehicle: &VehicleId) -> Option<SupplierId> {
+        self.vehicles.get(vehicle).map(|s| s.supplier)
+    }
+
+    /// Sets the moves a vehicle carries (shown in its position views); a
+    /// vehicle that is not live is left alone.
+    pub fn set_move_ids(&self, vehicle: &VehicleId, move_ids: &[MoveId]) {
+        if let Some(mut s) = self.vehicles.get_mut(vehicle)
+            && s.move_ids != move_ids
+        {
+            s.move_ids = move_ids.to_vec();
+        }
     }
 
     /// Every vehicle's live view, sorted by registration.

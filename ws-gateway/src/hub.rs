@@ -17,10 +17,13 @@ pub const CLIENT_BACKLOG: usize = 4096;
 pub struct SharedFrame {
     /// The JSON text, shared by every client.
     pub text: Utf8Bytes,
-    /// The vehicle it concerns.
-    pub vehicle: model::VehicleId,
-    /// The supplier reporting that vehicle.
-    pub supplier: model::SupplierId,
+    /// The vehicle it concerns, if any.
+    pub vehicle: Option<model::VehicleId>,
+    /// The supplier reporting that vehicle, if known.
+    pub supplier: Option<model::SupplierId>,
+    /// The `site:{id}` channels that may see it now (the sites of the moves
+    /// the vehicle carries, from journey start to 15 min after arrival).
+    pub sites: Vec<model::SiteId>,
 }
 
 /// The fleet-wide broadcast.
@@ -46,14 +49,24 @@ impl Hub {
     /// Serialises and broadcasts the tracker's updates for one batch;
     /// `received` is when the broker handed the batch to the engine.
     pub fn publish(&self, updates: Vec<Update>, received: Instant) {
-        for update in updates {
+        self.publish_scoped(updates.into_iter().map(|u| (u, Vec::new())), received);
+    }
+
+    /// As [`Hub::publish`], each update with the site channels that may see it.
+    pub fn publish_scoped(
+        &self,
+        updates: impl IntoIterator<Item = (Update, Vec<model::SiteId>)>,
+        received: Instant,
+    ) {
+        for (update, sites) in updates {
             let frame = match update {
                 Update::Position { view, supplier } => {
                     let vehicle = view.vehicle;
                     SharedFrame {
                         text: Utf8Bytes::from(Frame::Position(view).to_json()),
-                        vehicle,
-                        supplier,
+                        vehicle: Some(vehicle),
+                        supplier: Some(supplier),
+                        sites,
                     }
                 }
             };
@@ -62,6 +75,24 @@ impl Hub {
         }
         metrics::histogram!("movewatch_pipeline_latency_seconds")
             .record(received.elapsed().as_secs_f64());
+    }
+
+    /// Serialises and broadcasts one frame (`move`, `arrival`, `departure`,
+    /// `alert`) concerning `vehicle`, visible on `fleet`, `vehicle:{vehicle}`
+    /// and the site channels in `sites`.
+    pub fn send(
+        &self,
+        frame: &Frame,
+        vehicle: Option<model::VehicleId>,
+        supplier: Option<model::SupplierId>,
+        sites: Vec<model::SiteId>,
+    ) {
+        let _ = self.fleet.send(Arc::new(SharedFrame {
+            text: Utf8Bytes::from(frame.to_json()),
+            vehicle,
+            supplier,
+            sites,
+        }));
     }
 
     /// How many WebSocket clients are connected (each holds one receiver).

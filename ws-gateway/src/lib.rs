@@ -10,6 +10,7 @@
 mod auth;
 pub mod history;
 mod hub;
+pub mod moves;
 mod pages;
 mod sites;
 mod ws;
@@ -30,6 +31,7 @@ use tracker::Tracker;
 
 pub use auth::{Access, Auth};
 pub use hub::Hub;
+pub use moves::Moves;
 
 /// What `/readyz` checks.
 #[derive(Debug, Clone)]
@@ -55,6 +57,8 @@ pub struct Gateway {
     /// fix): `GET /api/sites` shows them, `PUT /api/sites/{id}/fence`
     /// replaces one. Locked briefly, never across an await.
     pub geofence: Arc<Mutex<GeofenceEngine>>,
+    /// The moves registry (issue #6), shared with the pipeline and the ticker.
+    pub moves: Moves,
     /// The store, for history and its health.
     pub store: store::Store,
     /// For `/readyz`.
@@ -73,6 +77,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/sites/{id}/fence", put(sites::put_fence))
         .route("/api/vehicles", get(api_vehicles))
         .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
+        .route("/api/moves/{id}", get(moves::get_move).put(moves::put_move))
         .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
         .merge(pages::routes())

@@ -56,13 +56,21 @@ struct Subscriptions {
 
 impl Subscriptions {
     fn wants(&self, frame: &SharedFrame, access: &Access) -> bool {
-        let visible = match access {
-            Access::ControlRoom => true,
-            Access::Supplier(s) => frame.supplier == *s,
-            // Site scopes follow moves (carried by later work); no vehicle is visible without one.
-            Access::Site(_) => false,
-        };
-        visible && (self.fleet || self.vehicles.contains(&frame.vehicle))
+        let on_site = || frame.sites.iter().any(|s| self.sites.contains(s));
+        match access {
+            Access::ControlRoom => {
+                self.fleet || frame.vehicle.is_some_and(|v| self.vehicles.contains(&v)) || on_site()
+            }
+            Access::Supplier(s) => {
+                frame.supplier == Some(*s)
+                    && frame.vehicle.is_some_and(|v| self.vehicles.contains(&v))
+            }
+            // Only frames the moves registry scoped to one of its (subscribed) sites.
+            Access::Site(allowed) => frame
+                .sites
+                .iter()
+                .any(|s| allowed.contains(s) && self.sites.contains(s)),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -81,14 +89,22 @@ fn error_frame(code: &'static str, message: String) -> Message {
 fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Message {
     let visible = |v: &PositionView| match access {
         Access::ControlRoom => true,
-        Access::Supplier(s) => g
-            .tracker
-            .get(&v.vehicle)
-            .is_some_and(|st| st.supplier == *s),
+        Access::Supplier(s) => g.tracker.supplier_of(&v.vehicle) == Some(*s),
+        // Site channels list only the vehicles their moves make visible (below).
         Access::Site(_) => false,
     };
-    let vehicles: Vec<PositionView> = match channel {
-        Channel::Fleet => g.tracker.snapshot().into_iter().filter(visible).collect(),
+    let now = chrono::Utc::now();
+    let (mut alerts, mut moves) = (Vec::new(), Vec::new());
+    let vehicles = match channel {
+        Channel::Fleet => {
+            let vehicles = g.tracker.snapshot().into_iter().filter(visible).collect();
+            if *access == Access::ControlRoom {
+                let book = g.moves.lock();
+                alerts = book.recent_alerts(None);
+                moves = book.move_views(None, now);
+            }
+            vehicles
+        }
         Channel::Vehicle(id) => g
             .tracker
             .get(id)
@@ -96,12 +112,23 @@ fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Message {
             .into_iter()
             .filter(visible)
             .collect(),
-        Channel::Site(_) => Vec::new(),
+        Channel::Site(site) => {
+            let seen = {
+                let book = g.moves.lock();
+                alerts = book.recent_alerts(Some(site));
+                moves = book.move_views(Some(site), now);
+                book.vehicles_seen_by(site, now)
+            };
+            seen.iter()
+                .filter_map(|v| g.tracker.get(v).map(|s| s.view()))
+                .collect()
+        }
     };
     text(&Frame::Snapshot(SnapshotView {
         channel: channel.to_string(),
         vehicles,
-        alerts: Vec::new(),
+        alerts,
+        moves,
     }))
 }
 
@@ -133,7 +160,7 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                         // This client fell behind: skip to the present with a fresh snapshot.
                         tracing::debug!(missed, "slow WebSocket client resynchronised");
                         metrics::counter!("movewatch_ws_resyncs_total").increment(1);
-                        let channel = if subs.fleet { Channel::Fleet } else if let Some(v) = subs.vehicles.iter().next() { Channel::Vehicle(*v) } else { continue };
+                        let channel = if subs.fleet { Channel::Fleet } else if let Some(v) = subs.vehicles.iter().next() { Channel::Vehicle(*v) } else if let Some(s) = subs.sites.iter().next() { Channel::Site(s.clone()) } else { continue };
                         snapshot(&g, &access, &channel)
                     }
                     Err(RecvError::Closed) => {

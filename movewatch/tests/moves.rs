@@ -1,0 +1,360 @@
+//! Moves in the live engine (issue #6): booked with `PUT /api/moves/{id}`,
+//! matched by a `JourneyStart` event, a van driving over MQTT from HMP
+//! Wakefield (WDI) to HMP Leeds (LEI): departure, ETA frames, one arrival,
+//! stored; what a site token sees; the ticker's time-based alerts.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, Utc};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use model::config::{RoleName, TokenConfig};
+use model::{MoveId, SiteId};
+use movewatch::Engine;
+use rumqttc::{AsyncClient, QoS};
+use tokio_tungstenite::tungstenite::Message;
+
+const SITE_TOKEN: &str = "test-site-token-lei";
+const OTHER_SITE_TOKEN: &str = "test-site-token-hli";
+
+fn site_token(token: &str, site: &str) -> TokenConfig {
+    TokenConfig {
+        token: token.into(),
+        role: RoleName::Site,
+        sites: vec![SiteId::parse(site).unwrap()],
+        supplier: None,
+    }
+}
+
+fn centre(engine: &Engine, id: &str) -> (f64, f64) {
+    let s = engine.sites.iter().find(|s| s.id.as_str() == id).unwrap();
+    (s.lat, s.lon)
+}
+
+async fn put_move(engine: &Engine, id: &str, token: &str, body: serde_json::Value) -> Reply {
+    http(
+        "PUT",
+        engine.http_addr,
+        &format!("/api/moves/{id}"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn get_move(engine: &Engine, id: &str, token: &str) -> Reply {
+    http(
+        "GET",
+        engine.http_addr,
+        &format!("/api/moves/{id}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe(engine: &Engine, token: &str, channel: &str) -> Ws {
+    let url = format!("ws://{}/ws?token={token}", engine.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(
+        serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// Every frame received within `secs`, or until `until` matches one.
+async fn frames_until(
+    ws: &mut Ws,
+    secs: u64,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            let done = until(&v);
+            got.push(v);
+            if done {
+                break;
+            }
+        }
+    }
+    got
+}
+
+fn of_type<'a>(frames: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    frames.iter().filter(|f| f["type"] == t).collect()
+}
+
+fn base(minutes: i64) -> DateTime<Utc> {
+    (Utc::now() - chrono::Duration::minutes(minutes))
+        .duration_trunc(chrono::Duration::seconds(1))
+        .unwrap()
+}
+
+async fn publish(client: &AsyncClient, vehicle: &str, kind: &str, body: &serde_json::Value) {
+    client
+        .publish(
+            format!("movewatch/v1/geoamey/{vehicle}/{kind}"),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+fn fix(
+    id: &str,
+    vehicle: &str,
+    ts: DateTime<Utc>,
+    (lat, lon): (f64, f64),
+    speed: f64,
+) -> serde_json::Value {
+    let mut p = point(id, vehicle, 0, lat, lon);
+    p["tracking_timestamp"] = ts.to_rfc3339().into();
+    p["speed"] = speed.into();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_only() {
+    tokio::time::timeout(Duration::from_secs(150), async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path(), None);
+        config.tokens.push(site_token(SITE_TOKEN, "LEI"));
+        config.tokens.push(site_token(OTHER_SITE_TOKEN, "HLI"));
+        let engine = Engine::start(config).await.unwrap();
+        let today = base(25).date_naive().to_string();
+        let body = serde_json::json!({
+            "reference": "ABC123", "from_location": "WDI", "to_location": "LEI",
+            "date": today, "status": "booked",
+            "journeys": [{"id": "j-1", "from_location": "WDI", "to_location": "LEI"}]
+        });
+        // Only the control room books; the body is checked.
+        assert_eq!(
+            put_move(&engine, "m-1", SITE_TOKEN, body.clone())
+                .await
+                .status,
+            403
+        );
+        assert_eq!(
+            http("PUT", engine.http_addr, "/api/moves/m-1", &[], b"{}")
+                .await
+                .status,
+            401
+        );
+        let mut bad = body.clone();
+        bad["to_location"] = "NOPE".into();
+        assert_eq!(put_move(&engine, "m-1", TOKEN, bad).await.status, 400);
+        let mut bad = body.clone();
+        bad["status"] = "lost".into();
+        assert_eq!(put_move(&engine, "m-1", TOKEN, bad).await.status, 400);
+        let reply = put_move(&engine, "m-1", TOKEN, body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let got = get_move(&engine, "m-1", TOKEN).await.json();
+        assert_eq!(
+            (got["status"].as_str(), got["vehicle"].as_str()),
+            (Some("booked"), None)
+        );
+        assert_eq!(get_move(&engine, "m-1", OTHER_SITE_TOKEN).await.status, 403);
+        assert_eq!(get_move(&engine, "nope", TOKEN).await.status, 404);
+        assert_eq!(
+            engine
+                .store
+                .get_move(&MoveId::parse("m-1").unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "booked"
+        );
+
+        let mut fleet = subscribe(&engine, TOKEN, "fleet").await;
+        let mut lei = subscribe(&engine, SITE_TOKEN, "site:LEI").await;
+        let mut hli = subscribe(&engine, OTHER_SITE_TOKEN, "site:HLI").await;
+        let snapshot = frames_until(&mut lei, 5, |f| f["type"] == "snapshot").await;
+        assert_eq!(snapshot.last().unwrap()["moves"][0]["move_id"], "m-1");
+
+        let client = publisher(&engine, None).await;
+        let van = "WD15VAN";
+        let t0 = base(25);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        publish(
+            &client,
+            van,
+            "events",
+            &serde_json::json!({
+                "event_type": "JourneyStart", "occurred_at": at(0).to_rfc3339(),
+                "move_id": "m-1", "journey_id": "j-1", "details": {"vehicle_reg": "WD15 VAN"}
+            }),
+        )
+        .await;
+        wait_for(20, "the journey start to match the van", || async {
+            let m = get_move(&engine, "m-1", TOKEN).await.json();
+            (m["vehicle"] == van && m["status"] == "in_transit").then_some(())
+        })
+        .await;
+
+        // Parked in Wakefield's yard, then out and straight to Leeds at ~60 km/h.
+        let (wdi, lei_c) = (centre(&engine, "WDI"), centre(&engine, "LEI"));
+        let mut fixes = vec![
+            fix("p-0", van, at(10), wdi, 0.0),
+            fix("p-1", van, at(40), wdi, 0.0),
+        ];
+        let steps = 28;
+        for i in 1..=steps {
+            let f = i as f64 / steps as f64;
+            let p = (wdi.0 + (lei_c.0 - wdi.0) * f, wdi.1 + (lei_c.1 - wdi.1) * f);
+            let speed = if i == steps { 0.0 } else { 60.0 };
+            fixes.push(fix(&format!("p-{}", i + 1), van, at(40 + 30 * i), p, speed));
+        }
+        fixes.push(fix("p-last", van, at(40 + 30 * steps + 30), lei_c, 0.0));
+        for f in &fixes {
+            publish(&client, van, "positions", f).await;
+        }
+        assert_eq!(
+            wait_for_positions(&engine, fixes.len() as i64).await,
+            fixes.len() as i64
+        );
+
+        let seen = frames_until(&mut fleet, 20, |f| {
+            f["type"] == "move" && f["status"] == "arrived"
+        })
+        .await;
+        let departures = of_type(&seen, "departure");
+        assert_eq!(departures.len(), 1, "{seen:?}");
+        assert_eq!(
+            (
+                departures[0]["site"].as_str(),
+                departures[0]["vehicle"].as_str()
+            ),
+            (Some("WDI"), Some(van))
+        );
+        let arrivals = of_type(&seen, "arrival");
+        assert_eq!(arrivals.len(), 1);
+        assert_eq!(arrivals[0]["site"], "LEI");
+        let moves = of_type(&seen, "move");
+        let with_eta: Vec<_> = moves.iter().filter(|m| m["eta"].is_string()).collect();
+        assert!(!with_eta.is_empty(), "{moves:?}");
+        for m in &with_eta {
+            for key in [
+                "move_id",
+                "status",
+                "vehicle",
+                "eta",
+                "eta_low",
+                "eta_high",
+                "distance_remaining_m",
+                "from_location",
+                "to_location",
+            ] {
+                assert!(m.get(key).is_some(), "missing {key}");
+            }
+            assert!(
+                m["eta_low"].as_str() <= m["eta"].as_str()
+                    && m["eta"].as_str() <= m["eta_high"].as_str()
+            );
+        }
+        assert!(moves.iter().any(|m| m["status"] == "arrived"));
+        let alerts = of_type(&seen, "alert");
+        assert_eq!(
+            alerts.iter().filter(|a| a["kind"] == "arriving_30").count(),
+            1,
+            "{alerts:?}"
+        );
+        let positions = of_type(&seen, "position");
+        assert!(positions.iter().any(|p| p["move_ids"][0] == "m-1"));
+
+        // The receiving prison saw the van, the move and the arrival; Hull saw nothing.
+        let board = frames_until(&mut lei, 10, |f| f["type"] == "arrival").await;
+        assert_eq!(of_type(&board, "arrival").len(), 1);
+        assert!(
+            of_type(&board, "position")
+                .iter()
+                .all(|p| p["vehicle"] == van)
+        );
+        assert!(!of_type(&board, "position").is_empty());
+        assert!(!of_type(&board, "move").is_empty());
+        let other = frames_until(&mut hli, 2, |_| false).await;
+        assert!(other.iter().all(|f| f["type"] == "snapshot"), "{other:?}");
+
+        // Stored: the status and the arrival, once.
+        let stored = wait_for(20, "the arrival to be stored", || async {
+            let a = engine.store.recent_arrivals(10).await.unwrap();
+            (!a.is_empty()).then_some(a)
+        })
+        .await;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].site.as_str(), "LEI");
+        assert_eq!(stored[0].from_location.as_str(), "WDI");
+        assert!(stored[0].distance_m > 10_000.0, "{}", stored[0].distance_m);
+        let m = get_move(&engine, "m-1", TOKEN).await.json();
+        assert_eq!(
+            (m["status"].as_str(), m["eta"].as_str()),
+            (Some("arrived"), None)
+        );
+        assert!(m["arrived_at"].is_string());
+        let site_view = get_move(&engine, "m-1", SITE_TOKEN).await.json();
+        assert_eq!(site_view["vehicle"], van, "within 15 min of arrival");
+        wait_for(10, "the status to be stored", || async {
+            let m = engine
+                .store
+                .get_move(&MoveId::parse("m-1").unwrap())
+                .await
+                .unwrap()?;
+            (m.status == "arrived"
+                && m.journeys[0].vehicle.map(|v| v.to_string()) == Some(van.into()))
+            .then_some(())
+        })
+        .await;
+        engine.stop();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ticker_raises_gps_gap_and_device_silent_for_a_van_in_transit() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+        let van = "SI13NT";
+        let body = serde_json::json!({
+            "reference": "Q1", "from_location": "HLI", "to_location": "LEI",
+            "date": Utc::now().date_naive().to_string(),
+            "journeys": [{"id": "j-q", "from_location": "HLI", "to_location": "LEI", "vehicle_registration": van}]
+        });
+        assert_eq!(put_move(&engine, "m-q", TOKEN, body).await.status, 200);
+        let mut fleet = subscribe(&engine, TOKEN, "fleet").await;
+        let client = publisher(&engine, None).await;
+        publish(&client, van, "events", &serde_json::json!({
+            "event_type": "MoveStart", "occurred_at": base(7).to_rfc3339(), "move_id": "m-q"
+        })).await;
+        // Its last point is six minutes old.
+        publish(&client, van, "positions", &fix("q-1", van, base(6), (53.75, -0.5), 50.0)).await;
+        let seen = frames_until(&mut fleet, 30, |f| f["type"] == "alert" && f["kind"] == "device_silent").await;
+        let alerts: Vec<_> = of_type(&seen, "alert").into_iter().map(|a| (a["kind"].as_str().unwrap().to_owned(), a["move_id"].as_str().map(str::to_owned))).collect();
+        assert_eq!(
+            alerts,
+            vec![("gps_gap".to_owned(), Some("m-q".to_owned())), ("device_silent".to_owned(), Some("m-q".to_owned()))]
+        );
+        // Once each per silence.
+        let more = frames_until(&mut fleet, 7, |_| false).await;
+        assert!(of_type(&more, "alert").is_empty(), "{more:?}");
+        engine.stop();
+    })
+    .await
+    .expect("test timed out");
+}

@@ -1,0 +1,845 @@
+//! The moves registry with synthetic time (issue #6): matching rules,
+//! arrival and departure, redirects, multi-drop, the ETA's frames and every
+//! alert kind, each firing when it should and not otherwise.
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use model::wire::Frame;
+use model::{
+    Event, EventKind, FenceTransition, JourneyId, MoveId, PointFlags, Position, Site, SiteId,
+    SiteKind, SupplierId, TransitionKind, VehicleId,
+};
+use movewatch_tracker::eta::EtaModel;
+use movewatch_tracker::moves::{
+    JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus, MovesConfig,
+};
+
+const VAN: &str = "AB12CDE";
+const OTHER: &str = "XY99ZZZ";
+
+fn site_id(s: &str) -> SiteId {
+    SiteId::parse(s).unwrap()
+}
+fn v(s: &str) -> VehicleId {
+    VehicleId::parse(s).unwrap()
+}
+fn mid(s: &str) -> MoveId {
+    MoveId::parse(s).unwrap()
+}
+
+/// ORG at 53.0 N; DST 0.5° north (~55.6 km); ALT 0.5° south; MID halfway ORG–DST.
+fn sites() -> Vec<Site> {
+    let s = |id: &str, lat: f64| Site {
+        id: site_id(id),
+        name: id.into(),
+        kind: SiteKind::Prison,
+        lat,
+        lon: -1.5,
+        radius_m: 400.0,
+    };
+    vec![
+        s("ORG", 53.0),
+        s("DST", 53.5),
+        s("ALT", 52.5),
+        s("MID", 53.25),
+    ]
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap()
+}
+fn at(s: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(s)
+}
+fn date() -> NaiveDate {
+    t0().date_naive()
+}
+
+fn book() -> MoveBook {
+    MoveBook::new(&sites(), MovesConfig::default(), EtaModel::default())
+}
+
+fn spec(id: &str, from: &str, to: &str, vehicle: Option<&str>) -> MoveSpec {
+    MoveSpec {
+        id: mid(id),
+        reference: format!("REF-{id}"),
+        from_location: site_id(from),
+        to_location: site_id(to),
+        date: date(),
+        status: MoveStatus::Booked,
+        journeys: vec![JourneySpec {
+            id: JourneyId::parse(&format!("j-{id}")).unwrap(),
+            from_location: site_id(from),
+            to_location: site_id(to),
+            vehicle: vehicle.map(v),
+        }],
+    }
+}
+
+fn pos(vehicle: &str, ts: DateTime<Utc>, lat: f64, speed: f64, journey: Option<&str>) -> Position {
+    Position {
+        supplier: SupplierId::parse("geoamey").unwrap(),
+        vehicle: v(vehicle),
+        tracking_id: format!("{vehicle}-{}", ts.timestamp()),
+        ts,
+        lat,
+        lon: -1.5,
+        journey_id: journey.map(|j| JourneyId::parse(j).unwrap()),
+        speed_kmh: Some(speed),
+        bearing: None,
+        altitude: None,
+        hdop: None,
+        vdop: None,
+        vin: None,
+        flags: PointFlags::default(),
+    }
+}
+
+fn event(
+    vehicle: &str,
+    kind: EventKind,
+    ts: DateTime<Utc>,
+    move_id: Option<&str>,
+    details: serde_json::Value,
+) -> Event {
+    Event {
+        supplier: SupplierId::parse("geoamey").unwrap(),
+        vehicle: v(vehicle),
+        kind,
+        occurred_at: ts,
+        move_id: move_id.map(mid),
+        journey_id: None,
+        details,
+    }
+}
+
+fn crossing(vehicle: &str, site: &str, kind: TransitionKind, ts: DateTime<Utc>) -> FenceTransition {
+    FenceTransition {
+        vehicle: v(vehicle),
+        site: site_id(site),
+        kind,
+        ts,
+    }
+}
+
+fn frames(out: &[MoveOutput]) -> Vec<&Frame> {
+    out.iter()
+        .filter_map(|o| match o {
+            MoveOutput::Frame { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect()
+}
+
+fn arrivals(out: &[MoveOutput]) -> Vec<(String, String)> {
+    frames(out)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Arrival(a) => Some((a.move_id.to_string(), a.site.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn alerts(out: &[MoveOutput]) -> Vec<String> {
+    frames(out)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Alert(a) => Some(a.kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status(b: &MoveBook, id: &str) -> MoveStatus {
+    b.details(&mid(id)).unwrap().spec.status
+}
+fn vehicle_of(b: &MoveBook, id: &str) -> (Option<VehicleId>, Option<&'static str>) {
+    let d = b.details(&mid(id)).unwrap();
+    (d.view.vehicle, d.view.vehicle_match)
+}
+
+/// Drives `vehicle` from `from_lat` to `to_lat` at `kmh`, one fix every 30 s.
+fn drive(
+    b: &mut MoveBook,
+    vehicle: &str,
+    start: i64,
+    from_lat: f64,
+    to_lat: f64,
+    kmh: f64,
+    out: &mut Vec<MoveOutput>,
+) -> i64 {
+    let metres = (to_lat - from_lat).abs() * 111_195.0;
+    let steps = (metres / (kmh / 3.6 * 30.0)).ceil().max(1.0) as i64;
+    for i in 0..=steps {
+        let lat = from_lat + (to_lat - from_lat) * i as f64 / steps as f64;
+        b.on_position(&pos(vehicle, at(start + 30 * i), lat, kmh, None), out);
+    }
+    start + 30 * steps
+}
+
+#[test]
+fn an_arrival_is_detected_exactly_once_and_departure_before_it() {
+    let mut b = book();
+    let mut out = b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    assert!(out.iter().any(|o| matches!(o, MoveOutput::Save(_))));
+    out.clear();
+    b.on_position(&pos(VAN, at(0), 53.0, 0.0, None), &mut out);
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    assert!(
+        frames(&out)
+            .iter()
+            .any(|f| matches!(f, Frame::Departure(d) if d.site == site_id("ORG")))
+    );
+    let end = drive(&mut b, VAN, 60, 53.0, 53.5, 80.0, &mut out);
+    assert!(b.details(&mid("m1")).unwrap().view.eta.is_some());
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end + 10)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "DST".into())]);
+    let facts: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            MoveOutput::Arrived(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(facts.len(), 1);
+    assert_eq!(facts[0].departed_at, at(60));
+    assert_eq!(facts[0].arrived_at, at(end));
+    assert!(
+        (facts[0].distance_m - 55_600.0).abs() < 1_000.0,
+        "{}",
+        facts[0].distance_m
+    );
+    assert_eq!(status(&b, "m1"), MoveStatus::Arrived);
+    assert_eq!(b.details(&mid("m1")).unwrap().view.eta, None);
+    // The fences' exit and a later enter at the destination are no second arrival.
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Exit, at(end + 900)),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end + 1900)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty());
+    // Completed by the event; the model learned the trip.
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveComplete,
+            at(end + 2000),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    assert_eq!(status(&b, "m1"), MoveStatus::Completed);
+    assert_eq!(b.eta_model().trips(), 1);
+}
+
+#[test]
+fn a_van_passing_a_prison_on_the_motorway_never_arrives_there() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::PassThrough, at(100)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty());
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    // Nor does stopping at another prison on the way.
+    b.on_transition(
+        &crossing(VAN, "MID", TransitionKind::Enter, at(200)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty());
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+}
+
+#[test]
+fn a_redirect_moves_the_eta_to_the_new_destination() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    b.on_position(&pos(VAN, at(10), 53.25, 70.0, None), &mut out);
+    let before = b.details(&mid("m1")).unwrap().view;
+    let d_before = before.distance_remaining_m.unwrap();
+    out.clear();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveRedirect,
+            at(20),
+            Some("m1"),
+            serde_json::json!({"to_location": "ALT"}),
+        ),
+        &mut out,
+    );
+    let after = b.details(&mid("m1")).unwrap().view;
+    assert_eq!(after.to_location, site_id("ALT"));
+    // ALT is three times as far from MID as DST is.
+    let d_after = after.distance_remaining_m.unwrap();
+    assert!(
+        (d_after / d_before - 3.0).abs() < 0.05,
+        "{d_before} → {d_after}"
+    );
+    assert!(after.eta.unwrap() > before.eta.unwrap());
+    assert!(frames(&out).iter().any(
+        |f| matches!(f, Frame::Move(m) if m.to_location == site_id("ALT") && m.eta.is_some())
+    ));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, MoveOutput::Save(s) if s.to_location == site_id("ALT")))
+    );
+    // Entering the old destination is no arrival; the new one is.
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(900)),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "ALT", TransitionKind::Enter, at(3000)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "ALT".into())]);
+}
+
+#[test]
+fn two_moves_on_one_van_both_arrive_at_their_own_sites() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "MID", Some(VAN)), t0());
+    b.upsert(spec("m2", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_position(&pos(VAN, at(0), 53.0, 0.0, None), &mut out);
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(30)),
+        &mut out,
+    );
+    assert_eq!(b.move_ids_of(&v(VAN)).len(), 2);
+    let end = drive(&mut b, VAN, 30, 53.0, 53.25, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "MID", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "MID".into())]);
+    assert_eq!(status(&b, "m2"), MoveStatus::InTransit);
+    b.on_transition(
+        &crossing(VAN, "MID", TransitionKind::Exit, at(end + 600)),
+        &mut out,
+    );
+    let end = drive(&mut b, VAN, end + 600, 53.25, 53.5, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m2".into(), "DST".into())]);
+    assert_eq!(status(&b, "m1"), MoveStatus::Arrived);
+}
+
+#[test]
+fn matching_by_journey_id_journey_start_and_vehicle_change_strongest_first() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", None), t0());
+    let mut out = Vec::new();
+    // Rule 3 on a move with no vehicle.
+    b.on_event(
+        &Event {
+            journey_id: Some(JourneyId::parse("j-m1").unwrap()),
+            ..event(
+                OTHER,
+                EventKind::JourneyChangeVehicle,
+                at(0),
+                None,
+                serde_json::json!({"vehicle_reg": "xy99 zzz", "previous_vehicle_reg": "AB12CDE"}),
+            )
+        },
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
+    // Rule 2 is stronger: JourneyStart names VAN.
+    b.on_event(
+        &event(
+            OTHER,
+            EventKind::JourneyStart,
+            at(10),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("confirmed")));
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    assert_eq!(b.move_ids_of(&v(VAN)), vec![mid("m1")]);
+    assert!(b.move_ids_of(&v(OTHER)).is_empty());
+    // A weaker rule cannot take it back ...
+    b.on_event(
+        &Event {
+            journey_id: Some(JourneyId::parse("j-m1").unwrap()),
+            ..event(
+                OTHER,
+                EventKind::JourneyChangeVehicle,
+                at(20),
+                None,
+                serde_json::json!({"vehicle_reg": OTHER}),
+            )
+        },
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(VAN)));
+    // ... but rule 1, the strongest, does: OTHER's points carry the journey id.
+    b.on_position(&pos(OTHER, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, MoveOutput::Save(s) if s.journeys[0].vehicle == Some(v(OTHER))))
+    );
+    // A JourneyStart can no longer override a journey-id match.
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(40),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+}
+
+#[test]
+fn inference_makes_a_probable_match_that_arrival_confirms() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", None), t0());
+    let mut out = Vec::new();
+    b.on_position(&pos(VAN, at(0), 53.0, 0.0, None), &mut out);
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("probable")));
+    // Shown to the control room, not to the sites, and still booked.
+    assert_eq!(status(&b, "m1"), MoveStatus::Booked);
+    assert!(b.sites_seeing(&v(VAN), at(60)).is_empty());
+    assert!(b.move_views(Some(&site_id("DST")), at(60)).is_empty());
+    assert_eq!(b.move_views(None, at(60)).len(), 1);
+    let end = drive(&mut b, VAN, 60, 53.0, 53.5, 80.0, &mut out);
+    assert!(
+        b.details(&mid("m1")).unwrap().view.eta.is_some(),
+        "probable moves get an ETA"
+    );
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "DST".into())]);
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("confirmed")));
+}
+
+#[test]
+fn inference_is_confirmed_or_dropped_by_later_events() {
+    // Confirmed by a JourneyStart naming the same vehicle.
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", None), t0());
+    let mut out = Vec::new();
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(90),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("confirmed")));
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    assert_eq!(b.details(&mid("m1")).unwrap().departed_at, Some(at(60)));
+    assert!(!b.sites_seeing(&v(VAN), at(90)).is_empty());
+
+    // Dropped by a JourneyStart naming another vehicle.
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", None), t0());
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    b.on_event(
+        &event(
+            OTHER,
+            EventKind::JourneyStart,
+            at(90),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": OTHER}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
+    assert!(b.move_ids_of(&v(VAN)).is_empty());
+    assert_eq!(b.details(&mid("m1")).unwrap().departed_at, None);
+
+    // Dropped when the vehicle goes back into the origin.
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", None), t0());
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Enter, at(600)),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (None, None));
+
+    // Never for a move on another day, nor one that has a vehicle, nor a pass-through.
+    let mut b = book();
+    let mut tomorrow = spec("m1", "ORG", "DST", None);
+    tomorrow.date = date().succ_opt().unwrap();
+    b.upsert(tomorrow, t0());
+    b.upsert(spec("m2", "ORG", "DST", Some(OTHER)), t0());
+    b.upsert(spec("m3", "ORG", "DST", None), t0());
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::PassThrough, at(30)),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m3"), (None, None));
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1"), (None, None));
+    assert_eq!(vehicle_of(&b, "m2").0, Some(v(OTHER)));
+    assert_eq!(vehicle_of(&b, "m3"), (Some(v(VAN)), Some("probable")));
+}
+
+#[test]
+fn move_frames_follow_the_eta_and_arriving_30_fires_once() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    out.clear();
+    let end = drive(&mut b, VAN, 0, 53.0, 53.5, 80.0, &mut out);
+    let moves: Vec<_> = frames(&out)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Move(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    // Steady driving keeps the ETA still: far fewer frames than fixes.
+    assert!(
+        !moves.is_empty() && moves.len() < (end / 30) as usize / 2,
+        "{} frames",
+        moves.len()
+    );
+    for m in &moves {
+        assert!(m.eta_low <= m.eta && m.eta <= m.eta_high, "{m:?}");
+    }
+    assert_eq!(alerts(&out), vec!["arriving_30".to_string()]);
+}
+
+#[test]
+fn lodging_suspends_the_eta_and_the_time_alerts() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    b.on_position(&pos(VAN, at(10), 53.1, 0.0, None), &mut out);
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveLodgingStart,
+            at(20),
+            Some("m1"),
+            serde_json::json!({"location": "MID"}),
+        ),
+        &mut out,
+    );
+    let d = b.details(&mid("m1")).unwrap();
+    assert_eq!((d.view.eta, d.lodging), (None, Some(site_id("MID"))));
+    out.clear();
+    out.extend(b.tick(at(4 * 3600)));
+    assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveLodgingEnd,
+            at(5 * 3600),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    b.on_position(&pos(VAN, at(5 * 3600 + 10), 53.1, 50.0, None), &mut out);
+    assert!(b.details(&mid("m1")).unwrap().view.eta.is_some());
+}
+
+#[test]
+fn gps_gap_and_device_silent_fire_once_per_silence() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_position(&pos(VAN, at(0), 53.0, 0.0, None), &mut out);
+    // Booked, not in transit: no gps_gap, but device_silent after 5 min.
+    assert!(alerts(&b.tick(at(120))).is_empty());
+    assert_eq!(alerts(&b.tick(at(301))), vec!["device_silent"]);
+    assert!(alerts(&b.tick(at(400))).is_empty());
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(410),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    b.on_position(&pos(VAN, at(420), 53.01, 50.0, None), &mut out);
+    assert!(alerts(&b.tick(at(470))).is_empty(), "50 s is no gap");
+    assert_eq!(alerts(&b.tick(at(481))), vec!["gps_gap"]);
+    assert!(alerts(&b.tick(at(600))).is_empty());
+    assert_eq!(alerts(&b.tick(at(721))), vec!["device_silent"]);
+    // A point re-arms both.
+    b.on_position(&pos(VAN, at(730), 53.02, 50.0, None), &mut out);
+    assert_eq!(alerts(&b.tick(at(800))), vec!["gps_gap"]);
+    // A vehicle carrying nothing never alerts.
+    b.on_position(&pos(OTHER, at(0), 52.0, 50.0, None), &mut out);
+    assert!(
+        b.tick(at(3600))
+            .iter()
+            .all(|o| !matches!(o, MoveOutput::Frame { vehicle: Some(x), .. } if *x == v(OTHER)))
+    );
+}
+
+#[test]
+fn stopped_fires_after_ten_slow_minutes_away_from_sites_only() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    // Slow for 9.5 minutes, then moving again: nothing.
+    for i in 0..20 {
+        b.on_position(&pos(VAN, at(30 * i), 53.1, 2.0, None), &mut out);
+    }
+    b.on_position(&pos(VAN, at(600), 53.11, 50.0, None), &mut out);
+    assert!(alerts(&out).iter().all(|a| a != "stopped"));
+    // Slow for 10 minutes on the road: one alert.
+    for i in 0..25 {
+        b.on_position(&pos(VAN, at(630 + 30 * i), 53.11, 1.0, None), &mut out);
+        out.extend(b.tick(at(640 + 30 * i)));
+    }
+    assert_eq!(alerts(&out).iter().filter(|a| *a == "stopped").count(), 1);
+    // Waiting inside a site (entered): never.
+    out.clear();
+    b.on_position(&pos(VAN, at(2000), 53.25, 50.0, None), &mut out);
+    b.on_transition(
+        &crossing(VAN, "MID", TransitionKind::Enter, at(2010)),
+        &mut out,
+    );
+    for i in 0..40 {
+        b.on_position(&pos(VAN, at(2030 + 30 * i), 53.25, 0.0, None), &mut out);
+        out.extend(b.tick(at(2040 + 30 * i)));
+    }
+    assert!(
+        alerts(&out).iter().all(|a| a != "stopped"),
+        "{:?}",
+        alerts(&out)
+    );
+}
+
+#[test]
+fn breakdown_alerts_name_the_vehicle_and_its_move() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    out.clear();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::PersonMoveVehicleBrokeDown,
+            at(60),
+            None,
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    let alert = frames(&out)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Alert(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (alert.kind.as_str(), alert.vehicle, alert.move_id),
+        ("breakdown", v(VAN), Some(mid("m1")))
+    );
+    // Sent to the sites of the move, and kept for snapshots.
+    assert!(out.iter().any(|o| matches!(o, MoveOutput::Frame { frame: Frame::Alert(_), sites, .. } if sites.contains(&site_id("DST")))));
+    assert_eq!(b.recent_alerts(Some(&site_id("DST"))).len(), 1);
+    assert!(b.recent_alerts(Some(&site_id("ALT"))).is_empty());
+    // Other events are no breakdown.
+    out.clear();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyArriveAtOuterGate,
+            at(70),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    assert!(alerts(&out).is_empty());
+}
+
+#[test]
+fn off_route_fires_when_the_distance_from_the_corridor_keeps_growing() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    // On the corridor, weaving a little: nothing.
+    for i in 0..30 {
+        let mut p = pos(VAN, at(60 * i), 53.0 + 0.01 * i as f64, 60.0, None);
+        p.lon = -1.5 + if i % 2 == 0 { 0.02 } else { -0.02 };
+        b.on_position(&p, &mut out);
+    }
+    assert!(alerts(&out).iter().all(|a| a != "off_route"));
+    // Heading west, away from the line: beyond 14 km (25 % of 55.6 km) and growing.
+    for i in 0..20 {
+        let mut p = pos(VAN, at(1800 + 60 * i), 53.3, 60.0, None);
+        p.lon = -1.5 - 0.03 * i as f64;
+        b.on_position(&p, &mut out);
+    }
+    assert_eq!(alerts(&out).iter().filter(|a| *a == "off_route").count(), 1);
+    // Far out but coming back: no new alert.
+    out.clear();
+    for i in 0..10 {
+        let mut p = pos(VAN, at(3000 + 60 * i), 53.3, 60.0, None);
+        p.lon = -2.07 + 0.03 * i as f64;
+        b.on_position(&p, &mut out);
+    }
+    assert!(alerts(&out).iter().all(|a| a != "off_route"));
+}
+
+#[test]
+fn site_visibility_runs_from_journey_start_until_15_minutes_after_arrival() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let dst = site_id("DST");
+    // Booked with a vehicle: the move is the site's, the vehicle not yet.
+    assert!(b.sites_seeing(&v(VAN), at(0)).is_empty());
+    assert!(b.vehicles_seen_by(&dst, at(0)).is_empty());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(10),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    assert_eq!(
+        b.sites_seeing(&v(VAN), at(10)),
+        vec![site_id("ORG"), dst.clone()]
+    );
+    assert_eq!(b.vehicles_seen_by(&dst, at(10)), vec![v(VAN)]);
+    assert!(b.vehicles_seen_by(&site_id("ALT"), at(10)).is_empty());
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(3600)),
+        &mut out,
+    );
+    assert_eq!(b.vehicles_seen_by(&dst, at(3600 + 899)), vec![v(VAN)]);
+    assert!(b.vehicles_seen_by(&dst, at(3600 + 901)).is_empty());
+    assert!(b.sites_seeing(&v(VAN), at(3600 + 901)).is_empty());
+}

@@ -1,0 +1,413 @@
+//! The moves registry at the edge (issue #6): `PUT /api/moves/{id}`,
+//! `GET /api/moves/{id}`, fan-out of what the [`MoveBook`] decides, and the
+//! task that saves moves and arrivals in the store.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{NaiveDate, Utc};
+use model::format_ts;
+use model::{JourneyId, MoveId, SiteId, VehicleId};
+use serde::Deserialize;
+use serde_json::json;
+use store::{Arrival, JourneyRecord, MoveRecord, Store};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracker::Tracker;
+use tracker::moves::{ArrivalFact, JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus};
+
+use crate::{Access, Gateway, Hub, error};
+
+/// Saves and arrivals waiting for the store.
+pub const PERSIST_CAPACITY: usize = 1024;
+
+/// What the persister writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Persist {
+    /// Upsert a move (status, destination, journeys' vehicles).
+    Save(MoveSpec),
+    /// Record a completed leg.
+    Arrival(ArrivalFact),
+}
+
+/// The live registry, shared by the pipeline, the ticker and the handlers.
+/// The lock is held only for synchronous work, never across an await.
+#[derive(Clone, Debug)]
+pub struct Moves {
+    book: Arc<Mutex<MoveBook>>,
+    persist: Option<mpsc::Sender<Persist>>,
+}
+
+impl Moves {
+    /// A registry; `persist` is where saves go (`None`: nowhere, for replay).
+    pub fn new(book: MoveBook, persist: Option<mpsc::Sender<Persist>>) -> Self {
+        Moves {
+            book: Arc::new(Mutex::new(book)),
+            persist,
+        }
+    }
+
+    /// The book, locked (a poisoned lock is taken over: the book has no
+    /// invariant a panic half-way could break worse than losing an update).
+    pub fn lock(&self) -> MutexGuard<'_, MoveBook> {
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fans the frames out and queues the saves (waiting when the store is behind).
+    pub async fn dispatch(&self, hub: &Hub, tracker: &Tracker, outputs: Vec<MoveOutput>) {
+        for output in outputs {
+            let persist = match output {
+                MoveOutput::Frame {
+                    frame,
+                    vehicle,
+                    sites,
+                } => {
+                    let supplier = vehicle.and_then(|v| tracker.supplier_of(&v));
+                    hub.send(&frame, vehicle, supplier, sites);
+                    continue;
+                }
+                MoveOutput::Save(spec) => Persist::Save(spec),
+                MoveOutput::Arrived(fact) => Persist::Arrival(fact),
+            };
+            if let Some(tx) = &self.persist
+                && tx.send(persist).await.is_err()
+            {
+                tracing::warn!("the moves persister has stopped; a move change is not saved");
+            }
+        }
+    }
+}
+
+/// The stored form of a move.
+pub fn record_of(spec: &MoveSpec) -> MoveRecord {
+    MoveRecord {
+        id: spec.id.clone(),
+        reference: spec.reference.clone(),
+        from_location: spec.from_location.clone(),
+        to_location: spec.to_location.clone(),
+        date: spec.date,
+        status: spec.status.as_str().to_owned(),
+        journeys: spec
+            .journeys
+            .iter()
+            .map(|j| JourneyRecord {
+                id: j.id.clone(),
+                from_location: j.from_location.clone(),
+                to_location: j.to_location.clone(),
+                vehicle: j.vehicle,
+            })
+            .collect(),
+    }
+}
+
+/// The live form of a stored move (`None` for an unknown status).
+pub fn spec_of(r: &MoveRecord) -> Option<MoveSpec> {
+    Some(MoveSpec {
+        id: r.id.clone(),
+        reference: r.reference.clone(),
+        from_location: r.from_location.clone(),
+        to_location: r.to_location.clone(),
+        date: r.date,
+        status: MoveStatus::parse(&r.status)?,
+        journeys: r
+            .journeys
+            .iter()
+            .map(|j| JourneySpec {
+                id: j.id.clone(),
+                from_location: j.from_location.clone(),
+                to_location: j.to_location.clone(),
+                vehicle: j.vehicle,
+            })
+            .collect(),
+    })
+}
+
+/// Writes saves and arrivals in order; a failed write is retried with
+/// backoff (up to about a minute) before it is logged and given up.
+pub fn spawn_persister(store: Store, mut rx: mpsc::Receiver<Persist>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let mut attempt = 0u32;
+            loop {
+                let result = match &p {
+                    Persist::Save(spec) => store.upsert_move(&record_of(spec)).await,
+                    Persist::Arrival(a) => {
+                        store
+                            .insert_arrival(&Arrival {
+                                move_id: a.move_id.clone(),
+                                vehicle: a.vehicle,
+                                site: a.site.clone(),
+                                from_location: a.from_location.clone(),
+                                departed_at: a.departed_at,
+                                arrived_at: a.arrived_at,
+                                distance_m: a.distance_m,
+                            })
+                            .await
+                    }
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(e) if attempt < 10 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "cannot save a move change; retrying");
+                        tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(5))).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, change = ?p, "giving up saving a move change");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JourneyBody {
+    id: String,
+    from_location: String,
+    to_location: String,
+    #[serde(default)]
+    vehicle_registration: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveBody {
+    #[serde(default)]
+    reference: String,
+    from_location: String,
+    to_location: String,
+    date: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    journeys: Vec<JourneyBody>,
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", &message)
+}
+
+fn forbidden(message: &str) -> Response {
+    error(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+/// Parses and checks a `PUT` body into a move.
+fn parse_body(g: &Gateway, id: MoveId, raw: &[u8]) -> Result<MoveSpec, String> {
+    let body: MoveBody = serde_json::from_slice(raw).map_err(|e| {
+        format!(
+            "expected {{\"reference\", \"from_location\", \"to_location\", \"date\", \"status\", \"journeys\"}}: {e}"
+        )
+    })?;
+    let site = |field: &str, raw: &str| -> Result<SiteId, String> {
+        let s = SiteId::parse(raw).map_err(|e| format!("{field}: {e}"))?;
+        if !g.sites.iter().any(|k| k.id == s) {
+            return Err(format!("{field}: no site {s}"));
+        }
+        Ok(s)
+    };
+    if body.reference.len() > 128 {
+        return Err("reference: at most 128 characters".into());
+    }
+    let date = NaiveDate::parse_from_str(&body.date, "%Y-%m-%d")
+        .map_err(|e| format!("date: expected YYYY-MM-DD: {e}"))?;
+    let status = match body.status.as_deref() {
+        None => MoveStatus::Booked,
+        Some(s) => MoveStatus::parse(s).ok_or_else(|| {
+            format!("status: {s:?} is not booked, in_transit, arrived, completed or cancelled")
+        })?,
+    };
+    if body.journeys.len() > 32 {
+        return Err("journeys: at most 32".into());
+    }
+    let mut journeys = Vec::with_capacity(body.journeys.len());
+    for (i, j) in body.journeys.iter().enumerate() {
+        let id = JourneyId::parse(&j.id).map_err(|e| format!("journeys[{i}].id: {e}"))?;
+        if journeys.iter().any(|k: &JourneySpec| k.id == id) {
+            return Err(format!("journeys[{i}].id: {id} is repeated"));
+        }
+        journeys.push(JourneySpec {
+            id,
+            from_location: site(&format!("journeys[{i}].from_location"), &j.from_location)?,
+            to_location: site(&format!("journeys[{i}].to_location"), &j.to_location)?,
+            vehicle: j
+                .vehicle_registration
+                .as_deref()
+                .map(VehicleId::parse)
+                .transpose()
+                .map_err(|e| format!("journeys[{i}].vehicle_registration: {e}"))?,
+        });
+    }
+    Ok(MoveSpec {
+        id,
+        reference: body.reference,
+        from_location: site("from_location", &body.from_location)?,
+        to_location: site("to_location", &body.to_location)?,
+        date,
+        status,
+        journeys,
+    })
+}
+
+/// `PUT /api/moves/{id}` (control room): books or re-books a move.
+pub(crate) async fn put_move(
+    State(g): State<Gateway>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    match g.auth.from_request(&headers, query.as_deref()) {
+        Err(reply) => return reply,
+        Ok(Access::ControlRoom) => {}
+        Ok(_) => return forbidden("booking moves is for the control room"),
+    }
+    let id = match MoveId::parse(&raw_id) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let spec = match parse_body(&g, id.clone(), &body) {
+        Ok(s) => s,
+        Err(message) => return bad_request(message),
+    };
+    // Durable first: the booking is stored before anyone is told of it.
+    if let Err(e) = g.store.upsert_move(&record_of(&spec)).await {
+        tracing::error!(error = %e, "cannot store a move");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store did not take the move; retry",
+        );
+    }
+    let outputs = g.moves.lock().upsert(spec, Utc::now());
+    g.moves.dispatch(&g.hub, &g.tracker, outputs).await;
+    let details = g.moves.lock().details(&id);
+    match details {
+        Some(d) => axum::Json(details_json(&d.spec, Some(&d), true)).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "move vanished",
+        ),
+    }
+}
+
+/// `GET /api/moves/{id}`: the move with its live status, `eta` and `vehicle`.
+pub(crate) async fn get_move(
+    State(g): State<Gateway>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let access = match g.auth.from_request(&headers, query.as_deref()) {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    let id = match MoveId::parse(&raw_id) {
+        Ok(id) => id,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let now = Utc::now();
+    let (live, vehicle_visible_to) = {
+        let book = g.moves.lock();
+        let live = book.details(&id);
+        let visible = live
+            .as_ref()
+            .and_then(|d| d.view.vehicle)
+            .map(|v| book.sites_seeing(&v, now))
+            .unwrap_or_default();
+        (live, visible)
+    };
+    let spec = match &live {
+        Some(d) => d.spec.clone(),
+        None => match g.store.get_move(&id).await {
+            Ok(Some(r)) => match spec_of(&r) {
+                Some(s) => s,
+                None => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "bad stored status",
+                    );
+                }
+            },
+            Ok(None) if access == Access::ControlRoom => {
+                return error(StatusCode::NOT_FOUND, "not_found", &format!("no move {id}"));
+            }
+            // Only the control room learns whether a move exists.
+            Ok(None) => return forbidden("this token may not see this move"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a move");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "retry",
+                );
+            }
+        },
+    };
+    let vehicle = live
+        .as_ref()
+        .and_then(|d| d.view.vehicle)
+        .or_else(|| spec.journeys.iter().rev().find_map(|j| j.vehicle));
+    let show_vehicle = match &access {
+        Access::ControlRoom => true,
+        Access::Site(sites) => {
+            if !sites.contains(&spec.from_location) && !sites.contains(&spec.to_location) {
+                return forbidden("this token may see only moves to or from its sites");
+            }
+            vehicle_visible_to.iter().any(|s| sites.contains(s))
+        }
+        Access::Supplier(s) => {
+            if vehicle.is_none_or(|v| g.tracker.supplier_of(&v) != Some(*s)) {
+                return forbidden("this move is not carried by this supplier's vehicles");
+            }
+            true
+        }
+    };
+    axum::Json(details_json(&spec, live.as_ref(), show_vehicle)).into_response()
+}
+
+fn details_json(
+    spec: &MoveSpec,
+    live: Option<&tracker::moves::MoveDetails>,
+    show_vehicle: bool,
+) -> serde_json::Value {
+    let view = live.map(|d| &d.view);
+    let vehicle = if show_vehicle {
+        view.and_then(|v| v.vehicle)
+            .or_else(|| spec.journeys.iter().rev().find_map(|j| j.vehicle))
+    } else {
+        None
+    };
+    json!({
+        "id": spec.id,
+        "reference": spec.reference,
+        "from_location": spec.from_location,
+        "to_location": spec.to_location,
+        "date": spec.date.to_string(),
+        "status": spec.status.as_str(),
+        "journeys": spec.journeys.iter().map(|j| json!({
+            "id": j.id,
+            "from_location": j.from_location,
+            "to_location": j.to_location,
+            "vehicle_registration": if show_vehicle { j.vehicle } else { None },
+        })).collect::<Vec<_>>(),
+        "vehicle": vehicle,
+        "vehicle_match": if show_vehicle { view.and_then(|v| v.vehicle_match) } else { None },
+        "eta": view.and_then(|v| v.eta.clone()),
+        "eta_low": view.and_then(|v| v.eta_low.clone()),
+        "eta_high": view.and_then(|v| v.eta_high.clone()),
+        "distance_remaining_m": view.and_then(|v| v.distance_remaining_m),
+        "departed_at": live.and_then(|d| d.departed_at).map(|t| format_ts(&t)),
+        "arrived_at": live.and_then(|d| d.arrived_at).map(|t| format_ts(&t)),
+        "lodging": live.and_then(|d| d.lodging.clone()),
+    })
+}
