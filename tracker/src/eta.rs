@@ -106,6 +106,29 @@ pub fn horizon_bucket(minutes: f64) -> usize {
     }
 }
 
+/// Bins of the raw estimate for the residual correction: finer than the
+/// reporting buckets, because the model's bias changes quickly near the end.
+const RESIDUAL_BINS: [f64; 11] = [3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 90.0];
+
+fn residual_bin(raw_minutes: f64) -> usize {
+    RESIDUAL_BINS
+        .iter()
+        .position(|&edge| raw_minutes < edge)
+        .unwrap_or(RESIDUAL_BINS.len())
+}
+
+/// How the journey has gone since it left the origin: what the estimate
+/// learns about this route and this trip while it is driven.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Distance driven since leaving the origin, metres.
+    pub driven_m: f64,
+    /// Minutes since leaving the origin.
+    pub elapsed_min: f64,
+    /// Great-circle distance from the origin to the destination, metres.
+    pub direct_total_m: f64,
+}
+
 /// One estimate of the time still to drive.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Remaining {
@@ -130,9 +153,9 @@ pub struct EtaModel {
     route_circuity: HashMap<(SiteId, SiteId), VecDeque<f64>>,
     dest_circuity: HashMap<SiteId, VecDeque<f64>>,
     all_circuity: VecDeque<f64>,
-    residuals: [VecDeque<f64>; 4],
-    /// The configured quantiles of each bucket's residuals, recomputed on learning.
-    bounds: [Option<(f64, f64, f64)>; 4],
+    residuals: [VecDeque<f64>; RESIDUAL_BINS.len() + 1],
+    /// The configured quantiles of each bin's residuals, recomputed on learning.
+    bounds: [Option<(f64, f64, f64)>; RESIDUAL_BINS.len() + 1],
 }
 
 fn push_bounded(q: &mut VecDeque<f64>, v: f64, max: usize) {
@@ -179,7 +202,7 @@ impl EtaModel {
             dest_circuity: HashMap::new(),
             all_circuity: VecDeque::new(),
             residuals: Default::default(),
-            bounds: [None; 4],
+            bounds: [None; RESIDUAL_BINS.len() + 1],
         }
     }
 
@@ -273,8 +296,22 @@ impl EtaModel {
         hour: usize,
         live_kmh: Option<f64>,
     ) -> f64 {
+        self.paced_minutes(road_km, from_origin_km, hour, live_kmh, 1.0)
+    }
+
+    /// [`EtaModel::point_minutes`] with the cruise part scaled by `pace`
+    /// (this trip's driving so far against the model's: > 1 is slower).
+    fn paced_minutes(
+        &self,
+        road_km: f64,
+        from_origin_km: f64,
+        hour: usize,
+        live_kmh: Option<f64>,
+        pace: f64,
+    ) -> f64 {
         let c = &self.config;
         let (overhead, per_km) = self.line(hour);
+        let per_km = per_km * pace;
         // The overhead is the slow town driving at both ends: the end's share
         // shrinks over the last few km, the start's over the first few.
         let end = overhead * c.end_share * (road_km / c.end_zone_km).min(1.0);
@@ -297,6 +334,7 @@ impl EtaModel {
     /// The estimate with its interval, for `direct_m` metres of great-circle
     /// distance left on the route `from` → `to`, `from_origin_m` (great
     /// circle) from the origin.
+    #[allow(clippy::too_many_arguments)]
     pub fn remaining(
         &self,
         from: &SiteId,
@@ -305,14 +343,21 @@ impl EtaModel {
         from_origin_m: f64,
         now: DateTime<Utc>,
         live_kmh: Option<f64>,
+        progress: Option<Progress>,
     ) -> Remaining {
-        let circuity = self.circuity(from, to);
+        let hour = now.hour() as usize;
+        let prior = self.circuity(from, to);
+        let (circuity, pace) = match progress {
+            Some(p) => self.live_terms(prior, direct_m, hour, p),
+            None => (prior, 1.0),
+        };
         let road_m = direct_m * circuity;
-        let raw = self.point_minutes(
+        let raw = self.paced_minutes(
             road_m / 1000.0,
             from_origin_m * circuity / 1000.0,
-            now.hour() as usize,
+            hour,
             live_kmh,
+            pace,
         );
         let (minutes, low, high) = self.corrected(raw);
         Remaining {
@@ -324,12 +369,36 @@ impl EtaModel {
         }
     }
 
+    /// This route's circuity and this trip's pace as driven so far, blended
+    /// with the prior as the evidence grows.
+    fn live_terms(&self, prior: f64, direct_m: f64, hour: usize, p: Progress) -> (f64, f64) {
+        let done_direct = (p.direct_total_m - direct_m).max(0.0);
+        if p.driven_m < 3_000.0 || done_direct < 2_000.0 {
+            return (prior, 1.0);
+        }
+        let live_circuity = (p.driven_m / done_direct).clamp(1.0, 3.0);
+        let w = (done_direct / (done_direct + 15_000.0)).min(0.8);
+        let circuity = prior * (1.0 - w) + live_circuity * w;
+        // The model's minutes for the stretch driven, against the minutes it took.
+        let c = &self.config;
+        let (overhead, per_km) = self.line(hour);
+        let driven_km = p.driven_m / 1000.0;
+        let expected = overhead * (1.0 - c.end_share) * (driven_km / c.end_zone_km).min(1.0)
+            + per_km * driven_km;
+        if !(expected > 1.0 && p.elapsed_min > 5.0) {
+            return (circuity, 1.0);
+        }
+        let ratio = (p.elapsed_min / expected).clamp(0.7, 1.5);
+        let w = (p.elapsed_min / (p.elapsed_min + 30.0)).min(0.6);
+        (circuity, 1.0 + w * (ratio - 1.0))
+    }
+
     /// (estimate, low, high) from the model's `raw` minutes: the median and
     /// the configured quantiles of the residuals of past raw estimates at
     /// that horizon, or (before enough history) the raw estimate with a
     /// default interval widening with the horizon.
     pub fn corrected(&self, raw: f64) -> (f64, f64, f64) {
-        let (lo, mid, hi) = self.bounds[horizon_bucket(raw)].unwrap_or((
+        let (lo, mid, hi) = self.bounds[residual_bin(raw)].unwrap_or((
             -(2.0 + 0.15 * raw),
             0.0,
             3.0 + 0.25 * raw,
@@ -348,7 +417,7 @@ impl EtaModel {
             return;
         }
         let max = self.config.max_residuals;
-        let bucket = horizon_bucket(predicted);
+        let bucket = residual_bin(predicted);
         push_bounded(&mut self.residuals[bucket], actual - predicted, max);
         let q = &self.residuals[bucket];
         self.bounds[bucket] = (q.len() >= self.config.min_residuals).then(|| {

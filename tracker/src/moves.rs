@@ -1193,6 +1193,14 @@ impl MoveBook {
             .sites
             .get(&m.spec.from_location)
             .map_or(f64::INFINITY, |o| haversine_m(lat, lon, o.0, o.1));
+        let progress = match (m.departed_at, self.sites.get(&m.spec.from_location)) {
+            (Some(departed), Some(&origin)) => Some(crate::eta::Progress {
+                driven_m: m.driven_m,
+                elapsed_min: (now - departed).num_seconds() as f64 / 60.0,
+                direct_total_m: haversine_m(origin.0, origin.1, dest.0, dest.1),
+            }),
+            _ => None,
+        };
         let r = self.eta.remaining(
             &m.spec.from_location,
             &m.spec.to_location,
@@ -1200,6 +1208,7 @@ impl MoveBook {
             from_origin,
             now,
             v.speed_kmh,
+            progress,
         );
         let eta = eta_at(now, r.minutes);
         let Some(m) = self.moves.get_mut(id) else {
