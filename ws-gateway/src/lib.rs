@@ -75,6 +75,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/sites", get(sites::list))
         .route("/api/sites/{id}/fence", put(sites::put_fence))
+        .route("/api/sites/{id}/incoming", get(sites::incoming))
         .route("/api/vehicles", get(api_vehicles))
         .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
         .route("/api/moves/{id}", get(moves::get_move).put(moves::put_move))
