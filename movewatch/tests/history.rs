@@ -87,15 +87,6 @@ async fn seed(engine: &Engine) {
         .unwrap();
 }
 
-async fn get_as(addr: SocketAddr, path: &str, bearer: Option<&str>) -> common::Reply {
-    let header = bearer.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = header
-        .as_deref()
-        .map(|h| vec![("Authorization", h)])
-        .unwrap_or_default();
-    http("GET", addr, path, &headers, b"").await
-}
-
 #[tokio::test]
 async fn history_routes_are_scoped_and_validated() {
     let dir = tempfile::tempdir().unwrap();
