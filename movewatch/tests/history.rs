@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use chrono::{Duration, Utc};
-use common::{TOKEN, config, http};
+use common::{TOKEN, config, get_as};
 use model::config::{RoleName, TokenConfig};
 use model::{
     CommitToken, IngestBatch, JourneyId, MoveId, PointFlags, Position, Source, SupplierId,
