@@ -212,7 +212,7 @@ cargo build -p movewatch --quiet
 export MOVEWATCH_BIN="${MOVEWATCH_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/movewatch}"
 [ -x "$MOVEWATCH_BIN" ] || die "$MOVEWATCH_BIN was not built"
 
-step "node --test web/tests/ (fleet page in Chromium against movewatch demo)"
+step "node --test web/tests/ (control room and incoming board in Chromium)"
 node --test web/tests/
 
 # ---------------------------------------------------------------------------
@@ -226,5 +226,5 @@ fi
 
 # ---------------------------------------------------------------------------
 elapsed=$((SECONDS - START))
-printf '\n==> All tests passed: fmt, clippy, Rust tests, browser test, fuzz smoke (%dm%02ds). Screenshot: artifacts/demo-fleet.png\n' \
+printf '\n==> All tests passed: fmt, clippy, Rust tests, browser tests, fuzz smoke (%dm%02ds). Screenshots: artifacts/\n' \
   $((elapsed / 60)) $((elapsed % 60))

@@ -1,4 +1,5 @@
-// movewatch — live fleet page.
+// movewatch — control room page (/control): the live map of every vehicle
+// and site, the alert list, and a selected vehicle's move and recent track.
 //
 // Works with no internet: the basemap comes from the engine
 // (/data/basemap.geojson) and everything is drawn on a <canvas> here.
@@ -50,6 +51,12 @@ const state = {
   vehicles: new Map(),
   alerts: [],
   sites: [],
+  /** move id -> the latest `move` frame (or snapshot entry). */
+  moves: new Map(),
+  /** The selected vehicle's registration, or null. */
+  selected: null,
+  /** The selected vehicle's recent track: [[lon, lat], ...]. */
+  track: [],
   connection: 'Not connected',
 };
 window.movewatchState = state;
@@ -101,6 +108,11 @@ const el = {
   alertList: $('alert-list'),
   noAlerts: $('no-alerts'),
   tbody: $('vehicle-tbody'),
+  detail: $('vehicle-detail'),
+  detailHeading: $('detail-heading'),
+  detailMoves: $('detail-moves'),
+  detailTrack: $('detail-track'),
+  detailClose: $('detail-close'),
 };
 
 // ---------------------------------------------------------------------------
@@ -255,6 +267,7 @@ function applyPosition(p, now) {
     move_ids: Array.isArray(p.move_ids) ? p.move_ids : [],
   };
   state.vehicles.set(pos.vehicle, pos);
+  if (pos.vehicle === state.selected) detailDirty = true;
 
   const x = mx(lon);
   const y = my(lat);
@@ -354,6 +367,21 @@ function drawFrame(now) {
     ctx.stroke();
   }
 
+  // The selected vehicle's recent track, under the dots.
+  if (state.selected && state.track.length > 1) {
+    ctx.beginPath();
+    state.track.forEach(([lon, lat], i) => {
+      const x = sx(mx(lon));
+      const y = sy(my(lat));
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    });
+    ctx.lineWidth = 3;
+    ctx.lineJoin = 'round';
+    ctx.strokeStyle = COLOURS.alert;
+    ctx.stroke();
+  }
+
   // Dots are blitted from small pre-drawn sprites: far cheaper than
   // thousands of arcs when there are many vans.
   for (const group of ['stale', 'idle', 'onMove', 'alert']) {
@@ -361,6 +389,15 @@ function drawFrame(now) {
     const half = sprite.width / view.dpr / 2;
     const size = sprite.width / view.dpr;
     for (const d of groups[group]) ctx.drawImage(sprite, d.sx - half, d.sy - half, size, size);
+  }
+
+  const picked = state.selected && display.get(state.selected);
+  if (picked) {
+    ctx.beginPath();
+    ctx.arc(picked.sx, picked.sy, VAN_R + 5, 0, Math.PI * 2);
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = COLOURS.tick;
+    ctx.stroke();
   }
 
   if (hovered) {
@@ -480,7 +517,12 @@ function updateTable() {
         tr.appendChild(cell);
         cells.push(cell);
       }
-      cells[0].textContent = vehicle;
+      const pick = document.createElement('button');
+      pick.type = 'button';
+      pick.className = 'link-button';
+      pick.textContent = vehicle;
+      pick.addEventListener('click', () => selectVehicle(vehicle));
+      cells[0].appendChild(pick);
       r = { tr, cells };
       rows.set(vehicle, r);
       membershipChanged = true;
@@ -542,8 +584,100 @@ function uiTick() {
   updateCount();
   updateTable();
   updateAlerts();
+  updateDetail();
   // Colours depend on the clock (stale fixes, recent alerts).
   if (display.size) requestRedraw();
+}
+
+// ---------------------------------------------------------------------------
+// The selected vehicle: its moves and its track over the last hour
+
+let detailDirty = false;
+let trackRequest = 0;
+
+function selectVehicle(vehicle) {
+  state.selected = vehicle;
+  state.track = [];
+  detailDirty = true;
+  el.detail.hidden = false;
+  updateDetail();
+  el.detailHeading.tabIndex = -1;
+  el.detailHeading.focus();
+  loadTrack(vehicle);
+  requestRedraw();
+}
+
+function clearSelection() {
+  state.selected = null;
+  state.track = [];
+  el.detail.hidden = true;
+  requestRedraw();
+}
+
+async function loadTrack(vehicle) {
+  const request = ++trackRequest;
+  setText(el.detailTrack, 'Loading the track of the last hour…');
+  try {
+    const res = await fetch(`/api/vehicles/${encodeURIComponent(vehicle)}/track?simplify_m=25`, {
+      headers: authHeaders(),
+      cache: 'no-store',
+    });
+    if (request !== trackRequest) return;
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const feature = await res.json();
+    if (request !== trackRequest) return;
+    const g = feature && feature.geometry;
+    state.track = g && g.type === 'LineString' ? g.coordinates : g && g.type === 'Point' ? [g.coordinates] : [];
+    const n = feature?.properties?.points_before ?? 0;
+    setText(
+      el.detailTrack,
+      n ? `Track of the last hour: ${n} stored fixes, drawn in red on the map.` : 'No stored fixes in the last hour.',
+    );
+    el.detailTrack.dataset.points = String(n);
+  } catch {
+    if (request === trackRequest) setText(el.detailTrack, 'The track could not be loaded.');
+  }
+  requestRedraw();
+}
+
+const STATUS_NAMES = { booked: 'Booked', in_transit: 'In transit', arrived: 'Arrived', completed: 'Completed', cancelled: 'Cancelled' };
+
+function updateDetail() {
+  if (!state.selected || !detailDirty) return;
+  detailDirty = false;
+  const vehicle = state.selected;
+  const pos = state.vehicles.get(vehicle);
+  setText(el.detailHeading, `Vehicle ${vehicle}`);
+  const frag = document.createDocumentFragment();
+  const dl = document.createElement('dl');
+  const row = (k, v) => {
+    const dt = document.createElement('dt');
+    dt.textContent = k;
+    const dd = document.createElement('dd');
+    dd.textContent = v;
+    dl.append(dt, dd);
+  };
+  if (pos) {
+    row('Last fix', `${formatTime(pos.ts)} at ${fmtCoord(pos.lat)}, ${fmtCoord(pos.lon)}`);
+    row('Speed', pos.speed_kmh === null ? 'Not known' : `${Math.round(pos.speed_kmh)} km/h`);
+  }
+  const ids = new Set(pos ? pos.move_ids : []);
+  for (const m of state.moves.values()) if (m.vehicle === vehicle) ids.add(m.move_id);
+  if (ids.size === 0) row('Move', 'Not carrying a move');
+  for (const id of ids) {
+    const m = state.moves.get(id);
+    if (!m) {
+      row('Move', id);
+      continue;
+    }
+    const eta = m.eta ? ` · ETA ${formatTime(m.eta)}` : '';
+    const left = Number.isFinite(Number(m.distance_remaining_m)) && m.distance_remaining_m !== null
+      ? ` · ${(Number(m.distance_remaining_m) / 1000).toFixed(1)} km to go`
+      : '';
+    row('Move', `${id}: ${m.from_location} to ${m.to_location}, ${STATUS_NAMES[m.status] || m.status}${eta}${left}`);
+  }
+  frag.appendChild(dl);
+  el.detailMoves.replaceChildren(frag);
 }
 
 // ---------------------------------------------------------------------------
@@ -580,6 +714,9 @@ function handleFrame(msg, now) {
       state.alerts = [];
       alertedAt.clear();
       for (const a of msg.alerts || []) addAlert(a);
+      state.moves.clear();
+      for (const m of msg.moves || []) if (m && typeof m.move_id === 'string') state.moves.set(m.move_id, m);
+      detailDirty = true;
       tableDirty = true;
       attempts = 0;
       hideNotice();
@@ -593,6 +730,12 @@ function handleFrame(msg, now) {
       break;
     case 'alert':
       addAlert(msg);
+      break;
+    case 'move':
+      if (typeof msg.move_id === 'string') {
+        state.moves.set(msg.move_id, msg);
+        detailDirty = true;
+      }
       break;
     case 'error':
       showNotice(
@@ -782,6 +925,8 @@ function stop() {
   clearInterval(uiTimer);
   uiTimer = null;
   state.vehicles.clear();
+  state.moves.clear();
+  clearSelection();
   state.alerts = [];
   display.clear();
   alertedAt.clear();
@@ -875,6 +1020,11 @@ function readToken() {
 
 el.canvas.addEventListener('pointermove', onPointerMove);
 el.canvas.addEventListener('pointerleave', onPointerLeave);
+el.canvas.addEventListener('click', (ev) => {
+  onPointerMove(ev);
+  if (hovered) selectVehicle(hovered);
+});
+el.detailClose.addEventListener('click', clearSelection);
 // Lay out in the next frame, never inside the observer's own callback.
 let layoutPending = false;
 function scheduleLayout() {

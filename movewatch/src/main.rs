@@ -361,6 +361,14 @@ async fn demo(
         sites: vec![],
         supplier: None,
     });
+    // A site token for HMP Leeds's incoming board.
+    let site_token = random_token(32);
+    config.tokens.push(TokenConfig {
+        token: site_token.clone(),
+        role: RoleName::Site,
+        sites: vec!["LEI".parse()?],
+        supplier: None,
+    });
     config.validate()?;
 
     let sites = load_sites(&config)?;
@@ -370,10 +378,15 @@ async fn demo(
         "movewatch demo is running: embedded broker, embedded store, {vehicles} simulated vans"
     );
     println!(
-        "  fleet page:          http://{}/?token={control_token}",
+        "  control room:        http://{}/control?token={control_token}",
         engine.http_addr
     );
     println!("  control-room token:  {control_token}");
+    println!(
+        "  HMP Leeds board:     http://{}/site/LEI?token={site_token}",
+        engine.http_addr
+    );
+    println!("  site token (LEI):    {site_token}");
     println!(
         "  MQTT broker:         mqtt://{}:{}",
         engine.mqtt_addr.0, engine.mqtt_addr.1

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use chrono::{Duration, Utc};
-use common::{TOKEN, config, http};
+use common::{TOKEN, config, get_as};
 use model::config::{RoleName, TokenConfig};
 use model::{
     CommitToken, IngestBatch, JourneyId, MoveId, PointFlags, Position, Source, SupplierId,
@@ -85,15 +83,6 @@ async fn seed(engine: &Engine) {
         })
         .await
         .unwrap();
-}
-
-async fn get_as(addr: SocketAddr, path: &str, bearer: Option<&str>) -> common::Reply {
-    let header = bearer.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = header
-        .as_deref()
-        .map(|h| vec![("Authorization", h)])
-        .unwrap_or_default();
-    http("GET", addr, path, &headers, b"").await
 }
 
 #[tokio::test]

@@ -7,126 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::Utc;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use model::config::{RoleName, TokenConfig};
-use model::{MoveId, SiteId};
+use model::MoveId;
 use movewatch::Engine;
-use rumqttc::{AsyncClient, QoS};
-use tokio_tungstenite::tungstenite::Message;
 
 const SITE_TOKEN: &str = "test-site-token-lei";
 const OTHER_SITE_TOKEN: &str = "test-site-token-hli";
-
-fn site_token(token: &str, site: &str) -> TokenConfig {
-    TokenConfig {
-        token: token.into(),
-        role: RoleName::Site,
-        sites: vec![SiteId::parse(site).unwrap()],
-        supplier: None,
-    }
-}
-
-fn centre(engine: &Engine, id: &str) -> (f64, f64) {
-    let s = engine.sites.iter().find(|s| s.id.as_str() == id).unwrap();
-    (s.lat, s.lon)
-}
-
-async fn put_move(engine: &Engine, id: &str, token: &str, body: serde_json::Value) -> Reply {
-    http(
-        "PUT",
-        engine.http_addr,
-        &format!("/api/moves/{id}"),
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .await
-}
-
-async fn get_move(engine: &Engine, id: &str, token: &str) -> Reply {
-    http(
-        "GET",
-        engine.http_addr,
-        &format!("/api/moves/{id}"),
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .await
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn subscribe(engine: &Engine, token: &str, channel: &str) -> Ws {
-    let url = format!("ws://{}/ws?token={token}", engine.http_addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    ws.send(Message::text(
-        serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
-    ))
-    .await
-    .unwrap();
-    ws
-}
-
-/// Every frame received within `secs`, or until `until` matches one.
-async fn frames_until(
-    ws: &mut Ws,
-    secs: u64,
-    until: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
-        if let Message::Text(t) = m {
-            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-            let done = until(&v);
-            got.push(v);
-            if done {
-                break;
-            }
-        }
-    }
-    got
-}
-
-fn of_type<'a>(frames: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
-    frames.iter().filter(|f| f["type"] == t).collect()
-}
-
-fn base(minutes: i64) -> DateTime<Utc> {
-    (Utc::now() - chrono::Duration::minutes(minutes))
-        .duration_trunc(chrono::Duration::seconds(1))
-        .unwrap()
-}
-
-async fn publish(client: &AsyncClient, vehicle: &str, kind: &str, body: &serde_json::Value) {
-    client
-        .publish(
-            format!("movewatch/v1/geoamey/{vehicle}/{kind}"),
-            QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(body).unwrap(),
-        )
-        .await
-        .unwrap();
-}
-
-fn fix(
-    id: &str,
-    vehicle: &str,
-    ts: DateTime<Utc>,
-    (lat, lon): (f64, f64),
-    speed: f64,
-) -> serde_json::Value {
-    let mut p = point(id, vehicle, 0, lat, lon);
-    p["tracking_timestamp"] = ts.to_rfc3339().into();
-    p["speed"] = speed.into();
-    p
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_only() {

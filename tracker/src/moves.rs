@@ -481,6 +481,42 @@ impl MoveBook {
         sites
     }
 
+    /// The span of time in which any of `sites` may see `vehicle`'s track
+    /// now: from the earliest journey start of the moves it carries that
+    /// those sites may see, to now or (after arrival) arrival plus the
+    /// grace period, whichever is earlier. `None` when none of them may see
+    /// the vehicle now.
+    pub fn site_window(
+        &self,
+        vehicle: &VehicleId,
+        sites: &[SiteId],
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let v = self.vehicles.get(vehicle)?;
+        let mut window: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+        for id in &v.moves {
+            let Some(m) = self.moves.get(id) else {
+                continue;
+            };
+            if m.vehicle != Some(*vehicle)
+                || !move_sites(m, now, self.config.site_grace)
+                    .iter()
+                    .any(|s| sites.contains(s))
+            {
+                continue;
+            }
+            let start = m.started_at.or(m.departed_at).unwrap_or(now);
+            let end = m
+                .arrived_at
+                .map_or(now, |a| (a + self.config.site_grace).min(now));
+            window = Some(match window {
+                None => (start, end),
+                Some((s, e)) => (s.min(start), e.max(end)),
+            });
+        }
+        window
+    }
+
     /// The vehicles a site channel may see now.
     pub fn vehicles_seen_by(&self, site: &SiteId, now: DateTime<Utc>) -> Vec<VehicleId> {
         let mut out: Vec<VehicleId> = self

@@ -1,4 +1,4 @@
-// Browser test of the live fleet page against the real engine in demo mode.
+// Browser test of the control-room page (/control) against the real engine in demo mode.
 //
 //   node --test web/tests/
 //
@@ -23,14 +23,14 @@ const BIN = process.env.MOVEWATCH_BIN
   : path.join(REPO, 'target', 'debug', 'movewatch');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(REPO, 'artifacts');
-const URL_RE = /http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]+/;
+const URL_RE = /http:\/\/127\.0\.0\.1:\d+\/control\?token=[A-Za-z0-9_-]+/;
 
 const STARTUP_MS = 60_000;
 const FLEET_MS = 30_000;
 
 let engine = null; // child process
 let engineOutput = ''; // stdout + stderr, for diagnostics
-let pageUrl = null; // http://127.0.0.1:<port>/?token=<token>
+let pageUrl = null; // http://127.0.0.1:<port>/control?token=<token>
 let origin = null; // http://127.0.0.1:<port>
 let token = null;
 let context = null; // persistent browser context (fresh user-data-dir)
@@ -170,11 +170,11 @@ async function positions(page) {
   });
 }
 
-test('demo page shows vans moving', { timeout: 120_000 }, async () => {
+test('the control map shows the fleet moving', { timeout: 120_000 }, async () => {
   const { page, errors } = await openPage();
   try {
     await page.goto(pageUrl, { waitUntil: 'load' });
-    await page.getByRole('heading', { level: 1, name: 'movewatch — fleet' }).waitFor();
+    await page.getByRole('heading', { level: 1, name: 'movewatch — control room' }).waitFor();
 
     try {
       await page.waitForFunction(
@@ -218,12 +218,22 @@ test('demo page shows vans moving', { timeout: 120_000 }, async () => {
     assert.equal(await page.locator('canvas#map').getAttribute('role'), 'img');
     assert.ok((await page.locator('canvas#map').getAttribute('aria-label'))?.length > 20);
 
+    // A vehicle chosen from the table (by keyboard) shows its move and its recent track.
+    const first_reg = regs[0];
+    await page.locator('#vehicle-table tbody tr').first().getByRole('button', { name: first_reg }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { level: 2, name: `Vehicle ${first_reg}` }).waitFor({ timeout: 5_000 });
+    await page.waitForFunction(() => /stored fixes|No stored fixes/.test(document.querySelector('#detail-track')?.textContent || ''), null, {
+      timeout: 10_000,
+    });
+    assert.match(await page.locator('#detail-moves').innerText(), /Move/);
+
     // The token is never shown.
     assert.ok(!page.url().includes(token), 'token left in the address bar');
     assert.ok(!(await page.locator('body').innerText()).includes(token), 'token displayed on the page');
 
     mkdirSync(ARTIFACTS, { recursive: true });
-    await page.screenshot({ path: path.join(ARTIFACTS, 'demo-fleet.png'), fullPage: false });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'control-fleet.png'), fullPage: false });
 
     assert.deepEqual(errors, [], 'console errors or page errors');
   } finally {
@@ -234,7 +244,8 @@ test('demo page shows vans moving', { timeout: 120_000 }, async () => {
 test('token form appears without a token', { timeout: 60_000 }, async () => {
   const { page } = await openPage();
   try {
-    await page.goto(`${origin}/`, { waitUntil: 'load' });
+    await page.goto(`${origin}/`, { waitUntil: 'load' }); // redirects to /control
+    assert.equal(new URL(page.url()).pathname, '/control');
     const input = page.getByLabel('Access token', { exact: true });
     await input.waitFor({ state: 'visible', timeout: 10_000 });
     assert.equal(await input.getAttribute('type'), 'password');
@@ -248,7 +259,7 @@ test('token form appears without a token', { timeout: 60_000 }, async () => {
 test('a wrong token is refused', { timeout: 60_000 }, async () => {
   const { page } = await openPage();
   try {
-    await page.goto(`${origin}/?token=wrong-token-123`, { waitUntil: 'load' });
+    await page.goto(`${origin}/control?token=wrong-token-123`, { waitUntil: 'load' });
     await page.getByText('Token not accepted').waitFor({ state: 'visible', timeout: 15_000 });
     await page.getByLabel('Access token', { exact: true }).waitFor({ state: 'visible' });
     assert.equal(await page.locator('#vehicle-count').getAttribute('data-count'), '0');

@@ -7,9 +7,9 @@
 //! Scope (the contract's "Who may see what"): the control room sees every
 //! track; a supplier token only its own vehicles (the tracker's supplier of
 //! the vehicle), and only the points that supplier reported; a site token
-//! never a vehicle's track by registration (there is no live move → vehicle
-//! matching yet, issues #6/#7), and a move's track only for moves to or from
-//! its sites. 401 for a missing or unknown token, 403 outside scope, both
+//! a vehicle's track only while the vehicle carries a move to or from one of
+//! its sites (journey start until 15 minutes after arrival), clipped to that
+//! window, and a move's track only for moves to or from its sites. 401 for a missing or unknown token, 403 outside scope, both
 //! before any data is read.
 
 use axum::extract::{Path, RawQuery, State};
@@ -229,21 +229,39 @@ pub(crate) async fn vehicle_track(
         Ok(v) => v,
         Err(e) => return bad_request(e.to_string()),
     };
-    let only = match access {
-        Access::ControlRoom => None,
-        Access::Supplier(s) if supplier_owns(&g, s, &vehicle) => Some(s),
+    let now = Utc::now();
+    let (only, window) = match &access {
+        Access::ControlRoom => (None, None),
+        Access::Supplier(s) if supplier_owns(&g, *s, &vehicle) => (Some(*s), None),
         Access::Supplier(_) => return forbidden("this token may see only its supplier's vehicles"),
-        Access::Site(_) => {
-            return forbidden(
-                "a site token sees vehicles only through the moves to and from its sites",
-            );
-        }
+        Access::Site(sites) => match g.moves.lock().site_window(&vehicle, sites, now) {
+            Some(w) => (None, Some(w)),
+            None => {
+                return forbidden(
+                    "a site token sees a vehicle only while it carries a move to or from its sites",
+                );
+            }
+        },
     };
-    let q = match parse_track_query(query.as_deref(), Utc::now(), true) {
+    let mut q = match parse_track_query(query.as_deref(), now, true) {
         Ok(q) => q,
         Err(message) => return bad_request(message),
     };
-    match load_track(&g, &vehicle, q.from, q.to, only).await {
+    // A site sees the track only inside its visibility window.
+    let empty = match window {
+        Some((start, end)) => {
+            q.from = q.from.max(start);
+            q.to = q.to.min(end);
+            q.from >= q.to
+        }
+        None => false,
+    };
+    let loaded = if empty {
+        Ok(Vec::new())
+    } else {
+        load_track(&g, &vehicle, q.from, q.to, only).await
+    };
+    match loaded {
         Ok(points) => {
             let mut feature = track_feature(&vehicle, &points, q.simplify_m);
             feature["properties"]["from"] = json!(format_ts(&q.from));

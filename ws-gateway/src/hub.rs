@@ -8,8 +8,9 @@ use model::wire::Frame;
 use tokio::sync::broadcast;
 use tracker::Update;
 
-/// How many frames a client may fall behind before it loses the oldest
-/// (and is re-sent a snapshot instead).
+/// How many frames the fan-out broadcast holds. Each client's task moves
+/// them at once into its own queue (it never waits on the socket), so only a
+/// starved task falls this far behind; it is then re-sent a snapshot.
 pub const CLIENT_BACKLOG: usize = 4096;
 
 /// A frame serialised once, with what it concerns for per-client filtering.
@@ -17,6 +18,8 @@ pub const CLIENT_BACKLOG: usize = 4096;
 pub struct SharedFrame {
     /// The JSON text, shared by every client.
     pub text: Utf8Bytes,
+    /// A `position` frame: a slow client's queue keeps only the latest per vehicle.
+    pub conflate: bool,
     /// The vehicle it concerns, if any.
     pub vehicle: Option<model::VehicleId>,
     /// The supplier reporting that vehicle, if known.
@@ -64,6 +67,7 @@ impl Hub {
                     let vehicle = view.vehicle;
                     SharedFrame {
                         text: Utf8Bytes::from(Frame::Position(view).to_json()),
+                        conflate: true,
                         vehicle: Some(vehicle),
                         supplier: Some(supplier),
                         sites,
@@ -89,6 +93,7 @@ impl Hub {
     ) {
         let _ = self.fleet.send(Arc::new(SharedFrame {
             text: Utf8Bytes::from(frame.to_json()),
+            conflate: false,
             vehicle,
             supplier,
             sites,

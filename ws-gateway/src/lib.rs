@@ -2,15 +2,20 @@
 //! channels, REST, health and metrics endpoints, and the web pages.
 //!
 //! Fan-out: the pipeline hands [`Hub::publish`] the tracker's updates; each
-//! frame is serialised once into shared bytes and broadcast. Every client
-//! reads the broadcast at its own pace; a client that falls behind the
-//! broadcast's bound loses the oldest frames and is sent a fresh snapshot
-//! instead (it conflates to the latest state; others are never delayed).
+//! frame is serialised once into shared bytes and broadcast. Each client's
+//! task filters the broadcast by the token's scope and its subscriptions and
+//! moves what it wants at once into the client's own bounded queue
+//! ([`outbox::Outbox`]), which keeps only the latest position per vehicle
+//! while the client is slow; a separate writer task sends from it. A client
+//! lagging past a limit (30 s or 16,384 waiting frames) is closed with a
+//! reason, one that leaves two pings (every 20 s) unanswered likewise, and
+//! one stuck on a send for 10 s is dropped: no client ever delays another.
 
 mod auth;
 pub mod history;
 mod hub;
 pub mod moves;
+pub mod outbox;
 mod pages;
 mod sites;
 mod ws;
@@ -75,6 +80,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/sites", get(sites::list))
         .route("/api/sites/{id}/fence", put(sites::put_fence))
+        .route("/api/sites/{id}/incoming", get(sites::incoming))
         .route("/api/vehicles", get(api_vehicles))
         .route("/api/vehicles/{vehicle}/track", get(history::vehicle_track))
         .route("/api/moves/{id}", get(moves::get_move).put(moves::put_move))

@@ -135,3 +135,72 @@ impl Gateway {
         engine.fences().get(site).cloned()
     }
 }
+
+/// `GET /api/sites/{id}/incoming`: the site's incoming board as JSON — the
+/// moves to the site that its channel may see now (booked, in transit, and
+/// arrived within the last 15 minutes), each with its live status, ETA and
+/// interval, distance remaining, departure and arrival; and the positions of
+/// the vehicles carrying them. A site token may ask only for its own sites
+/// (403 before the site's existence is checked, so a probe learns nothing).
+pub(crate) async fn incoming(
+    State(g): State<Gateway>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
+    let access = match g.auth.from_request(&headers, query.0.as_deref()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let forbidden = || {
+        error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not see this site's board",
+        )
+    };
+    let site_id = match SiteId::parse(&id) {
+        Ok(s) => s,
+        Err(_) if matches!(access, Access::Site(_)) => return forbidden(),
+        Err(_) => return error(StatusCode::NOT_FOUND, "not_found", &format!("no site {id}")),
+    };
+    match &access {
+        Access::ControlRoom => {}
+        Access::Site(sites) if sites.contains(&site_id) => {}
+        _ => return forbidden(),
+    }
+    let Some(site) = g.sites.iter().find(|s| s.id == site_id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", &format!("no site {id}"));
+    };
+    let now = chrono::Utc::now();
+    let (moves, seen) = {
+        let book = g.moves.lock();
+        let moves: Vec<Value> = book
+            .move_views(Some(&site_id), now)
+            .into_iter()
+            .filter(|m| m.to_location == site_id)
+            .map(|view| {
+                let details = book.details(&view.move_id);
+                let mut v = serde_json::to_value(&view).unwrap_or_else(|_| json!({}));
+                if let Some(d) = details {
+                    v["reference"] = json!(d.spec.reference);
+                    v["departed_at"] = json!(d.departed_at.map(|t| model::format_ts(&t)));
+                    v["arrived_at"] = json!(d.arrived_at.map(|t| model::format_ts(&t)));
+                }
+                v
+            })
+            .collect();
+        (moves, book.vehicles_seen_by(&site_id, now))
+    };
+    let vehicles: Vec<_> = seen
+        .iter()
+        .filter_map(|v| g.tracker.get(v).map(|s| s.view()))
+        .collect();
+    axum::Json(json!({
+        "site": site,
+        "generated_at": model::format_ts(&now),
+        "moves": moves,
+        "vehicles": vehicles,
+    }))
+    .into_response()
+}

@@ -1,17 +1,22 @@
 //! One WebSocket client: subscriptions, snapshot first, then live frames.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use model::VehicleId;
 use model::wire::{Channel, ClientMessage, ErrorView, Frame, PositionView, SnapshotView};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::hub::SharedFrame;
+use crate::outbox::{CloseReason, NO_PONG, Next, Outbox};
 use crate::{Access, Gateway};
 
 /// The largest message a client may send.
@@ -27,6 +32,7 @@ pub(crate) async fn upgrade(
         Err(reply) => reply,
         Ok(access) => ws
             .max_message_size(MAX_CLIENT_MESSAGE)
+            .max_frame_size(MAX_CLIENT_MESSAGE)
             .on_upgrade(move |socket| client(socket, g, access)),
     }
 }
@@ -76,17 +82,31 @@ impl Subscriptions {
     fn is_empty(&self) -> bool {
         !self.fleet && self.vehicles.is_empty() && self.sites.is_empty()
     }
+
+    fn len(&self) -> usize {
+        usize::from(self.fleet) + self.vehicles.len() + self.sites.len()
+    }
+
+    fn channels(&self) -> Vec<Channel> {
+        let mut out = Vec::new();
+        if self.fleet {
+            out.push(Channel::Fleet);
+        }
+        out.extend(self.vehicles.iter().map(|v| Channel::Vehicle(*v)));
+        out.extend(self.sites.iter().map(|s| Channel::Site(s.clone())));
+        out
+    }
 }
 
-fn text(frame: &Frame) -> Message {
-    Message::Text(Utf8Bytes::from(frame.to_json()))
+fn text(frame: &Frame) -> Utf8Bytes {
+    Utf8Bytes::from(frame.to_json())
 }
 
-fn error_frame(code: &'static str, message: String) -> Message {
+fn error_frame(code: &'static str, message: String) -> Utf8Bytes {
     text(&Frame::Error(ErrorView { code, message }))
 }
 
-fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Message {
+fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
     let visible = |v: &PositionView| match access {
         Access::ControlRoom => true,
         Access::Supplier(s) => g.tracker.supplier_of(&v.vehicle) == Some(*s),
@@ -132,46 +152,119 @@ fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Message {
     }))
 }
 
+/// How often the server pings; two unanswered pings close the connection.
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
+/// How long one send may take before the client is taken as stuck and dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most channels one client may hold (bounds a client's memory).
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+/// One client: this task reads the client's messages and the fan-out, and
+/// only ever queues into the client's [`Outbox`] (never waiting on the
+/// socket); the writer task sends from it, pings, and closes with a reason.
 async fn client(socket: WebSocket, g: Gateway, access: Access) {
     let _gauge = ClientGauge::new();
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
+    let outbox = Outbox::default();
+    let missed_pongs = Arc::new(AtomicU32::new(0));
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), missed_pongs.clone()));
     let mut live = g.hub.subscribe();
     let mut subs = Subscriptions::default();
     loop {
         tokio::select! {
+            _ = &mut writer => return,
             incoming = stream.next() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(t))) => handle_client_message(&g, &access, &mut subs, t.as_str()),
                     Some(Ok(Message::Binary(_))) => vec![error_frame("bad_request", "send JSON text frames".into())],
+                    Some(Ok(Message::Pong(_))) => {
+                        missed_pongs.store(0, Ordering::Relaxed);
+                        vec![]
+                    }
                     Some(Ok(_)) => vec![],
                 };
-                for message in reply {
-                    if sink.send(message).await.is_err() {
-                        return;
+                for text in reply {
+                    if !outbox.push(text, None, Instant::now()) {
+                        break;
                     }
                 }
             }
             frame = live.recv(), if !subs.is_empty() => {
-                let message = match frame {
-                    Ok(frame) if subs.wants(&frame, &access) => Message::Text(frame.text.clone()),
+                match frame {
+                    Ok(frame) if subs.wants(&frame, &access) => {
+                        let conflate = if frame.conflate { frame.vehicle } else { None };
+                        if !outbox.push(frame.text.clone(), conflate, Instant::now()) {
+                            tracing::debug!("slow WebSocket client closed");
+                            metrics::counter!("movewatch_ws_slow_closed_total").increment(1);
+                        }
+                    }
                     Ok(_) => continue,
                     Err(RecvError::Lagged(missed)) => {
-                        // This client fell behind: skip to the present with a fresh snapshot.
-                        tracing::debug!(missed, "slow WebSocket client resynchronised");
+                        // This task was starved (it never waits on the socket):
+                        // skip to the present with fresh snapshots.
+                        tracing::debug!(missed, "WebSocket client resynchronised");
                         metrics::counter!("movewatch_ws_resyncs_total").increment(1);
-                        let channel = if subs.fleet { Channel::Fleet } else if let Some(v) = subs.vehicles.iter().next() { Channel::Vehicle(*v) } else if let Some(s) = subs.sites.iter().next() { Channel::Site(s.clone()) } else { continue };
-                        snapshot(&g, &access, &channel)
+                        for channel in subs.channels() {
+                            outbox.push(snapshot(&g, &access, &channel), None, Instant::now());
+                        }
                     }
                     Err(RecvError::Closed) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "engine shutting down".into() }))).await;
+                        outbox.close(CloseReason { code: 1001, reason: "engine shutting down" });
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, &mut writer).await;
                         return;
                     }
-                };
-                if sink.send(message).await.is_err() {
-                    return;
                 }
             }
+        }
+    }
+    writer.abort();
+}
+
+/// Sends what the outbox holds, pings every [`PING_EVERY`], and closes with
+/// a reason when asked (too slow, no pong, shutting down). Ends when the
+/// connection does.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Outbox,
+    missed_pongs: Arc<AtomicU32>,
+) {
+    let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
+    loop {
+        // Pings go out on time even while frames are flowing.
+        let message = if tokio::time::Instant::now() >= next_ping {
+            next_ping += PING_EVERY;
+            if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
+                outbox.close(NO_PONG);
+                continue;
+            }
+            Message::Ping(Default::default())
+        } else {
+            match outbox.pop() {
+                Next::Frame(text) => Message::Text(text),
+                Next::Close(reason) => {
+                    let frame = CloseFrame {
+                        code: reason.code,
+                        reason: reason.reason.into(),
+                    };
+                    let _ =
+                        tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame))))
+                            .await;
+                    return;
+                }
+                Next::Empty => {
+                    tokio::select! {
+                        _ = outbox.ready() => {}
+                        _ = tokio::time::sleep_until(next_ping) => {}
+                    }
+                    continue;
+                }
+            }
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            // Gone, or stuck for SEND_TIMEOUT: nothing more can be said to it.
+            Ok(Err(_)) | Err(_) => return,
         }
     }
 }
@@ -181,7 +274,7 @@ fn handle_client_message(
     access: &Access,
     subs: &mut Subscriptions,
     raw: &str,
-) -> Vec<Message> {
+) -> Vec<Utf8Bytes> {
     let message: ClientMessage = match serde_json::from_str(raw) {
         Ok(m) => m,
         Err(e) => {
@@ -230,6 +323,12 @@ fn handle_client_message(
             }
         }
         return vec![];
+    }
+    if subs.len() >= MAX_SUBSCRIPTIONS {
+        return vec![error_frame(
+            "bad_request",
+            format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
+        )];
     }
     match &channel {
         Channel::Fleet => subs.fleet = true,

@@ -8,10 +8,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use chrono::{DateTime, DurationRound, Utc};
+use futures_util::{SinkExt, StreamExt};
+use model::SiteId;
 use model::config::{Config, RoleName, SupplierConfig, TokenConfig};
 use movewatch::{Engine, random_token};
-use rumqttc::{AsyncClient, MqttOptions};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The control-room token every test config carries.
 pub const TOKEN: &str = "test-control-room-token";
@@ -380,4 +384,135 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---- moves, WebSocket clients, drives (shared by moves.rs and scope.rs) ----
+
+/// A `site` token for one site.
+pub fn site_token(token: &str, site: &str) -> TokenConfig {
+    TokenConfig {
+        token: token.into(),
+        role: RoleName::Site,
+        sites: vec![SiteId::parse(site).unwrap()],
+        supplier: None,
+    }
+}
+
+/// A site's centre (lat, lon).
+pub fn centre(engine: &Engine, id: &str) -> (f64, f64) {
+    let s = engine.sites.iter().find(|s| s.id.as_str() == id).unwrap();
+    (s.lat, s.lon)
+}
+
+/// `PUT /api/moves/{id}` with a bearer token.
+pub async fn put_move(engine: &Engine, id: &str, token: &str, body: serde_json::Value) -> Reply {
+    http(
+        "PUT",
+        engine.http_addr,
+        &format!("/api/moves/{id}"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// `GET /api/moves/{id}` with a bearer token.
+pub async fn get_move(engine: &Engine, id: &str, token: &str) -> Reply {
+    http(
+        "GET",
+        engine.http_addr,
+        &format!("/api/moves/{id}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await
+}
+
+/// A WebSocket client of the engine.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `/ws` with `token` and subscribes to `channel`.
+pub async fn subscribe(engine: &Engine, token: &str, channel: &str) -> Ws {
+    let url = format!("ws://{}/ws?token={token}", engine.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(
+        serde_json::json!({"type": "subscribe", "channel": channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// Every frame received within `secs`, or until `until` matches one.
+pub async fn frames_until(
+    ws: &mut Ws,
+    secs: u64,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            let done = until(&v);
+            got.push(v);
+            if done {
+                break;
+            }
+        }
+    }
+    got
+}
+
+/// The frames of one `type`.
+pub fn of_type<'a>(frames: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    frames.iter().filter(|f| f["type"] == t).collect()
+}
+
+/// `minutes` ago, truncated to the second.
+pub fn base(minutes: i64) -> DateTime<Utc> {
+    (Utc::now() - chrono::Duration::minutes(minutes))
+        .duration_trunc(chrono::Duration::seconds(1))
+        .unwrap()
+}
+
+/// Publishes JSON under `movewatch/v1/geoamey/{vehicle}/{kind}` (QoS 1).
+pub async fn publish(client: &AsyncClient, vehicle: &str, kind: &str, body: &serde_json::Value) {
+    client
+        .publish(
+            format!("movewatch/v1/geoamey/{vehicle}/{kind}"),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A position point at `ts`, with a speed.
+pub fn fix(
+    id: &str,
+    vehicle: &str,
+    ts: DateTime<Utc>,
+    (lat, lon): (f64, f64),
+    speed: f64,
+) -> serde_json::Value {
+    let mut p = point(id, vehicle, 0, lat, lon);
+    p["tracking_timestamp"] = ts.to_rfc3339().into();
+    p["speed"] = speed.into();
+    p
+}
+
+/// A GET with an optional bearer token.
+pub async fn get_as(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Reply {
+    let header = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = header
+        .as_deref()
+        .map(|h| vec![("Authorization", h)])
+        .unwrap_or_default();
+    http("GET", addr, path, &headers, b"").await
 }
