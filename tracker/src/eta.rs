@@ -108,7 +108,9 @@ pub fn horizon_bucket(minutes: f64) -> usize {
 
 /// Bins of the raw estimate for the residual correction: finer than the
 /// reporting buckets, because the model's bias changes quickly near the end.
-const RESIDUAL_BINS: [f64; 11] = [3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 90.0];
+const RESIDUAL_BINS: [f64; 11] = [
+    3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 90.0,
+];
 
 fn residual_bin(raw_minutes: f64) -> usize {
     RESIDUAL_BINS
@@ -398,11 +400,8 @@ impl EtaModel {
     /// that horizon, or (before enough history) the raw estimate with a
     /// default interval widening with the horizon.
     pub fn corrected(&self, raw: f64) -> (f64, f64, f64) {
-        let (lo, mid, hi) = self.bounds[residual_bin(raw)].unwrap_or((
-            -(2.0 + 0.15 * raw),
-            0.0,
-            3.0 + 0.25 * raw,
-        ));
+        let (lo, mid, hi) =
+            self.bounds[residual_bin(raw)].unwrap_or((-(2.0 + 0.15 * raw), 0.0, 3.0 + 0.25 * raw));
         let minutes = (raw + mid).max(0.0);
         (
             minutes,
