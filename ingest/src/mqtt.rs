@@ -147,6 +147,8 @@ async fn poll_loop(
     let mut failures = 0u32;
     let mut intake = Some(intake);
     let mut watch_stop = true;
+    // Set once the DISCONNECT is on the wire: read until the broker closes.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
             // Taken once. Polling is interrupted at most here: rumqttc keeps
@@ -163,7 +165,13 @@ async fn poll_loop(
                 }
                 continue;
             }
-            polled = eventloop.poll() => polled,
+            polled = poll_until(&mut eventloop, linger_until) => match polled {
+                Some(polled) => polled,
+                None => {
+                    tracing::warn!("the broker did not close the connection after DISCONNECT");
+                    return;
+                }
+            },
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -184,7 +192,14 @@ async fn poll_loop(
                 connected.send_replace(intake.is_some());
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Closing the socket now, with the broker's publishes unread,
+                // would reset the connection (RST) and the broker could lose
+                // the acks and the DISCONNECT still in its receive buffer.
+                // So read on (dropping publishes) until the broker closes.
                 connected.send_replace(false);
+                linger_until = Some(tokio::time::Instant::now() + DISCONNECT_LINGER);
+            }
+            Err(_) if linger_until.is_some() => {
                 tracing::info!("disconnected from the MQTT broker");
                 return;
             }
@@ -218,6 +233,21 @@ async fn poll_loop(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// How long the poll task reads on after its DISCONNECT, waiting for the
+/// broker to close the connection.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
+
+/// The next event, or None once `until` (if set) passes.
+async fn poll_until(
+    eventloop: &mut EventLoop,
+    until: Option<tokio::time::Instant>,
+) -> Option<Result<Event, rumqttc::ConnectionError>> {
+    match until {
+        None => Some(eventloop.poll().await),
+        Some(until) => tokio::time::timeout_at(until, eventloop.poll()).await.ok(),
     }
 }
 
