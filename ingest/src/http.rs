@@ -120,7 +120,9 @@ fn with_retry_after(mut reply: Response, wait: Duration) -> Response {
     // Whole seconds, rounded up: a client retrying on time finds a token.
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
-        reply.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        reply
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
     }
     reply
 }
@@ -248,13 +250,17 @@ mod tests {
             },
             by_supplier: Mutex::new(HashMap::new()),
         };
-        let (a, b): (SupplierId, SupplierId) = ("geoamey".parse().unwrap(), "serco".parse().unwrap());
+        let (a, b): (SupplierId, SupplierId) =
+            ("geoamey".parse().unwrap(), "serco".parse().unwrap());
         let t0 = Instant::now();
         for _ in 0..3 {
             assert!(buckets.take(a, t0).is_ok());
         }
         let wait = buckets.take(a, t0).unwrap_err();
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(900), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::from_millis(900),
+            "{wait:?}"
+        );
         // Another supplier has its own bucket.
         assert!(buckets.take(b, t0).is_ok());
         // One token a second.

@@ -113,10 +113,7 @@ pub fn spawn_mqtt_source(
         eventloop,
         client.clone(),
         suppliers,
-        Intake {
-            out,
-            acks: ack_tx,
-        },
+        Intake { out, acks: ack_tx },
         connected_tx,
         stop_rx,
     ));

@@ -585,9 +585,9 @@ impl Engine {
             unfinished.push("MQTT acks");
         }
         // Queued behind every ack, so it goes out after them.
-        let disconnect =
-            tokio::time::timeout_at(deadline, self.mqtt.disconnect()).await;
-        if !matches!(disconnect, Ok(Ok(()))) || !finished_by(deadline, &mut self.mqtt.poll_task).await
+        let disconnect = tokio::time::timeout_at(deadline, self.mqtt.disconnect()).await;
+        if !matches!(disconnect, Ok(Ok(())))
+            || !finished_by(deadline, &mut self.mqtt.poll_task).await
         {
             unfinished.push("MQTT disconnect");
         }

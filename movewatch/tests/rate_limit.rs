@@ -11,7 +11,11 @@ use movewatch::Engine;
 
 async fn post(engine: &Engine, key: &str, id: &str) -> Reply {
     // Each supplier its own van: a vehicle belongs to one supplier.
-    let vehicle = if key == "key-serco" { "RL22BBB" } else { "RL11AAA" };
+    let vehicle = if key == "key-serco" {
+        "RL22BBB"
+    } else {
+        "RL11AAA"
+    };
     let body = serde_json::json!([point(id, vehicle, 30, 51.5, -0.1)]).to_string();
     http(
         "POST",

@@ -53,9 +53,10 @@ async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the
     wait_ready(http_addr).await;
 
     // A control-room client on the fleet channel, read until it is closed.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http_addr}/ws?token={TOKEN}"))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{http_addr}/ws?token={TOKEN}"))
+            .await
+            .unwrap();
     ws.send(Message::text(
         serde_json::json!({"type": "subscribe", "channel": "fleet"}).to_string(),
     ))
@@ -63,11 +64,13 @@ async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the
     .unwrap();
     let watcher = tokio::spawn(async move {
         let mut frames = 0usize;
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await
-        {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
             match m {
                 Message::Close(frame) => {
-                    return (frames, frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                    return (
+                        frames,
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    );
                 }
                 Message::Text(_) => frames += 1,
                 _ => {}
@@ -124,7 +127,10 @@ async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the
     let (status, took) = exit_within(engine, BOUND + Duration::from_secs(5)).await;
     let status = status.expect("the engine must exit after SIGTERM");
     assert!(status.success(), "a graceful shutdown exits 0: {status:?}");
-    assert!(took <= BOUND + Duration::from_secs(1), "exited in {took:?}, bound {BOUND:?}");
+    assert!(
+        took <= BOUND + Duration::from_secs(1),
+        "exited in {took:?}, bound {BOUND:?}"
+    );
     let at_exit = stored(&db).await;
     assert!(
         at_exit < TOTAL as i64,
