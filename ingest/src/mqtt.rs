@@ -18,13 +18,20 @@
 //! practice the broker's in-flight window (1000 on the embedded broker,
 //! `max_inflight_messages` on Mosquitto) is the bound, and the queue
 //! allocates only as it grows.
+//!
+//! Graceful shutdown ([`MqttSource::stop_intake`]): the poll task stops
+//! passing messages on (one that arrives later is left unacknowledged, so the
+//! broker delivers it again to the next session) and closes the ack queue,
+//! but goes on polling so that the acks of batches still being committed
+//! reach the broker. The ack task ends once it has sent the last of them;
+//! then [`MqttSource::disconnect`] ends the session cleanly and the poll task.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use model::topic::{EVENTS_FILTER, POSITIONS_FILTER};
 use model::{CommitOutcome, CommitToken, IngestBatch};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -64,6 +71,23 @@ pub struct MqttSource {
     pub poll_task: JoinHandle<()>,
     /// The ack task.
     pub ack_task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl MqttSource {
+    /// Stops passing messages on (graceful shutdown); the poll task goes on
+    /// polling so that the acks of batches already passed on are sent. The
+    /// ack task ends once the last of them is sent.
+    pub fn stop_intake(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Ends the session cleanly: a DISCONNECT queued after every ack already
+    /// sent. The poll task ends once it is on the wire.
+    pub async fn disconnect(&self) -> Result<(), IngestError> {
+        self.client.disconnect().await?;
+        Ok(())
+    }
 }
 
 /// Connects and starts the two tasks. Batches go to `out`.
@@ -84,13 +108,14 @@ pub fn spawn_mqtt_source(
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (connected_tx, connected) = watch::channel(false);
     let (ack_tx, ack_rx) = mpsc::channel(MAX_UNACKED);
+    let (stop, stop_rx) = watch::channel(false);
     let poll_task = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
         suppliers,
-        out,
-        ack_tx,
+        Intake { out, acks: ack_tx },
         connected_tx,
+        stop_rx,
     ));
     let ack_task = tokio::spawn(ack_loop(client.clone(), ack_rx));
     Ok(MqttSource {
@@ -98,20 +123,54 @@ pub fn spawn_mqtt_source(
         client,
         poll_task,
         ack_task,
+        stop,
     })
+}
+
+/// Where the poll task passes messages on, until intake stops.
+struct Intake {
+    out: mpsc::Sender<IngestBatch>,
+    acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, Publish)>,
 }
 
 async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     suppliers: Arc<Suppliers>,
-    out: mpsc::Sender<IngestBatch>,
-    acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, Publish)>,
+    intake: Intake,
     connected: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut intake = Some(intake);
+    let mut watch_stop = true;
+    // Set once the DISCONNECT is on the wire: read until the broker closes.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
-        match eventloop.poll().await {
+        let polled = tokio::select! {
+            // Taken once. Polling is interrupted at most here: rumqttc keeps
+            // what it has read in its state and returns it on the next poll.
+            stopped = async { stop.wait_for(|s| *s).await.is_ok() }, if watch_stop => {
+                watch_stop = false;
+                // Err: the owner is gone without a shutdown; go on as before.
+                if stopped {
+                    // Dropping the ack queue's sender lets the ack task end
+                    // once it has acknowledged everything already passed on.
+                    intake = None;
+                    connected.send_replace(false);
+                    tracing::info!("MQTT intake stopped; sending the last acks");
+                }
+                continue;
+            }
+            polled = poll_until(&mut eventloop, linger_until) => match polled {
+                Some(polled) => polled,
+                None => {
+                    tracing::warn!("the broker did not close the connection after DISCONNECT");
+                    return;
+                }
+            },
+        };
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
                 tracing::info!(
@@ -127,18 +186,39 @@ async fn poll_loop(
             }
             // Ready only once subscribed: before the SUBACK, new messages have no subscriber.
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                connected.send_replace(true);
+                connected.send_replace(intake.is_some());
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Closing the socket now, with the broker's publishes unread,
+                // would reset the connection (RST) and the broker could lose
+                // the acks and the DISCONNECT still in its receive buffer.
+                // So read on (dropping publishes) until the broker closes.
+                connected.send_replace(false);
+                linger_until = Some(tokio::time::Instant::now() + DISCONNECT_LINGER);
+            }
+            Err(_) if linger_until.is_some() => {
+                tracing::info!("disconnected from the MQTT broker");
+                return;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Some(Intake { out, acks }) = &intake else {
+                    // Shutting down: left unacknowledged for the next session.
+                    tracing::debug!(topic = %publish.topic, "message after intake stopped; left for redelivery");
+                    continue;
+                };
                 let (commit, committed) = CommitToken::new();
                 let batch = batch_from_mqtt(&publish.topic, &publish.payload, &suppliers, commit);
                 // A slow pipeline holds us here and the broker's in-flight
                 // window holds the devices' messages. The ack queue never
                 // fills (see the module docs), so its send never waits.
+                // A closed pipeline (shutting down) takes no more: the
+                // message is left unacknowledged, and the poll goes on so
+                // that the acks already queued reach the broker.
                 if out.send(batch).await.is_err() || acks.send((committed, publish)).await.is_err()
                 {
-                    tracing::info!("pipeline closed; MQTT source stopping");
-                    return;
+                    tracing::info!("pipeline closed; MQTT intake stopped");
+                    intake = None;
+                    connected.send_replace(false);
                 }
             }
             Ok(_) => {}
@@ -150,6 +230,21 @@ async fn poll_loop(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// How long the poll task reads on after its DISCONNECT, waiting for the
+/// broker to close the connection.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
+
+/// The next event, or None once `until` (if set) passes.
+async fn poll_until(
+    eventloop: &mut EventLoop,
+    until: Option<tokio::time::Instant>,
+) -> Option<Result<Event, rumqttc::ConnectionError>> {
+    match until {
+        None => Some(eventloop.poll().await),
+        Some(until) => tokio::time::timeout_at(until, eventloop.poll()).await.ok(),
     }
 }
 

@@ -117,6 +117,16 @@ pub struct IngestConfig {
     pub max_hdop: f64,
     /// A fix implying a faster speed from the previous one is flagged (km/h).
     pub max_implied_speed_kmh: f64,
+    /// `POST /tracks` requests each supplier may make per minute (a token
+    /// bucket refilled at this rate); past it the reply is 429 with
+    /// `Retry-After`. 0 turns the limit off.
+    pub tracks_per_minute: u32,
+    /// How many `POST /tracks` requests a supplier may make at once before
+    /// the per-minute rate applies (the bucket's size).
+    pub tracks_burst: u32,
+    /// How long a graceful shutdown (SIGTERM, Ctrl-C) may take to drain the
+    /// pipeline, commit and acknowledge before the engine exits anyway.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -124,6 +134,9 @@ impl Default for IngestConfig {
         IngestConfig {
             max_hdop: 10.0,
             max_implied_speed_kmh: 300.0,
+            tracks_per_minute: 600,
+            tracks_burst: 120,
+            shutdown_timeout_secs: 10,
         }
     }
 }
@@ -239,6 +252,11 @@ impl Config {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.ingest.tracks_per_minute > 0 && self.ingest.tracks_burst == 0 {
+            return invalid(
+                "[ingest] tracks_burst must be at least 1 while tracks_per_minute is set".into(),
+            );
+        }
         let mut ids = std::collections::HashSet::new();
         for s in &self.suppliers {
             if !ids.insert(s.id) {

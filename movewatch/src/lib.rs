@@ -52,7 +52,63 @@ pub struct Engine {
     /// booked through `PUT /api/moves/{id}`.
     pub moves: Moves,
     mqtt: MqttSource,
-    tasks: Vec<JoinHandle<()>>,
+    hub: Hub,
+    /// Turns true when a graceful shutdown begins: `/tracks` answers 503 and
+    /// the pipeline closes its input and drains.
+    stopping: watch::Sender<bool>,
+    /// Tells the HTTP server to finish its requests in flight and stop.
+    http_done: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown_timeout: std::time::Duration,
+    pipeline: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    server: JoinHandle<()>,
+    /// Maintenance, the alert ticker, the moves persister.
+    background: Vec<JoinHandle<()>>,
+}
+
+/// What a graceful shutdown ([`Engine::shutdown`]) did.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    /// How long it took.
+    pub elapsed: std::time::Duration,
+    /// The bound it had (`[ingest] shutdown_timeout_secs`).
+    pub bound: std::time::Duration,
+    /// WebSocket clients connected when it began (each sent a 1001 close).
+    pub websockets: usize,
+    /// WebSocket clients still connected at the end.
+    pub websockets_left: usize,
+    /// The stages that did not finish within the bound (empty: a clean stop).
+    pub unfinished: Vec<&'static str>,
+}
+
+impl ShutdownReport {
+    /// Whether every stage finished within the bound.
+    pub fn is_clean(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+}
+
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shutdown took {:.1} s (bound {} s); {} WebSocket client(s) closed",
+            self.elapsed.as_secs_f64(),
+            self.bound.as_secs(),
+            self.websockets - self.websockets_left.min(self.websockets),
+        )?;
+        if self.websockets_left > 0 {
+            write!(f, ", {} still connected", self.websockets_left)?;
+        }
+        if self.is_clean() {
+            write!(
+                f,
+                "; intake stopped, pipeline drained, store flushed, acks sent, MQTT disconnected"
+            )
+        } else {
+            write!(f, "; NOT finished: {}", self.unfinished.join(", "))
+        }
+    }
 }
 
 fn prometheus() -> anyhow::Result<PrometheusHandle> {
@@ -337,6 +393,7 @@ impl Engine {
         let http_addr = http_listener.local_addr()?;
 
         let (ingest_tx, mut ingest_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
+        let (stopping, stopping_rx) = watch::channel(false);
         let (store_tx, store_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
         let (store_healthy_tx, store_healthy) = watch::channel(true);
         let writer = store::spawn_writer(
@@ -363,8 +420,22 @@ impl Engine {
                 geofence.clone(),
                 moves.clone(),
             );
+            let mut stopping = stopping_rx.clone();
             tokio::spawn(async move {
-                while let Some(mut batch) = ingest_rx.recv().await {
+                let mut watch_stop = true;
+                loop {
+                    let next = tokio::select! {
+                        // Graceful shutdown: take nothing new, drain what is queued.
+                        stopped = async { stopping.wait_for(|s| *s).await.is_ok() }, if watch_stop => {
+                            watch_stop = false;
+                            if stopped {
+                                ingest_rx.close();
+                            }
+                            continue;
+                        }
+                        next = ingest_rx.recv() => next,
+                    };
+                    let Some(mut batch) = next else { break };
                     let updates = tracker.apply(&mut batch);
                     observe_fences(&geofence, &mut batch);
                     let (updates, outputs) = observe_moves(&moves, &tracker, &batch, updates);
@@ -374,6 +445,8 @@ impl Engine {
                         break;
                     }
                 }
+                // Dropping `store_tx` lets the writer commit what it holds and end.
+                tracing::info!("pipeline drained");
             })
         };
 
@@ -403,7 +476,7 @@ impl Engine {
 
         let gateway = Gateway {
             tracker: tracker.clone(),
-            hub,
+            hub: hub.clone(),
             auth: Arc::new(Auth::from_config(&config.tokens)),
             sites: sites.clone(),
             geofence: geofence.clone(),
@@ -415,10 +488,21 @@ impl Engine {
             },
             metrics,
         };
-        let app =
-            ws_gateway::router(gateway).merge(ingest::http::tracks_router(suppliers, ingest_tx));
+        let app = ws_gateway::router(gateway).merge(ingest::http::tracks_router(
+            suppliers,
+            ingest_tx,
+            ingest::http::RateLimit::from_config(&config.ingest),
+            stopping_rx,
+        ));
+        let (http_done, http_done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app).await {
+            let serving = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+                // Err: the engine was dropped without a shutdown; serve on.
+                if http_done_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+            if let Err(e) = serving.await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
@@ -433,7 +517,14 @@ impl Engine {
             geofence,
             moves,
             mqtt,
-            tasks: vec![writer, pipeline, server, maintenance, ticker, persister],
+            hub,
+            stopping,
+            http_done: Some(http_done),
+            shutdown_timeout: std::time::Duration::from_secs(config.ingest.shutdown_timeout_secs),
+            pipeline,
+            writer,
+            server,
+            background: vec![maintenance, ticker, persister],
         })
     }
 
@@ -442,14 +533,93 @@ impl Engine {
         *self.mqtt.connected.borrow()
     }
 
-    /// Stops the engine's tasks (the embedded broker lives until the process ends).
+    /// Stops the engine's tasks at once, committing and acknowledging
+    /// nothing more (tests; the embedded broker lives until the process ends).
+    /// [`Engine::shutdown`] is the graceful stop.
     pub fn stop(self) {
         self.mqtt.poll_task.abort();
         self.mqtt.ack_task.abort();
-        for t in self.tasks {
+        for t in [self.pipeline, self.writer, self.server]
+            .into_iter()
+            .chain(self.background)
+        {
             t.abort();
         }
     }
+
+    /// Stops gracefully within `[ingest] shutdown_timeout_secs`:
+    ///
+    /// 1. intake stops: MQTT messages are no longer taken (a later one is
+    ///    left unacknowledged for redelivery), `POST /tracks` answers 503;
+    ///    every WebSocket client is closed with 1001 "server shutting down";
+    /// 2. the pipeline drains into the store writer, which commits every
+    ///    pending batch (completing their acks and `/tracks` replies);
+    /// 3. the ack task sends the last acks, then the MQTT session ends with
+    ///    a DISCONNECT; the HTTP server finishes its requests in flight.
+    ///
+    /// Past the bound whatever is left is aborted, and the report names it:
+    /// an uncommitted batch is unacknowledged, so the broker redelivers it.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        use std::time::Duration;
+        let started = tokio::time::Instant::now();
+        let bound = self.shutdown_timeout;
+        let deadline = started + bound;
+        let websockets = self.hub.receiver_count();
+        tracing::info!(
+            bound_s = bound.as_secs(),
+            websockets,
+            "shutting down: intake stopped, draining"
+        );
+        self.stopping.send_replace(true);
+        self.mqtt.stop_intake();
+        self.hub.close_clients();
+
+        let mut unfinished = Vec::new();
+        if !finished_by(deadline, &mut self.pipeline).await {
+            unfinished.push("pipeline drain");
+        }
+        if !finished_by(deadline, &mut self.writer).await {
+            unfinished.push("store flush");
+        }
+        if !finished_by(deadline, &mut self.mqtt.ack_task).await {
+            unfinished.push("MQTT acks");
+        }
+        // Queued behind every ack, so it goes out after them.
+        let disconnect = tokio::time::timeout_at(deadline, self.mqtt.disconnect()).await;
+        if !matches!(disconnect, Ok(Ok(())))
+            || !finished_by(deadline, &mut self.mqtt.poll_task).await
+        {
+            unfinished.push("MQTT disconnect");
+        }
+        if let Some(done) = self.http_done.take() {
+            let _ = done.send(());
+        }
+        if !finished_by(deadline, &mut self.server).await {
+            unfinished.push("HTTP requests in flight");
+        }
+        // The close frames are sent by each client's own task.
+        while self.hub.receiver_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let websockets_left = self.hub.receiver_count();
+        if websockets_left > 0 {
+            unfinished.push("WebSocket close");
+        }
+        let report = ShutdownReport {
+            elapsed: started.elapsed(),
+            bound,
+            websockets,
+            websockets_left,
+            unfinished,
+        };
+        self.stop();
+        report
+    }
+}
+
+/// Whether the task ended (however) before `deadline`.
+async fn finished_by(deadline: tokio::time::Instant, task: &mut JoinHandle<()>) -> bool {
+    tokio::time::timeout_at(deadline, task).await.is_ok()
 }
 
 /// A random token of `len` URL-safe characters.

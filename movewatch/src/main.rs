@@ -234,11 +234,43 @@ async fn serve(
         "movewatch serving on http://{} (MQTT {}:{})",
         engine.http_addr, engine.mqtt_addr.0, engine.mqtt_addr.1
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    engine.stop();
+    let signal = stop_signal().await?;
+    eprintln!("movewatch: {signal}: shutting down gracefully (a second signal exits at once)");
+    let report = tokio::select! {
+        report = engine.shutdown() => report,
+        second = stop_signal() => {
+            anyhow::bail!("movewatch: {}: exiting without finishing the shutdown", second?);
+        }
+    };
+    eprintln!("movewatch: {report}");
+    if !report.is_clean() {
+        anyhow::bail!(
+            "the shutdown did not finish within {} s: {}; unacknowledged messages will be redelivered",
+            report.bound.as_secs(),
+            report.unfinished.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C) and names it.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C").map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")
+            .map(|()| "Ctrl-C")
+    }
 }
 
 async fn replay(

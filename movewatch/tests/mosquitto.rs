@@ -7,15 +7,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::Duration;
 
 use common::*;
 use model::Reason;
 use movewatch::Engine;
 use rumqttc::QoS;
-use sqlx::Row;
 
 fn engine_config(dir: &Path, broker: &Mosquitto) -> model::config::Config {
     let mut c = config(dir, Some(&broker.url()));
@@ -87,66 +84,6 @@ async fn the_mosquitto_acl_keeps_a_supplier_under_its_own_prefix() {
     let vehicles: Vec<&str> = latest.iter().map(|p| p.vehicle.as_str()).collect();
     assert_eq!(vehicles, ["H0NEST1"]);
     engine.stop();
-}
-
-/// The engine as a child process, killed with SIGKILL on drop.
-struct EngineProcess(Child);
-
-impl EngineProcess {
-    fn spawn(config: &Path) -> EngineProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_movewatch"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("MOVEWATCH_TEST_ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        EngineProcess(child)
-    }
-
-    /// SIGKILL: no chance to flush, ack or close anything.
-    fn kill(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_ready(http: std::net::SocketAddr) {
-    wait_for(60, "the engine's /readyz", || async move {
-        tokio::net::TcpStream::connect(http).await.ok()?;
-        (http_status(http, "/readyz").await == 200).then_some(())
-    })
-    .await;
-}
-
-async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    http("GET", addr, path, &[], b"").await.status
-}
-
-async fn stored(db: &Path) -> i64 {
-    let options =
-        sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
-            .unwrap()
-            .read_only(true);
-    let Ok(mut conn) = sqlx::ConnectOptions::connect(&options).await else {
-        return 0;
-    };
-    sqlx::query("SELECT COUNT(*) AS n FROM positions")
-        .fetch_one(&mut conn)
-        .await
-        .map(|row| row.get::<i64, _>("n"))
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

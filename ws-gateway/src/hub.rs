@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use model::wire::Frame;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tracker::Update;
 
 /// How many frames the fan-out broadcast holds. Each client's task moves
@@ -33,6 +33,8 @@ pub struct SharedFrame {
 #[derive(Clone, Debug)]
 pub struct Hub {
     fleet: broadcast::Sender<Arc<SharedFrame>>,
+    /// True once the engine shuts down: every client is closed (1001).
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Hub {
@@ -46,7 +48,19 @@ impl Hub {
     pub fn new() -> Self {
         Hub {
             fleet: broadcast::channel(CLIENT_BACKLOG).0,
+            closing: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Closes every WebSocket client, now and from now on, with code 1001
+    /// and the reason "server shutting down" (graceful shutdown).
+    pub fn close_clients(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns true when the clients are to be closed.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Serialises and broadcasts the tracker's updates for one batch;

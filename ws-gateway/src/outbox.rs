@@ -36,6 +36,12 @@ pub const NO_PONG: CloseReason = CloseReason {
     reason: "no pong: two pings went unanswered",
 };
 
+/// The server is shutting down (graceful shutdown).
+pub const SHUTTING_DOWN: CloseReason = CloseReason {
+    code: 1001,
+    reason: "server shutting down",
+};
+
 enum Slot {
     Frame(Utf8Bytes),
     Position(VehicleId),

@@ -16,7 +16,7 @@ use model::wire::{Channel, ClientMessage, ErrorView, Frame, PositionView, Snapsh
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::hub::SharedFrame;
-use crate::outbox::{CloseReason, NO_PONG, Next, Outbox};
+use crate::outbox::{NO_PONG, Next, Outbox, SHUTTING_DOWN};
 use crate::{Access, Gateway};
 
 /// The largest message a client may send.
@@ -169,10 +169,17 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
     let missed_pongs = Arc::new(AtomicU32::new(0));
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), missed_pongs.clone()));
     let mut live = g.hub.subscribe();
+    let mut closing = g.hub.closing();
     let mut subs = Subscriptions::default();
     loop {
         tokio::select! {
             _ = &mut writer => return,
+            // Shutting down (or the hub gone): close with a reason.
+            _ = async { drop(closing.wait_for(|c| *c).await) } => {
+                outbox.close(SHUTTING_DOWN);
+                let _ = tokio::time::timeout(SEND_TIMEOUT, &mut writer).await;
+                return;
+            }
             incoming = stream.next() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -210,7 +217,7 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                         }
                     }
                     Err(RecvError::Closed) => {
-                        outbox.close(CloseReason { code: 1001, reason: "engine shutting down" });
+                        outbox.close(SHUTTING_DOWN);
                         let _ = tokio::time::timeout(SEND_TIMEOUT, &mut writer).await;
                         return;
                     }

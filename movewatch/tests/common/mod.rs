@@ -198,9 +198,21 @@ pub struct Reply {
     pub status: u16,
     /// Body text.
     pub body: String,
+    /// The status line and headers.
+    pub head: String,
 }
 
 impl Reply {
+    /// A header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
@@ -244,7 +256,11 @@ pub async fn http(
     } else {
         rest.to_owned()
     };
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        head: head.to_owned(),
+    }
 }
 
 fn dechunk(mut text: &str) -> String {
@@ -274,6 +290,7 @@ pub struct Mosquitto {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    conf: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -285,6 +302,16 @@ pub const ENGINE_PASSWORD: &str = "engine-secret";
 impl Mosquitto {
     /// Starts one with these supplier users (plus the engine's) and waits until it listens.
     pub fn start(suppliers: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto::start_with(suppliers, false)
+    }
+
+    /// As [`Mosquitto::start`], with `persistence true` in its temp dir, so
+    /// that sessions and queued messages survive [`Mosquitto::restart`].
+    pub fn start_persistent(suppliers: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto::start_with(suppliers, true)
+    }
+
+    fn start_with(suppliers: &[(&str, &str)], persistence: bool) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto started as root drops to the `mosquitto` user, which must
         // be able to read its password and ACL files and write its log.
@@ -329,20 +356,38 @@ impl Mosquitto {
                  acl_file {}\n\
                  max_queued_messages 0\n\
                  max_inflight_messages 1000\n\
-                 persistence false\n\
+                 {}\n\
                  log_dest file {}\n\
                  log_type {}\n",
                 passwd.display(),
                 acl.display(),
+                if persistence {
+                    format!(
+                        "persistence true\npersistence_location {}/\nautosave_interval 1",
+                        dir.path().display()
+                    )
+                } else {
+                    "persistence false".to_owned()
+                },
                 dir.path().join("mosquitto.log").display(),
                 // MOVEWATCH_TEST_MOSQUITTO_LOG=all shows every packet when debugging.
                 std::env::var("MOVEWATCH_TEST_MOSQUITTO_LOG").unwrap_or_else(|_| "warning".into())
             ),
         )
         .unwrap();
+        let child = Mosquitto::spawn(&conf, port);
+        Mosquitto {
+            child,
+            port,
+            conf,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(conf: &Path, port: u16) -> Child {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .spawn()
             .expect("mosquitto must be installed (scripts/test.sh installs it)");
@@ -354,11 +399,15 @@ impl Mosquitto {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Stops it with SIGTERM (it saves its persistence file, if any) and
+    /// starts it again on the same port with the same config and data dir.
+    pub fn restart(&mut self) {
+        signal(&self.child, "TERM");
+        let _ = self.child.wait();
+        self.child = Mosquitto::spawn(&self.conf, self.port);
     }
 
     /// `mqtt://127.0.0.1:{port}`.
@@ -384,6 +433,141 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `SIGname` (`TERM`, `KILL`) to a child process with `kill(1)`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{name} {} failed", child.id());
+}
+
+/// `movewatch serve --config FILE` as a child process, killed with SIGKILL on drop.
+pub struct EngineProcess(pub Child);
+
+impl EngineProcess {
+    /// Starts the engine binary on a config file (logs at `warn`, or
+    /// `MOVEWATCH_TEST_ENGINE_LOG`; its stderr is the test's).
+    pub fn spawn(config: &Path) -> EngineProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_movewatch"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("MOVEWATCH_TEST_ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        EngineProcess(child)
+    }
+
+    /// SIGKILL: no chance to flush, ack or close anything.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM: a graceful shutdown.
+    pub fn terminate(&self) {
+        signal(&self.0, "TERM");
+    }
+
+    /// Waits up to `within` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the engine at `http` answers `/readyz` with 200.
+pub async fn wait_ready(http: SocketAddr) {
+    wait_for(60, "the engine's /readyz", || async move {
+        tokio::net::TcpStream::connect(http).await.ok()?;
+        (self::http("GET", http, "/readyz", &[], b"").await.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// Positions in a SQLite store file, read-only (0 if it cannot be read yet).
+pub async fn stored(db: &Path) -> i64 {
+    use sqlx::Row;
+    use std::str::FromStr;
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+            .unwrap()
+            .read_only(true);
+    let Ok(mut conn) = sqlx::ConnectOptions::connect(&options).await else {
+        return 0;
+    };
+    sqlx::query("SELECT COUNT(*) AS n FROM positions")
+        .fetch_one(&mut conn)
+        .await
+        .map(|row| row.get::<i64, _>("n"))
+        .unwrap_or(0)
+}
+
+/// A config file for a child engine on `broker` (supplier `geoamey`) with
+/// its store at `db`, HTTP on `http`, and extra TOML appended.
+pub fn child_config(
+    dir: &Path,
+    broker: &Mosquitto,
+    http: SocketAddr,
+    db: &Path,
+    client_id: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let file = dir.join("movewatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[http]
+listen = "{http}"
+[mqtt]
+url = "{url}"
+client_id = "{client_id}"
+username = "{ENGINE_USER}"
+password = "{ENGINE_PASSWORD}"
+[store]
+url = "sqlite://{db}"
+[sites]
+files = ["{sites}"]
+[[suppliers]]
+id = "geoamey"
+api_key = "key-geoamey"
+mqtt_password = "pw-geoamey"
+[[tokens]]
+token = "{TOKEN}"
+role = "control_room"
+{extra}
+"#,
+            url = broker.url(),
+            db = db.display(),
+            sites = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv"),
+        ),
+    )
+    .unwrap();
+    file
 }
 
 // ---- moves, WebSocket clients, drives (shared by moves.rs and scope.rs) ----

@@ -1,0 +1,405 @@
+//! Fault tests (issue #9), bounded so that they run in the normal suite:
+//!
+//! - the engine killed with SIGKILL three times during a stream: every point
+//!   stored exactly once;
+//! - a 10,000-message malformed flood interleaved with good traffic: every
+//!   good point stored, every bad message dead-lettered by reason, the
+//!   engine ready throughout;
+//! - Mosquitto (persistent) restarted three times under load: every point
+//!   the publisher got a PUBACK for stored exactly once, and the live state
+//!   ends on each vehicle's last point.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use model::Reason;
+use movewatch::Engine;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+/// A sent point: vehicle, tracking id, lat, lon.
+type Sent = (String, String, f64, f64);
+/// A message: topic, payload, its points.
+type Message = (String, Vec<u8>, Vec<Sent>);
+
+/// Points of `vans` vans, `messages` messages each of `per_message` points,
+/// in the order a fleet sends them: `(topic, payload, [(vehicle, id, lat, lon)])`.
+fn stream(
+    prefix: &str,
+    vans: usize,
+    messages: usize,
+    per_message: usize,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    for m in 0..messages {
+        for v in 0..vans {
+            let vehicle = format!("{prefix}{v:02}ABC");
+            let mut ids = Vec::new();
+            let points: Vec<_> = (0..per_message)
+                .map(|p| {
+                    let step = (m * per_message + p) as i64;
+                    let (lat, lon) = (
+                        52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
+                        -1.5 + step as f64 * 1e-5,
+                    );
+                    let id = format!("{prefix}-{v}-{step}");
+                    ids.push((vehicle.clone(), id.clone(), lat, lon));
+                    serde_json::json!({
+                        "tracking_id": id,
+                        "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
+                        "vehicle_registration": vehicle,
+                        "latitude": lat,
+                        "longitude": lon,
+                        "speed": 36.0,
+                    })
+                })
+                .collect();
+            out.push((
+                format!("movewatch/v1/geoamey/{vehicle}/positions"),
+                serde_json::to_vec(&points).unwrap(),
+                ids,
+            ));
+        }
+    }
+    out
+}
+
+/// Every tracking id stored for these vehicles, with repeats.
+async fn stored_ids(
+    store: &store::Store,
+    vehicles: impl IntoIterator<Item = String>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for v in vehicles {
+        let vehicle: model::VehicleId = v.parse().unwrap();
+        let track = store
+            .track(&vehicle, since, chrono::Utc::now(), 100_000)
+            .await
+            .unwrap();
+        ids.extend(track.into_iter().map(|p| p.tracking_id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
+    const VANS: usize = 20;
+    const MESSAGES: usize = 150;
+    const PER_MESSAGE: usize = 10;
+    const TOTAL: usize = VANS * MESSAGES * PER_MESSAGE;
+
+    let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kills.db");
+    let http_addr = free_port();
+    let config_file = child_config(
+        dir.path(),
+        &broker,
+        http_addr,
+        &db,
+        &format!("movewatch-kills-{}", movewatch::random_token(6)),
+        "",
+    );
+    let mut engine = EngineProcess::spawn(&config_file);
+    wait_ready(http_addr).await;
+
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let messages = stream("KT", VANS, MESSAGES, PER_MESSAGE, start);
+    let (client, acks) =
+        publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
+    let publishing = tokio::spawn(async move {
+        for (i, (topic, payload, _)) in messages.into_iter().enumerate() {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        client
+    });
+
+    let mut last = 0;
+    for kill in 1..=3 {
+        let db_path = db.clone();
+        let at_kill = wait_for(120, "the engine to commit more of the stream", || {
+            let db = db_path.clone();
+            async move {
+                let n = stored(&db).await;
+                (n >= last + 1_500).then_some(n)
+            }
+        })
+        .await;
+        engine.kill();
+        last = stored(&db).await;
+        assert!(
+            last < TOTAL as i64,
+            "kill {kill} must land mid-stream (stored {last} of {TOTAL}, {at_kill} when killing)"
+        );
+        engine = EngineProcess::spawn(&config_file);
+        wait_ready(http_addr).await;
+    }
+
+    let client = publishing.await.unwrap();
+    wait_for(120, "the broker to acknowledge every message", || {
+        let acked = acks.borrow().acked;
+        async move { (acked == (VANS * MESSAGES) as u64).then_some(()) }
+    })
+    .await;
+    let db_path = db.clone();
+    wait_for(120, "every point in the store", || {
+        let db = db_path.clone();
+        async move { (stored(&db).await >= TOTAL as i64).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.kill();
+    drop(client);
+
+    let store = store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.counts().await.unwrap().positions, TOTAL as i64);
+    let ids = stored_ids(
+        &store,
+        (0..VANS).map(|v| format!("KT{v:02}ABC")),
+        start - chrono::Duration::hours(1),
+    )
+    .await;
+    assert_eq!(ids.len(), TOTAL);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        TOTAL,
+        "no point repeated"
+    );
+    let letters = store.dead_letter_counts().await.unwrap();
+    assert!(
+        letters.iter().all(|(r, _)| *r == Reason::Duplicate),
+        "only redelivery duplicates are dead-lettered: {letters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10k_malformed_flood_is_dead_lettered_by_reason_and_good_points_still_land() {
+    const BAD: usize = 10_000;
+    const GOOD_EVERY: usize = 10;
+    const GOOD: usize = BAD / GOOD_EVERY;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), None);
+    with_supplier(&mut c, "geoamey");
+    let engine = Engine::start(c).await.unwrap();
+    let client = publisher(&engine, Some(("geoamey", "pw-geoamey"))).await;
+
+    let topic = |v: &str| format!("movewatch/v1/geoamey/{v}/positions");
+    let good = |id: String, v: &str| point(&id, v, 600, 53.8, -1.5);
+    let bad = |i: usize| -> (Reason, Vec<u8>) {
+        let mut p = good(format!("bad-{i}"), "FL00BAD");
+        let payload = match i % 5 {
+            0 => {
+                return (
+                    Reason::MalformedJson,
+                    format!("{{not json {i}").into_bytes(),
+                );
+            }
+            1 => {
+                p.as_object_mut().unwrap().remove("longitude");
+                (Reason::MissingField, p)
+            }
+            2 => {
+                p["latitude"] = "53.8".into();
+                (Reason::InvalidValue, p)
+            }
+            3 => {
+                p["latitude"] = 91.0.into();
+                (Reason::OutOfRange, p)
+            }
+            _ => {
+                p["vehicle_registration"] = "OTHER1".into();
+                (Reason::VehicleMismatch, p)
+            }
+        };
+        (payload.0, payload.1.to_string().into_bytes())
+    };
+
+    let mut expected: BTreeMap<Reason, i64> = BTreeMap::new();
+    let mut good_sent = 0;
+    for i in 0..BAD {
+        let (reason, payload) = bad(i);
+        *expected.entry(reason).or_default() += 1;
+        client
+            .publish(topic("FL00BAD"), QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        if i % GOOD_EVERY == GOOD_EVERY - 1 {
+            let vehicle = format!("FG{:02}ABC", good_sent % 10);
+            let mut p = good(format!("good-{good_sent}"), &vehicle);
+            p["tracking_timestamp"] = (chrono::Utc::now()
+                - chrono::Duration::seconds((GOOD - good_sent) as i64))
+            .to_rfc3339()
+            .into();
+            client
+                .publish(topic(&vehicle), QoS::AtLeastOnce, false, p.to_string())
+                .await
+                .unwrap();
+            good_sent += 1;
+        }
+        if i % 1_000 == 999 {
+            // Ready all through the flood.
+            let ready = http("GET", engine.http_addr, "/readyz", &[], b"").await;
+            assert_eq!(ready.status, 200, "{}", ready.body);
+        }
+    }
+    assert_eq!(good_sent, GOOD);
+
+    assert_eq!(
+        wait_for_positions(&engine, GOOD as i64).await,
+        GOOD as i64,
+        "every good point stored"
+    );
+    let letters: BTreeMap<Reason, i64> = wait_for_dead_letters(&engine, BAD as i64)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        letters, expected,
+        "every malformed message dead-lettered by reason"
+    );
+    let ready = http("GET", engine.http_addr, "/readyz", &[], b"").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(engine.tracker.len(), 10);
+    engine.stop();
+}
+
+/// A QoS 1 publisher that sends one message at a time and, until the broker
+/// acknowledges it, sends it again (reconnecting as needed). Returns the
+/// points of the acknowledged messages.
+async fn publish_with_retries(port: u16, messages: Vec<Message>, pause: Duration) -> Vec<Sent> {
+    let mut options = MqttOptions::new(
+        format!("fault-publisher-{}", movewatch::random_token(6)),
+        "127.0.0.1",
+        port,
+    );
+    options
+        .set_keep_alive(Duration::from_secs(5))
+        .set_credentials("geoamey", "pw-geoamey");
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    let _ = events_tx.send((true, pkid));
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let _ = events_tx.send((false, ack.pkid));
+                }
+                Ok(_) => {}
+                // rumqttc reconnects on the next poll.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    for (topic, payload, points) in messages {
+        'attempt: loop {
+            client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let mut sent = None;
+            while let Ok(Some((outgoing, pkid))) =
+                tokio::time::timeout_at(deadline, events.recv()).await
+            {
+                match (outgoing, sent) {
+                    (true, None) => sent = Some(pkid),
+                    (false, Some(p)) if p == pkid => break 'attempt,
+                    _ => {}
+                }
+            }
+            // No PUBACK in time (the broker is restarting): send it again.
+        }
+        acked.extend(points);
+        tokio::time::sleep(pause).await;
+    }
+    poller.abort();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_mosquitto_restarts_under_load_lose_no_acknowledged_point() {
+    const VANS: usize = 10;
+    const MESSAGES: usize = 60;
+    const PER_MESSAGE: usize = 5;
+
+    let mut broker = Mosquitto::start_persistent(&[("geoamey", "pw-geoamey")]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Some(&broker.url()));
+    c.mqtt.username = Some(ENGINE_USER.into());
+    c.mqtt.password = Some(ENGINE_PASSWORD.into());
+    with_supplier(&mut c, "geoamey");
+    let engine = Engine::start(c).await.unwrap();
+    wait_subscribed(&engine).await;
+
+    let start = chrono::Utc::now() - chrono::Duration::hours(1);
+    let messages = stream("MR", VANS, MESSAGES, PER_MESSAGE, start);
+    let publishing = tokio::spawn(publish_with_retries(
+        broker.port,
+        messages,
+        Duration::from_millis(5),
+    ));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            !publishing.is_finished(),
+            "the restart must land during the load"
+        );
+        tokio::task::block_in_place(|| broker.restart());
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("the publisher finishes")
+        .unwrap();
+    assert_eq!(acked.len(), VANS * MESSAGES * PER_MESSAGE);
+
+    assert_eq!(
+        wait_for_positions(&engine, acked.len() as i64).await,
+        acked.len() as i64,
+        "every acknowledged point stored"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids = stored_ids(
+        &engine.store,
+        (0..VANS).map(|v| format!("MR{v:02}ABC")),
+        start - chrono::Duration::hours(1),
+    )
+    .await;
+    assert_eq!(ids.len(), acked.len(), "stored exactly once");
+    let ids: HashSet<String> = ids.into_iter().collect();
+    for (_, id, _, _) in &acked {
+        assert!(ids.contains(id), "{id} acknowledged but not stored");
+    }
+    // The live state is each vehicle's last point.
+    for v in 0..VANS {
+        let vehicle = format!("MR{v:02}ABC");
+        let (_, id, lat, lon) = acked.iter().rev().find(|p| p.0 == vehicle).unwrap();
+        let live = engine
+            .tracker
+            .get(&vehicle.parse().unwrap())
+            .expect("a live fix")
+            .view();
+        assert!(
+            (live.lat - lat).abs() < 1e-9 && (live.lon - lon).abs() < 1e-9,
+            "{vehicle}: live {},{} but last point {id} is {lat},{lon}",
+            live.lat,
+            live.lon
+        );
+    }
+    engine.stop();
+}
