@@ -242,6 +242,7 @@ pub struct Device {
     rng: SmallRng,
     skew_ms: i64,
     silent_at: Option<f64>,
+    silenced: bool,
     gap_until: Option<f64>,
     buffered: Vec<(String, SentPoint)>,
     held: Option<(String, SentPoint)>,
@@ -319,6 +320,7 @@ impl Device {
             rng,
             skew_ms,
             silent_at,
+            silenced: false,
             gap_until: None,
             buffered: Vec::new(),
             held: None,
@@ -419,7 +421,7 @@ impl Device {
             }
         }
         if silent {
-            if self.silent_at.take().is_some()
+            if !self.silenced
                 && let Some(tr) = truth.as_deref_mut()
             {
                 tr.push(TruthLine::Silent {
@@ -427,7 +429,7 @@ impl Device {
                     ts: ts_text(clock.ms(t)),
                 });
             }
-            self.silent_at = Some(f64::NEG_INFINITY);
+            self.silenced = true;
             return;
         }
         self.fixes += 1;
@@ -565,8 +567,9 @@ impl Device {
         {
             let reason =
                 faults.malformed_reasons[self.malformed_turn % faults.malformed_reasons.len()];
-            self.malformed_turn += 1;
+            // A reason this van cannot provoke yet stays its next turn.
             if let Some(m) = self.malformed(reason, ts_ms, (lat, lon)) {
+                self.malformed_turn += 1;
                 if let Some(tr) = truth.as_deref_mut() {
                     tr.push(TruthLine::Malformed {
                         vehicle: vehicle.clone(),
@@ -616,9 +619,12 @@ impl Device {
             }
             Reason::InvalidValue => (pos, one(point("yesterday at noon", &v, lat.into()))),
             Reason::OutOfRange => (pos, one(point(&ts, &v, 91.5.into()))),
-            Reason::FutureTimestamp => {
-                (pos, one(point(&ts_text(ts_ms + 3_600_000), &v, lat.into())))
-            }
+            // Two days ahead of the fix: in the future for any run that does
+            // not itself start in the future (fix times never do).
+            Reason::FutureTimestamp => (
+                pos,
+                one(point(&ts_text(ts_ms + 48 * 3_600_000), &v, lat.into())),
+            ),
             Reason::VehicleMismatch => {
                 let other = if v == "ZZ99ZZZ" { "ZZ98ZZZ" } else { "ZZ99ZZZ" };
                 (pos, one(point(&ts, other, lat.into())))

@@ -710,15 +710,31 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
     }
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let date = config.date.format("%Y-%m-%d").to_string();
-    // Depots: next to a random prison or court, one per ~20 vans.
-    let n_depots = (config.vehicles / 20).clamp(1, 150);
+    // Depots: next to a random prison or court, one per ~20 vans, North
+    // (GEOAmey) and South (Serco) in turn, so both suppliers run vans.
+    let n_depots = (config.vehicles / 20).clamp(2, 150);
     let bases: Vec<usize> = cat.prisons.iter().chain(&cat.courts).copied().collect();
+    let north: Vec<usize> = bases
+        .iter()
+        .copied()
+        .filter(|&i| cat.pos(i).0 >= 52.7)
+        .collect();
+    let south: Vec<usize> = bases
+        .iter()
+        .copied()
+        .filter(|&i| cat.pos(i).0 < 52.5)
+        .collect();
     let depots: Vec<Depot> = (0..n_depots)
         .map(|n| {
-            let b = bases[rng.random_range(0..bases.len())];
+            let region = match (n % 2, north.is_empty(), south.is_empty()) {
+                (0, false, _) | (_, false, true) => &north,
+                (_, _, false) => &south,
+                _ => &bases,
+            };
+            let b = region[rng.random_range(0..region.len())];
             let (lat, lon) = cat.pos(b);
             let (lat, lon) = (
-                lat + rng.random_range(-0.025..0.025),
+                lat + rng.random_range(-0.02..0.02),
                 lon + rng.random_range(-0.04..0.04),
             );
             Depot {

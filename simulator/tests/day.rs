@@ -215,6 +215,13 @@ fn faults_show_in_the_truth_and_the_messages() {
             "{ev}"
         );
     }
+    // A silent device is reported silent once.
+    let silent: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "silent")
+        .map(|l| l["vehicle"].as_str().unwrap())
+        .collect();
+    assert_eq!(silent.iter().collect::<HashSet<_>>().len(), silent.len());
     // Tracking ids are unique per point.
     let ids: Vec<&str> = lines
         .iter()
