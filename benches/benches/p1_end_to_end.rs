@@ -37,7 +37,14 @@ fn messages(points: usize, batch: usize, run: &str) -> Vec<(String, Vec<u8>, usi
     let mut n = 0;
     while n < points {
         let van = (n / batch) % vans;
-        let reg = format!("PA{:02}{}", van % 100, ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "JJJ", "KKK", "LLL", "MMM", "NNN", "PPP", "RRR", "SSS", "TTT", "UUU", "VVV", "WWW"][van / 100 % 20]);
+        let reg = format!(
+            "PA{:02}{}",
+            van % 100,
+            [
+                "AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "JJJ", "KKK", "LLL", "MMM",
+                "NNN", "PPP", "RRR", "SSS", "TTT", "UUU", "VVV", "WWW"
+            ][van / 100 % 20]
+        );
         let k = batch.min(points - n);
         let items: Vec<String> = (0..k)
             .map(|i| {
@@ -66,7 +73,12 @@ fn messages(points: usize, batch: usize, run: &str) -> Vec<(String, Vec<u8>, usi
 }
 
 /// Publishes everything over `connections` QoS 1 connections; returns when all are PUBACKed.
-async fn publish(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>, connections: usize) {
+async fn publish(
+    host: &str,
+    port: u16,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) {
     let mut tasks = Vec::new();
     for c in 0..connections {
         let msgs = msgs.clone();
@@ -97,7 +109,10 @@ async fn publish(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>
             });
             for i in mine {
                 let (t, p, _) = &msgs[i];
-                client.publish(t.clone(), QoS::AtLeastOnce, false, p.clone()).await.expect("publish");
+                client
+                    .publish(t.clone(), QoS::AtLeastOnce, false, p.clone())
+                    .await
+                    .expect("publish");
             }
             while acked.load(Ordering::Relaxed) < total {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -111,12 +126,21 @@ async fn publish(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>
 }
 
 /// (a) A bare subscriber that only counts points; returns points/s.
-async fn raw(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>, connections: usize) -> f64 {
+async fn raw(
+    host: &str,
+    port: u16,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) -> f64 {
     let total: usize = msgs.iter().map(|m| m.2).sum();
     let mut o = MqttOptions::new(format!("p1-raw-{}", std::process::id()), host, port);
-    o.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = AsyncClient::new(o, 1000);
-    client.subscribe("movewatch/v1/+/+/positions", QoS::AtLeastOnce).await.expect("subscribe");
+    client
+        .subscribe("movewatch/v1/+/+/positions", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     let points = Arc::new(AtomicU64::new(0));
     let p = points.clone();
     let (suback_tx, suback) = tokio::sync::oneshot::channel();
@@ -132,7 +156,10 @@ async fn raw(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>, co
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) => {
                     // Count points the cheapest honest way: elements of an array.
                     let n = if m.payload.first() == Some(&b'[') {
-                        m.payload.windows(13).filter(|w| *w == b"\"tracking_id\"").count()
+                        m.payload
+                            .windows(13)
+                            .filter(|w| *w == b"\"tracking_id\"")
+                            .count()
                     } else {
                         1
                     };
@@ -159,7 +186,11 @@ async fn raw(host: &str, port: u16, msgs: Arc<Vec<(String, Vec<u8>, usize)>>, co
 }
 
 /// (b) The full engine with one `fleet` WebSocket client; returns points/s (publish start → all stored).
-async fn engine(mqtt_url: Option<String>, msgs: Arc<Vec<(String, Vec<u8>, usize)>>, connections: usize) -> f64 {
+async fn engine(
+    mqtt_url: Option<String>,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) -> f64 {
     let total: usize = msgs.iter().map(|m| m.2).sum();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Config::default();
@@ -179,9 +210,10 @@ async fn engine(mqtt_url: Option<String>, msgs: Arc<Vec<(String, Vec<u8>, usize)
     while !e.mqtt_connected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?token={TOKEN}", e.http_addr))
-        .await
-        .expect("ws");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={TOKEN}", e.http_addr))
+            .await
+            .expect("ws");
     ws.send(tokio_tungstenite::tungstenite::Message::Text(
         r#"{"type":"subscribe","channel":"fleet"}"#.into(),
     ))
@@ -202,11 +234,17 @@ async fn engine(mqtt_url: Option<String>, msgs: Arc<Vec<(String, Vec<u8>, usize)
         if n >= total as i64 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(900), "engine run stalled at {n}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "engine run stalled at {n}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!("    (fleet WebSocket client received {} frames)", frames.load(Ordering::Relaxed));
+    eprintln!(
+        "    (fleet WebSocket client received {} frames)",
+        frames.load(Ordering::Relaxed)
+    );
     reader.abort();
     e.stop();
     total as f64 / secs
@@ -221,7 +259,9 @@ struct Mosquitto {
 impl Mosquitto {
     fn start() -> Option<Mosquitto> {
         let dir = tempfile::tempdir().ok()?;
-        let port = ingest::broker::free_port("127.0.0.1".parse().ok()?).ok()?.port();
+        let port = ingest::broker::free_port("127.0.0.1".parse().ok()?)
+            .ok()?
+            .port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -245,7 +285,11 @@ impl Mosquitto {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Mosquitto { child, port, _dir: dir })
+        Some(Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        })
     }
 }
 
@@ -273,11 +317,20 @@ async fn main() {
     .expect("embedded broker");
     let run = movewatch::random_token(6);
     let msgs = Arc::new(messages(points, batch, &format!("a{run}")));
-    let a = raw(&broker.addr.ip().to_string(), broker.addr.port(), msgs, connections).await;
+    let a = raw(
+        &broker.addr.ip().to_string(),
+        broker.addr.port(),
+        msgs,
+        connections,
+    )
+    .await;
     println!("embedded  (a) raw passthrough: {a:>10.0} points/s");
     let msgs = Arc::new(messages(points, batch, &format!("b{run}")));
     let b = engine(None, msgs, connections).await;
-    println!("embedded  (b) full engine:     {b:>10.0} points/s   ratio {:.1} %", 100.0 * b / a);
+    println!(
+        "embedded  (b) full engine:     {b:>10.0} points/s   ratio {:.1} %",
+        100.0 * b / a
+    );
     rows.push(("embedded", a, b));
 
     if std::env::var("P1_MOSQUITTO").as_deref() != Ok("0") {
@@ -287,14 +340,24 @@ async fn main() {
                 let a = raw("127.0.0.1", m.port, msgs, connections).await;
                 println!("mosquitto (a) raw passthrough: {a:>10.0} points/s");
                 let msgs = Arc::new(messages(points, batch, &format!("d{run}")));
-                let b = engine(Some(format!("mqtt://127.0.0.1:{}", m.port)), msgs, connections).await;
-                println!("mosquitto (b) full engine:     {b:>10.0} points/s   ratio {:.1} %", 100.0 * b / a);
+                let b = engine(
+                    Some(format!("mqtt://127.0.0.1:{}", m.port)),
+                    msgs,
+                    connections,
+                )
+                .await;
+                println!(
+                    "mosquitto (b) full engine:     {b:>10.0} points/s   ratio {:.1} %",
+                    100.0 * b / a
+                );
                 rows.push(("mosquitto", a, b));
             }
             None => println!("mosquitto not available: skipped"),
         }
     }
-    println!("\n| broker | raw passthrough points/s | full engine points/s | ratio |\n|---|---:|---:|---:|");
+    println!(
+        "\n| broker | raw passthrough points/s | full engine points/s | ratio |\n|---|---:|---:|---:|"
+    );
     for (name, a, b) in rows {
         println!("| {name} | {a:.0} | {b:.0} | {:.1} % |", 100.0 * b / a);
     }

@@ -570,7 +570,7 @@ impl Device {
             // A reason this van cannot provoke yet stays its next turn.
             if let Some(m) = self.malformed(reason, ts_ms, (lat, lon)) {
                 self.malformed_turn += 1;
-                if let Some(tr) = truth.as_deref_mut() {
+                if let Some(tr) = truth {
                     tr.push(TruthLine::Malformed {
                         vehicle: vehicle.clone(),
                         topic: m.topic.clone(),

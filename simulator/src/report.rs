@@ -65,6 +65,8 @@ pub struct WsStats {
     pub unmatched: u64,
     /// Snapshots after the first (the client fell behind and frames were skipped).
     pub resnapshots: u64,
+    /// When the last matched frame arrived.
+    pub last_match: Option<Instant>,
 }
 
 /// A running WebSocket subscriber on `fleet`.
@@ -112,6 +114,7 @@ impl WsSubscriber {
                 duplicates: 0,
                 unmatched: 0,
                 resnapshots: 0,
+                last_match: None,
             };
             let mut second: Vec<Histogram<u64>> = Vec::new();
             loop {
@@ -156,6 +159,7 @@ impl WsSubscriber {
                 if let Some((_, sent)) = log.sent.remove(&key) {
                     log.seen.insert(key, ());
                     stats.matched += 1;
+                    stats.last_match = Some(now);
                     let us = now.saturating_duration_since(sent).as_micros() as u64;
                     let _ = stats.hist.record(us.max(1));
                     let sec = now.saturating_duration_since(log.t0).as_secs() as usize;
@@ -220,6 +224,10 @@ pub struct LoadReport {
     pub send_seconds: f64,
     /// Points per second over `send_seconds`.
     pub throughput_pps: f64,
+    /// Seconds from the first send to the last point seen on the WebSocket.
+    pub end_to_end_seconds: f64,
+    /// Points per second through the engine: points sent / `end_to_end_seconds`.
+    pub end_to_end_pps: f64,
     /// Position frames received on `fleet`.
     pub ws_frames: u64,
     /// Frames matched to a sent point.
@@ -247,7 +255,11 @@ pub struct LoadReport {
 
 impl LoadReport {
     /// Fills the latency fields from the subscriber's stats.
-    pub fn add_ws(&mut self, ws: &WsStats, expected_live: u64) {
+    pub fn add_ws(&mut self, ws: &WsStats, expected_live: u64, first_send: Instant) {
+        if let Some(last) = ws.last_match {
+            self.end_to_end_seconds = last.saturating_duration_since(first_send).as_secs_f64();
+            self.end_to_end_pps = self.points_sent as f64 / self.end_to_end_seconds.max(1e-9);
+        }
         self.ws_frames = ws.frames;
         self.ws_matched = ws.matched;
         self.ws_missing = expected_live.saturating_sub(ws.matched);
@@ -278,10 +290,17 @@ impl LoadReport {
         row("messages", self.messages.to_string());
         row("acknowledged", self.acknowledged.to_string());
         row(
-            "throughput",
+            "sent (to broker acks)",
             format!(
                 "{:.0} points/s over {:.1} s",
                 self.throughput_pps, self.send_seconds
+            ),
+        );
+        row(
+            "end to end (to last frame)",
+            format!(
+                "{:.0} points/s over {:.1} s",
+                self.end_to_end_pps, self.end_to_end_seconds
             ),
         );
         row(

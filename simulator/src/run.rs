@@ -408,6 +408,9 @@ fn devices<'a>(
     (contexts, devices)
 }
 
+/// Ground-truth lines (JSON) and (topic, payload) messages of a dry run.
+pub type DryRun = (Vec<String>, Vec<(String, Vec<u8>)>);
+
 /// What [`run_day`] would send and record for `config` starting at `start`,
 /// without sending anything: every ground-truth line (JSON) and every
 /// (topic, payload), in order. For tests and inspection.
@@ -415,7 +418,7 @@ pub fn dry_run(
     config: &RunConfig,
     sites: &[Site],
     start: DateTime<Utc>,
-) -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), SimError> {
+) -> Result<DryRun, SimError> {
     let interval = config.interval.as_secs_f64().max(0.001);
     let span_s = config.duration.map_or(3600.0, |d| d.as_secs_f64());
     let plan = plan_for(config, sites, start)?;
@@ -716,11 +719,14 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
 
     if let Some(ws) = ws {
         // Let the last frames arrive.
-        let mut last = usize::MAX;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Let the last frames arrive: wait while the backlog still drains
+        // (stop after 3 s without progress, or 15 minutes).
+        let (mut last, mut still) = (usize::MAX, 0);
+        let deadline = Instant::now() + Duration::from_secs(900);
         while let Some(l) = &log {
             let n = l_pending(l);
-            if n == 0 || n == last || Instant::now() > deadline {
+            still = if n == last { still + 1 } else { 0 };
+            if n == 0 || still >= 3 || Instant::now() > deadline {
                 break;
             }
             last = n;
@@ -738,7 +744,7 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
             expected_dead_letters: summary.expected_dead_letters.clone(),
             ..Default::default()
         };
-        report.add_ws(&stats, sink.expected_live);
+        report.add_ws(&stats, sink.expected_live, t_first);
         if let (Some(url), Some(ids)) = (&config.database_url, &sink.expected_ids) {
             let margin = chrono::Duration::minutes(10);
             let (lost, dup) = check_store(url, start - margin, end + margin, ids).await?;

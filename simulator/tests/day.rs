@@ -129,7 +129,7 @@ fn vans_drive_at_road_speeds_and_arrive_where_the_truth_says() {
         for t in (6 * 3600..20 * 3600).step_by(30) {
             let f = v.at(t as f64);
             let band = match f.kmh {
-                k if k == 0.0 => "stopped",
+                0.0 => "stopped",
                 k if k < 30.0 => "slow",
                 k if k < 50.0 => "urban",
                 k if k < 86.0 => "a_road",
