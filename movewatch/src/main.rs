@@ -94,30 +94,247 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
-    /// Drive simulated vans between real sites, publishing to a broker.
-    Simulate {
-        /// How many vans.
-        #[arg(long, default_value_t = 100)]
-        vehicles: usize,
-        /// Time between a van's fixes (e.g. 1s, 500ms).
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// How long to run (e.g. 60s, 10m).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// The broker.
-        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-        mqtt_url: String,
-        /// Sites CSV to drive between.
-        #[arg(long, default_value = "data/sites.csv")]
-        sites: PathBuf,
-        /// Seed: the same seed drives the same fleet.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Broker passwords as supplier=password (for brokers that check them).
-        #[arg(long = "password", value_parser = parse_key_value)]
-        passwords: Vec<(String, String)>,
-    },
+    /// Drive a seeded, realistic day of vans between real sites against an
+    /// engine, with faults at chosen rates, ground truth and a load report.
+    Simulate(Box<SimulateArgs>),
+}
+
+/// `movewatch simulate` (issue #8). Durations are simulated time.
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// How many vans.
+    #[arg(long, default_value_t = 100)]
+    vehicles: usize,
+    /// Time between a van's fixes (e.g. 10s, 1s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Simulated span (e.g. 120s, 10h).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Simulated seconds per wall second (60: an hour a minute). Default: real time.
+    #[arg(long, conflicts_with = "load")]
+    speed: Option<f64>,
+    /// Send as fast as the path takes it (load mode).
+    #[arg(long)]
+    load: bool,
+    /// UTC of the first fix (RFC 3339). Default: now in real time, else now − duration.
+    #[arg(long, value_parser = parse_time)]
+    start: Option<DateTime<Utc>>,
+    /// Time of day in the planned day at the first fix (HH:MM).
+    #[arg(long, default_value = "06:30", value_parser = parse_hhmm)]
+    day_start: f64,
+    /// Seed: the same seed (and --start) gives the same day.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Sites CSV to drive between.
+    #[arg(long, default_value = "data/sites.csv")]
+    sites: PathBuf,
+    /// The broker.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt_url: String,
+    /// Broker passwords as supplier=password (for brokers that check them).
+    #[arg(long = "password", value_parser = parse_key_value)]
+    passwords: Vec<(String, String)>,
+    /// MQTT connections per supplier (vans share them round-robin).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Post points to `POST /tracks` instead of MQTT (events are not sent then).
+    #[arg(long)]
+    http: bool,
+    /// API keys for --http as supplier=key.
+    #[arg(long = "api-key", value_parser = parse_key_value)]
+    api_keys: Vec<(String, String)>,
+    /// The engine's HTTP address (moves, WebSocket, /tracks).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_url: String,
+    /// A control-room token: moves are registered and the WebSocket measured with it.
+    #[arg(long)]
+    token: Option<String>,
+    /// Do not register the day's moves with PUT /api/moves/{id}.
+    #[arg(long)]
+    no_moves: bool,
+    /// Write the ground truth (JSON lines) here.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Measure: WebSocket latency per point (needs --token) and loss.
+    #[arg(long)]
+    report: bool,
+    /// Write the report as JSON here (implies --report).
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write latency over time as SVG here (implies --report).
+    #[arg(long)]
+    report_svg: Option<PathBuf>,
+    /// Check loss against this store (sqlite://… or postgres://…), by tracking id.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// A preset of moderate fault rates (each flag below overrides it).
+    #[arg(long)]
+    faults: bool,
+    /// No GPS noise.
+    #[arg(long)]
+    no_noise: bool,
+    /// Per fix: a bad fix (hdop 12–25, ~150 m off).
+    #[arg(long)]
+    bad_fix_rate: Option<f64>,
+    /// Per fix: a 1–5 min signal gap starts, then a store-and-forward array.
+    #[arg(long)]
+    gap_rate: Option<f64>,
+    /// Per fix: the message is sent twice.
+    #[arg(long)]
+    duplicate_rate: Option<f64>,
+    /// Per fix: held back and sent after the next fix.
+    #[arg(long)]
+    reorder_rate: Option<f64>,
+    /// Of vans: device clock off by up to ±120 s.
+    #[arg(long)]
+    skew_rate: Option<f64>,
+    /// Per fix: an extra malformed payload.
+    #[arg(long)]
+    malformed_rate: Option<f64>,
+    /// Reasons the malformed payloads cycle through (comma-separated; default:
+    /// all but unknown_supplier, which needs an engine with suppliers and an open broker).
+    #[arg(long, value_delimiter = ',')]
+    malformed_reasons: Vec<String>,
+    /// Of vans: the device goes silent for good.
+    #[arg(long)]
+    silent_rate: Option<f64>,
+    /// Of vans carrying a move: one breakdown (PersonMoveVehicleBrokeDown).
+    #[arg(long)]
+    breakdown_rate: Option<f64>,
+}
+
+fn parse_hhmm(s: &str) -> Result<f64, String> {
+    let (h, m) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected HH:MM, got {s:?}"))?;
+    let (h, m): (f64, f64) = (
+        h.parse().map_err(|_| format!("bad hour in {s:?}"))?,
+        m.parse().map_err(|_| format!("bad minute in {s:?}"))?,
+    );
+    Ok(h * 3600.0 + m * 60.0)
+}
+
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    use simulator::emit::FaultConfig;
+    let sites = model::site::load_sites_csv(&a.sites)?;
+    let preset = |rate: f64| if a.faults { rate } else { 0.0 };
+    let reasons = if a.malformed_reasons.is_empty() {
+        FaultConfig::mqtt_reasons()
+    } else {
+        a.malformed_reasons
+            .iter()
+            .map(|r| {
+                model::Reason::parse(r.trim())
+                    .ok_or_else(|| anyhow::anyhow!("unknown rejection reason {r:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let faults = FaultConfig {
+        noise: !a.no_noise,
+        bad_fix_rate: a.bad_fix_rate.unwrap_or(preset(0.002)),
+        gap_rate: a.gap_rate.unwrap_or(preset(0.001)),
+        duplicate_rate: a.duplicate_rate.unwrap_or(preset(0.002)),
+        reorder_rate: a.reorder_rate.unwrap_or(preset(0.002)),
+        skew_rate: a.skew_rate.unwrap_or(preset(0.05)),
+        malformed_rate: a.malformed_rate.unwrap_or(preset(0.001)),
+        malformed_reasons: reasons,
+        silent_rate: a.silent_rate.unwrap_or(preset(0.01)),
+        breakdown_rate: a.breakdown_rate.unwrap_or(preset(0.01)),
+    };
+    let api = simulator::http::parse_http_url(&a.http_url)?;
+    let transport = if a.http {
+        simulator::Transport::Http {
+            addr: api.clone(),
+            keys: a.api_keys.into_iter().collect(),
+            connections: a.connections.clamp(1, 64),
+        }
+    } else {
+        let (host, port) = parse_mqtt_url(&a.mqtt_url).map_err(anyhow::Error::msg)?;
+        simulator::Transport::Mqtt {
+            host,
+            port,
+            passwords: a.passwords.into_iter().collect(),
+            connections: a.connections,
+        }
+    };
+    let measure = a.report || a.report_json.is_some() || a.report_svg.is_some();
+    if measure && a.token.is_none() {
+        anyhow::bail!("--report needs --token (a control-room token) to watch the WebSocket");
+    }
+    let pace = match (a.load, a.speed) {
+        (true, _) => simulator::Pace::Load,
+        (false, Some(x)) => simulator::Pace::Speed(x),
+        (false, None) => simulator::Pace::RealTime,
+    };
+    eprintln!(
+        "simulating {} vans, a fix every {} for {} (simulated), {:?}, seed {}",
+        a.vehicles,
+        humantime::format_duration(a.interval),
+        humantime::format_duration(a.duration),
+        pace,
+        a.seed
+    );
+    let summary = simulator::run_day(
+        simulator::RunConfig {
+            vehicles: a.vehicles,
+            seed: a.seed,
+            interval: a.interval,
+            duration: Some(a.duration),
+            pace,
+            start: a.start,
+            day_start_s: a.day_start,
+            transport,
+            api: Some(api),
+            token: a.token,
+            faults,
+            truth: a.truth.clone(),
+            register_moves: !a.no_moves,
+            measure,
+            database_url: a.database_url,
+            progress: !a.quiet,
+        },
+        &sites,
+    )
+    .await?;
+    println!(
+        "sent {} points, {} events, {} messages from {} vans ({} .. {})",
+        summary.points,
+        summary.events,
+        summary.messages,
+        a.vehicles,
+        model::format_ts(&summary.span.0),
+        model::format_ts(&summary.span.1)
+    );
+    match &summary.moves_registered {
+        Some(Ok(n)) => println!("moves registered: {n}"),
+        Some(Err(why)) => println!("moves not registered: {why}"),
+        None => {}
+    }
+    if !summary.expected_dead_letters.is_empty() {
+        println!("expected dead letters: {:?}", summary.expected_dead_letters);
+    }
+    if !summary.http_rejected.is_empty() {
+        println!("POST /tracks rejections: {:?}", summary.http_rejected);
+    }
+    if let Some(t) = &a.truth {
+        println!("ground truth: {}", t.display());
+    }
+    if let Some(report) = &summary.report {
+        println!("load report:\n{}", report.table());
+        if let Some(p) = &a.report_json {
+            report.write_json(p)?;
+            println!("report JSON: {}", p.display());
+        }
+        if let Some(p) = &a.report_svg {
+            report.write_svg(p)?;
+            println!("latency plot: {}", p.display());
+        }
+    }
+    Ok(())
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -174,42 +391,7 @@ async fn main() -> anyhow::Result<()> {
             http_listen,
             wait,
         } => replay(from, to, speed, config, database_url, http_listen, wait).await,
-        Command::Simulate {
-            vehicles,
-            interval,
-            duration,
-            mqtt_url,
-            sites,
-            seed,
-            passwords,
-        } => {
-            let (host, port) = parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
-            let sites = model::site::load_sites_csv(&sites)?;
-            eprintln!(
-                "simulating {vehicles} vans every {} for {} against {mqtt_url}",
-                humantime::format_duration(interval),
-                humantime::format_duration(duration)
-            );
-            let report = simulator::run(
-                simulator::SimConfig {
-                    vehicles,
-                    interval,
-                    duration: Some(duration),
-                    host,
-                    port,
-                    passwords: passwords.into_iter().collect(),
-                    seed,
-                    vans_per_connection: 100,
-                },
-                &sites,
-            )
-            .await?;
-            println!(
-                "published {} points from {} vans",
-                report.points, report.vehicles
-            );
-            Ok(())
-        }
+        Command::Simulate(args) => simulate(*args).await,
     }
 }
 

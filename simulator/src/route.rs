@@ -1,22 +1,20 @@
 //! Vans and their road-like routes.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use model::{PointFlags, Position, Site, SupplierId, VehicleId};
+use rand::Rng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
-fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+/// Great-circle distance in metres between two (lat, lon) points.
+pub fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
     let h = ((p2 - p1) / 2.0).sin().powi(2)
         + p1.cos() * p2.cos() * ((b.1 - a.1).to_radians() / 2.0).sin().powi(2);
     2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
 }
 
-fn bearing_deg(a: (f64, f64), b: (f64, f64)) -> f64 {
+/// Initial bearing in degrees from `a` to `b`.
+pub fn bearing_deg(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
     let dl = (b.1 - a.1).to_radians();
     let y = dl.sin() * p2.cos();
@@ -59,6 +57,29 @@ impl Route {
         }
     }
 
+    /// How far along the route the van first comes within `radius_m` of
+    /// `centre` (searching back from the end in 5 m steps); the route's length
+    /// if its end is outside.
+    pub fn entry_along(&self, centre: (f64, f64), radius_m: f64) -> f64 {
+        let len = self.length_m();
+        let mut along = len;
+        while along > 0.0 && distance_m(self.at(along - 5.0).0, centre) < radius_m {
+            along -= 5.0;
+        }
+        along.max(0.0)
+    }
+
+    /// How far along the route the van last is within `radius_m` of `centre`,
+    /// searching forward from the start in 5 m steps.
+    pub fn exit_along(&self, centre: (f64, f64), radius_m: f64) -> f64 {
+        let len = self.length_m();
+        let mut along = 0.0;
+        while along < len && distance_m(self.at(along + 5.0).0, centre) < radius_m {
+            along += 5.0;
+        }
+        along.min(len)
+    }
+
     /// Length in metres.
     pub fn length_m(&self) -> f64 {
         *self.cumulative_m.last().unwrap_or(&0.0)
@@ -85,122 +106,10 @@ impl Route {
     }
 }
 
-/// One simulated van.
-#[derive(Debug, Clone)]
-pub struct Van {
-    /// Its registration.
-    pub vehicle: VehicleId,
-    /// Its supplier.
-    pub supplier: SupplierId,
-    sites: Arc<Vec<Site>>,
-    destination: usize,
-    route: Route,
-    along_m: f64,
-    cruise_kmh: f64,
-    dwell_left_s: f64,
-    sequence: u64,
-    rng: SmallRng,
-}
-
-impl Van {
-    /// A van at site `start`, about to drive to another site.
-    pub fn new(
-        vehicle: VehicleId,
-        supplier: SupplierId,
-        sites: Arc<Vec<Site>>,
-        start: usize,
-        seed: u64,
-    ) -> Van {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let at = (sites[start].lat, sites[start].lon);
-        let mut van = Van {
-            vehicle,
-            supplier,
-            sites,
-            destination: start,
-            route: Route {
-                points: vec![at, at],
-                cumulative_m: vec![0.0, 0.0],
-            },
-            along_m: 0.0,
-            cruise_kmh: rng.random_range(55.0..95.0),
-            dwell_left_s: 0.0,
-            sequence: 0,
-            rng,
-        };
-        van.next_trip();
-        van
-    }
-
-    fn next_trip(&mut self) {
-        let here = self.route.points[self.route.points.len() - 1];
-        // Prefer a destination 10–150 km away, as escort runs are.
-        let mut choice = self.rng.random_range(0..self.sites.len());
-        for _ in 0..20 {
-            let s = &self.sites[choice];
-            let d = distance_m(here, (s.lat, s.lon));
-            if choice != self.destination && (10_000.0..150_000.0).contains(&d) {
-                break;
-            }
-            choice = self.rng.random_range(0..self.sites.len());
-        }
-        self.destination = choice;
-        let to = (self.sites[choice].lat, self.sites[choice].lon);
-        self.route = Route::between(here, to, &mut self.rng);
-        self.along_m = 0.0;
-    }
-
-    /// Advances `dt_s` seconds and returns the fix for `now`.
-    pub fn step(&mut self, dt_s: f64, now: DateTime<Utc>) -> Position {
-        let speed_kmh = if self.dwell_left_s > 0.0 {
-            self.dwell_left_s -= dt_s;
-            if self.dwell_left_s <= 0.0 {
-                self.next_trip();
-            }
-            0.0
-        } else {
-            let v = (self.cruise_kmh + self.rng.random_range(-8.0..8.0)).max(5.0);
-            self.along_m += v / 3.6 * dt_s;
-            if self.along_m >= self.route.length_m() {
-                self.along_m = self.route.length_m();
-                self.dwell_left_s = self.rng.random_range(60.0..600.0);
-            }
-            v
-        };
-        let ((lat, lon), bearing) = self.route.at(self.along_m);
-        self.sequence += 1;
-        Position {
-            supplier: self.supplier,
-            vehicle: self.vehicle,
-            tracking_id: format!(
-                "{}-{}-{}",
-                self.vehicle,
-                now.timestamp_millis(),
-                self.sequence
-            ),
-            ts: now,
-            lat,
-            lon,
-            journey_id: None,
-            speed_kmh: Some((speed_kmh * 10.0).round() / 10.0),
-            bearing: Some(bearing.round()),
-            altitude: None,
-            hdop: Some(1.0 + self.rng.random_range(0.0..1.5f64).round()),
-            vdop: None,
-            vin: None,
-            flags: PointFlags::default(),
-        }
-    }
-
-    /// The site it is driving to.
-    pub fn destination(&self) -> &Site {
-        &self.sites[self.destination]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn routes_bend_and_stay_between_their_ends() {
@@ -216,29 +125,5 @@ mod tests {
         assert_eq!(r.at(0.0).0, a);
         let end = r.at(r.length_m() + 10.0).0;
         assert!(distance_m(end, b) < 1.0);
-    }
-
-    #[test]
-    fn the_same_seed_drives_the_same_way() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sites.csv");
-        let sites = model::site::load_sites_csv(&path).unwrap();
-        let now = Utc::now();
-        let run = |seed| {
-            let mut fleet = crate::build_fleet(&sites, 5, seed).unwrap();
-            (0..50)
-                .map(|_| {
-                    fleet
-                        .iter_mut()
-                        .map(|v| v.step(10.0, now))
-                        .map(|p| (p.lat, p.lon))
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(run(42), run(42));
-        assert_ne!(run(42), run(43));
-        let fleet = crate::build_fleet(&sites, 300, 1).unwrap();
-        let regs: std::collections::HashSet<_> = fleet.iter().map(|v| v.vehicle).collect();
-        assert_eq!(regs.len(), 300, "registrations are unique");
     }
 }

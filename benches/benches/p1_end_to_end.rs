@@ -1,0 +1,364 @@
+//! P1 (issue #8): end-to-end throughput. The same publisher and the same
+//! kind of broker in one run: (a) raw passthrough — a bare rumqttc QoS 1
+//! subscriber that only counts; (b) the full engine (ingest, tracker,
+//! geofence, store, WebSocket fan-out to one `fleet` client). Reports
+//! points/s for both and the ratio, for the embedded broker and for a
+//! bench-owned Mosquitto configured as docs/PROTOCOL.md says (no queue limit,
+//! 1000 in flight).
+//!
+//! `cargo bench -p movewatch-benches --bench p1_end_to_end`
+//! Environment: `P1_POINTS` (default 200000), `P1_BATCH` points per message
+//! (default 10; 1 = single-point messages), `P1_CONNECTIONS` publisher
+//! connections (default 8), `P1_MOSQUITTO=0` to skip Mosquitto.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use model::config::{Config, RoleName, TokenConfig};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+const TOKEN: &str = "p1-bench-token";
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Pre-serialised messages: (topic, payload, points).
+fn messages(points: usize, batch: usize, run: &str) -> Vec<(String, Vec<u8>, usize)> {
+    let vans = 2000;
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(2);
+    let mut out = Vec::new();
+    let mut n = 0;
+    while n < points {
+        let van = (n / batch) % vans;
+        let reg = format!(
+            "PA{:02}{}",
+            van % 100,
+            [
+                "AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "JJJ", "KKK", "LLL", "MMM",
+                "NNN", "PPP", "RRR", "SSS", "TTT", "UUU", "VVV", "WWW"
+            ][van / 100 % 20]
+        );
+        let k = batch.min(points - n);
+        let items: Vec<String> = (0..k)
+            .map(|i| {
+                let seq = n + i;
+                let ts = t0 + chrono::Duration::milliseconds(seq as i64 * 10);
+                serde_json::json!({
+                    "tracking_id": format!("{run}-{seq}"),
+                    "tracking_timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "vehicle_registration": reg,
+                    "latitude": 52.0 + (seq % 1000) as f64 * 1e-4,
+                    "longitude": -1.5 + (van as f64) * 1e-3,
+                    "speed": 48.0, "bearing": 90.0, "precision_hdop": 1.2,
+                })
+                .to_string()
+            })
+            .collect();
+        let payload = if batch == 1 {
+            items[0].clone().into_bytes()
+        } else {
+            format!("[{}]", items.join(",")).into_bytes()
+        };
+        out.push((format!("movewatch/v1/serco/{reg}/positions"), payload, k));
+        n += k;
+    }
+    out
+}
+
+/// Publishes everything over `connections` QoS 1 connections; returns when all are PUBACKed.
+async fn publish(
+    host: &str,
+    port: u16,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) {
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let msgs = msgs.clone();
+        let host = host.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut o = MqttOptions::new(format!("p1-pub-{c}-{}", std::process::id()), host, port);
+            o.set_keep_alive(Duration::from_secs(30))
+                .set_max_packet_size(1 << 20, 1 << 20)
+                .set_inflight(500);
+            let (client, mut el) = AsyncClient::new(o, 1000);
+            let mine: Vec<usize> = (c..msgs.len()).step_by(connections).collect();
+            let total = mine.len() as u64;
+            let acked = Arc::new(AtomicU64::new(0));
+            let a = acked.clone();
+            let poll = tokio::spawn(async move {
+                loop {
+                    match el.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                            a.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("publisher {c}: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+            for i in mine {
+                let (t, p, _) = &msgs[i];
+                client
+                    .publish(t.clone(), QoS::AtLeastOnce, false, p.clone())
+                    .await
+                    .expect("publish");
+            }
+            while acked.load(Ordering::Relaxed) < total {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            poll.abort();
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+}
+
+/// (a) A bare subscriber that only counts points; returns points/s.
+async fn raw(
+    host: &str,
+    port: u16,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) -> f64 {
+    let total: usize = msgs.iter().map(|m| m.2).sum();
+    let mut o = MqttOptions::new(format!("p1-raw-{}", std::process::id()), host, port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    client
+        .subscribe("movewatch/v1/+/+/positions", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let points = Arc::new(AtomicU64::new(0));
+    let p = points.clone();
+    let (suback_tx, suback) = tokio::sync::oneshot::channel();
+    let mut suback_tx = Some(suback_tx);
+    let counter = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    if let Some(tx) = suback_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(m))) => {
+                    // Count points the cheapest honest way: elements of an array.
+                    let n = if m.payload.first() == Some(&b'[') {
+                        m.payload
+                            .windows(13)
+                            .filter(|w| *w == b"\"tracking_id\"")
+                            .count()
+                    } else {
+                        1
+                    };
+                    p.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("raw subscriber: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), suback).await;
+    let t0 = Instant::now();
+    publish(host, port, msgs, connections).await;
+    while points.load(Ordering::Relaxed) < total as u64 {
+        assert!(t0.elapsed() < Duration::from_secs(600), "raw run stalled");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    counter.abort();
+    total as f64 / secs
+}
+
+/// (b) The full engine with one `fleet` WebSocket client; returns points/s (publish start → all stored).
+async fn engine(
+    mqtt_url: Option<String>,
+    msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
+    connections: usize,
+) -> f64 {
+    let total: usize = msgs.iter().map(|m| m.2).sum();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.mqtt.listen = ingest::broker::free_port("127.0.0.1".parse().expect("ip")).expect("port");
+    c.mqtt.url = mqtt_url;
+    c.mqtt.client_id = format!("p1-engine-{}", movewatch::random_token(6));
+    c.store.url = format!("sqlite://{}/p1.db", dir.path().display());
+    c.sites.files = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv").into()];
+    c.tokens.push(TokenConfig {
+        token: TOKEN.into(),
+        role: RoleName::ControlRoom,
+        sites: vec![],
+        supplier: None,
+    });
+    let e = movewatch::Engine::start(c).await.expect("engine");
+    while !e.mqtt_connected() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={TOKEN}", e.http_addr))
+            .await
+            .expect("ws");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"type":"subscribe","channel":"fleet"}"#.into(),
+    ))
+    .await
+    .expect("subscribe");
+    let frames = Arc::new(AtomicU64::new(0));
+    let f = frames.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(_)) = ws.next().await {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    publish(&e.mqtt_addr.0, e.mqtt_addr.1, msgs, connections).await;
+    loop {
+        let n = e.store.counts().await.expect("counts").positions;
+        if n >= total as i64 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "engine run stalled at {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "    (fleet WebSocket client received {} frames)",
+        frames.load(Ordering::Relaxed)
+    );
+    reader.abort();
+    e.stop();
+    total as f64 / secs
+}
+
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Option<Mosquitto> {
+        let dir = tempfile::tempdir().ok()?;
+        let port = ingest::broker::free_port("127.0.0.1".parse().ok()?)
+            .ok()?
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+                 max_queued_bytes 0\nmax_inflight_messages 1000\npersistence false\n"
+            ),
+        )
+        .ok()?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let points = env("P1_POINTS", 200_000);
+    let batch = env("P1_BATCH", 10).max(1);
+    let connections = env("P1_CONNECTIONS", 8).max(1);
+    println!("P1: {points} points, {batch} per message, {connections} publisher connections");
+    let mut rows = Vec::new();
+
+    // Embedded broker: (a) a standalone embedded broker as the engine starts it; (b) the engine's own.
+    let broker = ingest::broker::start_embedded_broker(ingest::broker::EmbeddedBrokerConfig {
+        listen: ingest::broker::free_port("127.0.0.1".parse().expect("ip")).expect("port"),
+        users: Default::default(),
+        max_inflight: 1000,
+    })
+    .expect("embedded broker");
+    let run = movewatch::random_token(6);
+    let msgs = Arc::new(messages(points, batch, &format!("a{run}")));
+    let a = raw(
+        &broker.addr.ip().to_string(),
+        broker.addr.port(),
+        msgs,
+        connections,
+    )
+    .await;
+    println!("embedded  (a) raw passthrough: {a:>10.0} points/s");
+    let msgs = Arc::new(messages(points, batch, &format!("b{run}")));
+    let b = engine(None, msgs, connections).await;
+    println!(
+        "embedded  (b) full engine:     {b:>10.0} points/s   ratio {:.1} %",
+        100.0 * b / a
+    );
+    rows.push(("embedded", a, b));
+
+    if std::env::var("P1_MOSQUITTO").as_deref() != Ok("0") {
+        match Mosquitto::start() {
+            Some(m) => {
+                let msgs = Arc::new(messages(points, batch, &format!("c{run}")));
+                let a = raw("127.0.0.1", m.port, msgs, connections).await;
+                println!("mosquitto (a) raw passthrough: {a:>10.0} points/s");
+                let msgs = Arc::new(messages(points, batch, &format!("d{run}")));
+                let b = engine(
+                    Some(format!("mqtt://127.0.0.1:{}", m.port)),
+                    msgs,
+                    connections,
+                )
+                .await;
+                println!(
+                    "mosquitto (b) full engine:     {b:>10.0} points/s   ratio {:.1} %",
+                    100.0 * b / a
+                );
+                rows.push(("mosquitto", a, b));
+            }
+            None => println!("mosquitto not available: skipped"),
+        }
+    }
+    println!(
+        "\n| broker | raw passthrough points/s | full engine points/s | ratio |\n|---|---:|---:|---:|"
+    );
+    for (name, a, b) in rows {
+        println!("| {name} | {a:.0} | {b:.0} | {:.1} % |", 100.0 * b / a);
+    }
+}
