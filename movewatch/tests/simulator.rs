@@ -103,7 +103,10 @@ async fn a_seeded_day_matches_its_ground_truth() {
     assert_eq!(report.lost, Some(0), "{}", report.table());
     assert_eq!(report.duplicated_in_store, Some(0));
     assert_eq!(report.ws_duplicates, 0);
-    assert!(report.ws_matched > summary.points / 2, "{}", report.table());
+    // The gateway conflates a slow client's queue to the latest position per
+    // vehicle, so under this burst the fleet client sees at least one frame
+    // per van, not every point (the store check above is the loss check).
+    assert!(report.ws_matched >= 20, "{}", report.table());
     // Moves: registered if the engine has PUT /api/moves, skipped gracefully otherwise.
     assert!(summary.moves_registered.is_some());
 

@@ -28,7 +28,11 @@ use crate::{Store, backoff};
 pub struct WriterConfig {
     /// Commit once this many points (plus events and dead letters) are pending.
     pub max_rows: usize,
-    /// Commit at the latest this long after the first pending batch arrived.
+    /// How long to wait for more batches before committing. Zero (the
+    /// default) commits what is already queued at once: the devices are
+    /// waiting on these acks (the broker's window is closed until they
+    /// come), so waiting for more would only slow everyone; under load the
+    /// queue fills while the previous commit runs, so groups grow by themselves.
     pub max_delay: Duration,
     /// Commits in flight at once; `None`: 2 on PostgreSQL, 1 on SQLite.
     pub max_in_flight: Option<usize>,
@@ -38,7 +42,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             max_rows: 5_000,
-            max_delay: Duration::from_millis(50),
+            max_delay: Duration::ZERO,
             max_in_flight: None,
         }
     }
@@ -79,13 +83,17 @@ pub fn spawn_writer(
             let mut pending_rows = rows(&first);
             pending.push(first);
             while pending_rows < config.max_rows {
-                match tokio::time::timeout_at(deadline.into(), input.recv()).await {
-                    Ok(Some(batch)) => {
-                        pending_rows += rows(&batch);
-                        pending.push(batch);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+                let next = if config.max_delay.is_zero() {
+                    input.try_recv().ok()
+                } else {
+                    tokio::time::timeout_at(deadline.into(), input.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                let Some(batch) = next else { break };
+                pending_rows += rows(&batch);
+                pending.push(batch);
             }
             let (store, healthy) = (store.clone(), healthy.clone());
             in_flight.spawn(async move { commit_with_retry(&store, &mut pending, &healthy).await });
