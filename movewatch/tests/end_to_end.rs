@@ -111,6 +111,17 @@ async fn ten_thousand_points(external_mqtt: Option<&str>, per_message: usize) {
             "{vehicle}'s live position is its last point"
         );
     }
+    // The WebSocket sends were measured: broker receipt to WebSocket send.
+    let metrics = get(engine.http_addr, "/metrics").await;
+    let sent: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("movewatch_pipeline_latency_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        sent > 0.0,
+        "pipeline latency recorded at the WebSocket send"
+    );
     assert_eq!(engine.tracker.len(), 100);
     engine.stop();
 }

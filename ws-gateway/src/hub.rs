@@ -1,6 +1,7 @@
 //! Serialise once, share everywhere.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
@@ -12,6 +13,40 @@ use tracker::Update;
 /// them at once into its own queue (it never waits on the socket), so only a
 /// starved task falls this far behind; it is then re-sent a snapshot.
 pub const CLIENT_BACKLOG: usize = 4096;
+
+/// When a batch was handed over by the broker, shared by every frame of the
+/// batch and every client's copy: the first WebSocket send of any of them
+/// records `movewatch_pipeline_latency_seconds` (broker receipt to
+/// WebSocket send, once per batch, as the contract defines it).
+#[derive(Debug)]
+pub struct LatencyMark {
+    received: Instant,
+    recorded: AtomicBool,
+}
+
+impl LatencyMark {
+    /// A mark for a batch received at `received`.
+    pub fn new(received: Instant) -> Arc<LatencyMark> {
+        Arc::new(LatencyMark {
+            received,
+            recorded: AtomicBool::new(false),
+        })
+    }
+
+    /// A frame carrying this mark was written to a WebSocket.
+    pub fn sent(&self) {
+        if !self.recorded.swap(true, Ordering::Relaxed) {
+            metrics::histogram!("movewatch_pipeline_latency_seconds")
+                .record(self.received.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl PartialEq for LatencyMark {
+    fn eq(&self, other: &Self) -> bool {
+        self.received == other.received
+    }
+}
 
 /// A frame serialised once, with what it concerns for per-client filtering.
 #[derive(Debug, Clone)]
@@ -27,6 +62,8 @@ pub struct SharedFrame {
     /// The `site:{id}` channels that may see it now (the sites of the moves
     /// the vehicle carries, from journey start to 15 min after arrival).
     pub sites: Vec<model::SiteId>,
+    /// For position frames: the batch's broker receipt, for the latency metric.
+    pub mark: Option<Arc<LatencyMark>>,
 }
 
 /// The fleet-wide broadcast.
@@ -75,6 +112,7 @@ impl Hub {
         updates: impl IntoIterator<Item = (Update, Vec<model::SiteId>)>,
         received: Instant,
     ) {
+        let mark = LatencyMark::new(received);
         for (update, sites) in updates {
             let frame = match update {
                 Update::Position { view, supplier } => {
@@ -85,14 +123,13 @@ impl Hub {
                         vehicle: Some(vehicle),
                         supplier: Some(supplier),
                         sites,
+                        mark: Some(mark.clone()),
                     }
                 }
             };
             // No receivers is fine: nobody is watching.
             let _ = self.fleet.send(Arc::new(frame));
         }
-        metrics::histogram!("movewatch_pipeline_latency_seconds")
-            .record(received.elapsed().as_secs_f64());
     }
 
     /// Serialises and broadcasts one frame (`move`, `arrival`, `departure`,
@@ -111,6 +148,7 @@ impl Hub {
             vehicle,
             supplier,
             sites,
+            mark: None,
         }));
     }
 
@@ -122,5 +160,21 @@ impl Hub {
     /// A new receiver of the fleet broadcast.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedFrame>> {
         self.fleet.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_measured_once_however_many_clients_send_it() {
+        let mark = LatencyMark::new(Instant::now());
+        assert!(!mark.recorded.load(Ordering::Relaxed));
+        mark.sent();
+        assert!(mark.recorded.load(Ordering::Relaxed));
+        // Later sends (other clients, other frames of the batch) record nothing more.
+        mark.sent();
+        assert!(mark.recorded.load(Ordering::Relaxed));
     }
 }

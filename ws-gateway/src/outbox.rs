@@ -11,6 +11,11 @@ use axum::extract::ws::Utf8Bytes;
 use model::VehicleId;
 use tokio::sync::Notify;
 
+use crate::hub::LatencyMark;
+
+/// A frame's text with its batch's latency mark, if it has one.
+type Marked = (Utf8Bytes, Option<Arc<LatencyMark>>);
+
 /// The most frames one client may have waiting (positions count once per vehicle).
 pub const MAX_QUEUED: usize = 16_384;
 /// The longest the oldest waiting frame may wait before the client is closed.
@@ -43,22 +48,23 @@ pub const SHUTTING_DOWN: CloseReason = CloseReason {
 };
 
 enum Slot {
-    Frame(Utf8Bytes),
+    Frame(Marked),
     Position(VehicleId),
 }
 
 #[derive(Default)]
 struct Inner {
     order: VecDeque<(Slot, Instant)>,
-    positions: HashMap<VehicleId, Utf8Bytes>,
+    positions: HashMap<VehicleId, Marked>,
     closed: Option<CloseReason>,
 }
 
 /// What the writer takes next.
 #[derive(Debug, PartialEq)]
 pub enum Next {
-    /// A frame to send.
-    Frame(Utf8Bytes),
+    /// A frame to send, with its batch's latency mark (call
+    /// [`LatencyMark::sent`] once it is written).
+    Frame(Utf8Bytes, Option<Arc<LatencyMark>>),
     /// Nothing waiting.
     Empty,
     /// Close with this reason.
@@ -82,7 +88,13 @@ impl Outbox {
     /// Queues a frame; a position (`vehicle` with `conflate`) replaces that
     /// vehicle's waiting position in place. Returns false once the client is
     /// closed (it lagged past a limit; the writer sends the reason).
-    pub fn push(&self, text: Utf8Bytes, conflate: Option<VehicleId>, now: Instant) -> bool {
+    pub fn push(
+        &self,
+        text: Utf8Bytes,
+        mark: Option<Arc<LatencyMark>>,
+        conflate: Option<VehicleId>,
+        now: Instant,
+    ) -> bool {
         let mut q = self.lock();
         if q.closed.is_some() {
             return false;
@@ -90,14 +102,14 @@ impl Outbox {
         match conflate {
             Some(v) => {
                 if let Some(waiting) = q.positions.get_mut(&v) {
-                    *waiting = text;
+                    *waiting = (text, mark);
                     metrics::counter!("movewatch_ws_conflated_total").increment(1);
                 } else {
-                    q.positions.insert(v, text);
+                    q.positions.insert(v, (text, mark));
                     q.order.push_back((Slot::Position(v), now));
                 }
             }
-            None => q.order.push_back((Slot::Frame(text), now)),
+            None => q.order.push_back((Slot::Frame((text, mark)), now)),
         }
         let lagging = q.order.len() > MAX_QUEUED
             || q.order
@@ -132,10 +144,10 @@ impl Outbox {
         }
         while let Some((slot, _)) = q.order.pop_front() {
             match slot {
-                Slot::Frame(t) => return Next::Frame(t),
+                Slot::Frame((t, mark)) => return Next::Frame(t, mark),
                 Slot::Position(v) => {
-                    if let Some(t) = q.positions.remove(&v) {
-                        return Next::Frame(t);
+                    if let Some((t, mark)) = q.positions.remove(&v) {
+                        return Next::Frame(t, mark);
                     }
                 }
             }
@@ -171,10 +183,10 @@ mod tests {
     fn positions_conflate_to_the_latest_per_vehicle_in_their_first_slot() {
         let q = Outbox::default();
         let now = Instant::now();
-        assert!(q.push("a1".into(), Some(v("AA11AAA")), now));
-        assert!(q.push("move".into(), None, now));
-        assert!(q.push("b1".into(), Some(v("BB11BBB")), now));
-        assert!(q.push("a2".into(), Some(v("AA11AAA")), now));
+        assert!(q.push("a1".into(), None, Some(v("AA11AAA")), now));
+        assert!(q.push("move".into(), None, None, now));
+        assert!(q.push("b1".into(), None, Some(v("BB11BBB")), now));
+        assert!(q.push("a2".into(), None, Some(v("AA11AAA")), now));
         assert_eq!(q.len(), 3);
         let got: Vec<Next> = std::iter::from_fn(|| match q.pop() {
             Next::Empty => None,
@@ -184,9 +196,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Next::Frame("a2".into()),
-                Next::Frame("move".into()),
-                Next::Frame("b1".into())
+                Next::Frame("a2".into(), None),
+                Next::Frame("move".into(), None),
+                Next::Frame("b1".into(), None)
             ]
         );
     }
@@ -195,21 +207,26 @@ mod tests {
     fn a_client_lagging_past_the_limit_is_closed_with_a_reason() {
         let q = Outbox::default();
         let t0 = Instant::now();
-        assert!(q.push("old".into(), None, t0));
-        assert!(!q.push("late".into(), None, t0 + MAX_LAG + Duration::from_secs(1)));
+        assert!(q.push("old".into(), None, None, t0));
+        assert!(!q.push(
+            "late".into(),
+            None,
+            None,
+            t0 + MAX_LAG + Duration::from_secs(1)
+        ));
         assert_eq!(q.pop(), Next::Close(TOO_SLOW));
-        assert!(!q.push("more".into(), None, t0));
+        assert!(!q.push("more".into(), None, None, t0));
 
         let q = Outbox::default();
         for i in 0..MAX_QUEUED {
-            assert!(q.push(format!("{i}").into(), None, t0));
+            assert!(q.push(format!("{i}").into(), None, None, t0));
         }
-        assert!(!q.push("one too many".into(), None, t0));
+        assert!(!q.push("one too many".into(), None, None, t0));
         assert_eq!(q.pop(), Next::Close(TOO_SLOW));
         // Positions of one vehicle never fill it.
         let q = Outbox::default();
         for i in 0..MAX_QUEUED * 2 {
-            assert!(q.push(format!("{i}").into(), Some(v("AA11AAA")), t0));
+            assert!(q.push(format!("{i}").into(), None, Some(v("AA11AAA")), t0));
         }
         assert_eq!(q.len(), 1);
     }

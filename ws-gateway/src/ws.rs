@@ -192,7 +192,7 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                     Some(Ok(_)) => vec![],
                 };
                 for text in reply {
-                    if !outbox.push(text, None, Instant::now()) {
+                    if !outbox.push(text, None, None, Instant::now()) {
                         break;
                     }
                 }
@@ -201,7 +201,7 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                 match frame {
                     Ok(frame) if subs.wants(&frame, &access) => {
                         let conflate = if frame.conflate { frame.vehicle } else { None };
-                        if !outbox.push(frame.text.clone(), conflate, Instant::now()) {
+                        if !outbox.push(frame.text.clone(), frame.mark.clone(), conflate, Instant::now()) {
                             tracing::debug!("slow WebSocket client closed");
                             metrics::counter!("movewatch_ws_slow_closed_total").increment(1);
                         }
@@ -213,7 +213,7 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                         tracing::debug!(missed, "WebSocket client resynchronised");
                         metrics::counter!("movewatch_ws_resyncs_total").increment(1);
                         for channel in subs.channels() {
-                            outbox.push(snapshot(&g, &access, &channel), None, Instant::now());
+                            outbox.push(snapshot(&g, &access, &channel), None, None, Instant::now());
                         }
                     }
                     Err(RecvError::Closed) => {
@@ -239,6 +239,7 @@ async fn write_loop(
     let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
     loop {
         // Pings go out on time even while frames are flowing.
+        let mut mark = None;
         let message = if tokio::time::Instant::now() >= next_ping {
             next_ping += PING_EVERY;
             if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
@@ -248,7 +249,10 @@ async fn write_loop(
             Message::Ping(Default::default())
         } else {
             match outbox.pop() {
-                Next::Frame(text) => Message::Text(text),
+                Next::Frame(text, latency) => {
+                    mark = latency;
+                    Message::Text(text)
+                }
                 Next::Close(reason) => {
                     let frame = CloseFrame {
                         code: reason.code,
@@ -269,7 +273,11 @@ async fn write_loop(
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if let Some(mark) = mark {
+                    mark.sent();
+                }
+            }
             // Gone, or stuck for SEND_TIMEOUT: nothing more can be said to it.
             Ok(Err(_)) | Err(_) => return,
         }
