@@ -19,54 +19,6 @@ use model::Reason;
 use movewatch::Engine;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-/// A sent point: vehicle, tracking id, lat, lon.
-type Sent = (String, String, f64, f64);
-/// A message: topic, payload, its points.
-type Message = (String, Vec<u8>, Vec<Sent>);
-
-/// Points of `vans` vans, `messages` messages each of `per_message` points,
-/// in the order a fleet sends them: `(topic, payload, [(vehicle, id, lat, lon)])`.
-fn stream(
-    prefix: &str,
-    vans: usize,
-    messages: usize,
-    per_message: usize,
-    start: chrono::DateTime<chrono::Utc>,
-) -> Vec<Message> {
-    let mut out = Vec::new();
-    for m in 0..messages {
-        for v in 0..vans {
-            let vehicle = format!("{prefix}{v:02}ABC");
-            let mut ids = Vec::new();
-            let points: Vec<_> = (0..per_message)
-                .map(|p| {
-                    let step = (m * per_message + p) as i64;
-                    let (lat, lon) = (
-                        52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
-                        -1.5 + step as f64 * 1e-5,
-                    );
-                    let id = format!("{prefix}-{v}-{step}");
-                    ids.push((vehicle.clone(), id.clone(), lat, lon));
-                    serde_json::json!({
-                        "tracking_id": id,
-                        "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
-                        "vehicle_registration": vehicle,
-                        "latitude": lat,
-                        "longitude": lon,
-                        "speed": 36.0,
-                    })
-                })
-                .collect();
-            out.push((
-                format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                serde_json::to_vec(&points).unwrap(),
-                ids,
-            ));
-        }
-    }
-    out
-}
-
 /// Every tracking id stored for these vehicles, with repeats.
 async fn stored_ids(
     store: &store::Store,
@@ -279,7 +231,11 @@ async fn a_10k_malformed_flood_is_dead_lettered_by_reason_and_good_points_still_
 /// A QoS 1 publisher that sends one message at a time and, until the broker
 /// acknowledges it, sends it again (reconnecting as needed). Returns the
 /// points of the acknowledged messages.
-async fn publish_with_retries(port: u16, messages: Vec<Message>, pause: Duration) -> Vec<Sent> {
+async fn publish_with_retries(
+    port: u16,
+    messages: Vec<StreamMessage>,
+    pause: Duration,
+) -> Vec<SentPoint> {
     let mut options = MqttOptions::new(
         format!("fault-publisher-{}", movewatch::random_token(6)),
         "127.0.0.1",

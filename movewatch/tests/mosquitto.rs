@@ -97,33 +97,14 @@ async fn sigkill_in_the_middle_of_a_50k_point_stream_loses_and_repeats_nothing()
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kill.db");
     let http_addr = free_port();
-    let config_file = dir.path().join("movewatch.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            r#"
-[http]
-listen = "{http_addr}"
-[mqtt]
-url = "{url}"
-client_id = "movewatch-kill-test"
-username = "{ENGINE_USER}"
-password = "{ENGINE_PASSWORD}"
-[store]
-url = "sqlite://{db}"
-[sites]
-files = ["{sites}"]
-[[suppliers]]
-id = "geoamey"
-api_key = "key-geoamey"
-mqtt_password = "pw-geoamey"
-"#,
-            url = broker.url(),
-            db = db.display(),
-            sites = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv"),
-        ),
-    )
-    .unwrap();
+    let config_file = child_config(
+        dir.path(),
+        &broker,
+        http_addr,
+        &db,
+        "movewatch-kill-test",
+        "",
+    );
 
     let mut engine = EngineProcess::spawn(&config_file);
     wait_ready(http_addr).await;
@@ -131,33 +112,13 @@ mqtt_password = "pw-geoamey"
     let (client, acks) =
         publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
     let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let messages = stream("KL", VANS, MESSAGES_PER_VAN, POINTS_PER_MESSAGE, start);
     let publishing = tokio::spawn(async move {
-        for m in 0..MESSAGES_PER_VAN {
-            for v in 0..VANS {
-                let vehicle = format!("KL{v:02}ABC");
-                let points: Vec<_> = (0..POINTS_PER_MESSAGE)
-                    .map(|p| {
-                        let step = (m * POINTS_PER_MESSAGE + p) as i64;
-                        serde_json::json!({
-                            "tracking_id": format!("kill-{v}-{step}"),
-                            "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
-                            "vehicle_registration": vehicle,
-                            "latitude": 52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
-                            "longitude": -1.5 + step as f64 * 1e-5,
-                            "speed": 36.0,
-                        })
-                    })
-                    .collect();
-                client
-                    .publish(
-                        format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                        QoS::AtLeastOnce,
-                        false,
-                        serde_json::to_vec(&points).unwrap(),
-                    )
-                    .await
-                    .unwrap();
-            }
+        for (topic, payload, _) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
         }
         client
     });
@@ -227,7 +188,7 @@ mqtt_password = "pw-geoamey"
     assert_eq!(ids.len(), TOTAL, "no point is missing or repeated");
     for v in 0..VANS {
         for step in 0..MESSAGES_PER_VAN * POINTS_PER_MESSAGE {
-            assert!(ids.contains(&format!("kill-{v}-{step}")));
+            assert!(ids.contains(&format!("KL-{v}-{step}")));
         }
     }
     // Whatever was redelivered after the kill was recognised as a duplicate.

@@ -82,35 +82,15 @@ async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the
     let (client, acks) =
         publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
     let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    let messages = stream("TM", VANS, MESSAGES_PER_VAN, POINTS_PER_MESSAGE, start);
     let publishing = tokio::spawn(async move {
-        for m in 0..MESSAGES_PER_VAN {
-            for v in 0..VANS {
-                let vehicle = format!("TM{v:02}ABC");
-                let points: Vec<_> = (0..POINTS_PER_MESSAGE)
-                    .map(|p| {
-                        let step = (m * POINTS_PER_MESSAGE + p) as i64;
-                        serde_json::json!({
-                            "tracking_id": format!("term-{v}-{step}"),
-                            "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
-                            "vehicle_registration": vehicle,
-                            "latitude": 52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
-                            "longitude": -1.5 + step as f64 * 1e-5,
-                            "speed": 36.0,
-                        })
-                    })
-                    .collect();
-                client
-                    .publish(
-                        format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                        QoS::AtLeastOnce,
-                        false,
-                        serde_json::to_vec(&points).unwrap(),
-                    )
-                    .await
-                    .unwrap();
-            }
+        for (i, (topic, payload, _)) in messages.into_iter().enumerate() {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
             // A stream, not one burst: SIGTERM lands while messages arrive.
-            if m % 10 == 9 {
+            if i % (10 * VANS) == 10 * VANS - 1 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

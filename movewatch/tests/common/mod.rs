@@ -526,6 +526,56 @@ pub async fn stored(db: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+// ---- a fleet stream for the fault tests (faults.rs, mosquitto.rs, shutdown.rs) ----
+
+/// A sent point: vehicle, tracking id, lat, lon.
+pub type SentPoint = (String, String, f64, f64);
+/// A message: topic, payload, its points.
+pub type StreamMessage = (String, Vec<u8>, Vec<SentPoint>);
+
+/// Points of `vans` vans, `messages` messages each of `per_message` points,
+/// in the order a fleet sends them: `(topic, payload, [(vehicle, id, lat, lon)])`.
+pub fn stream(
+    prefix: &str,
+    vans: usize,
+    messages: usize,
+    per_message: usize,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Vec<StreamMessage> {
+    let mut out = Vec::new();
+    for m in 0..messages {
+        for v in 0..vans {
+            let vehicle = format!("{prefix}{v:02}ABC");
+            let mut ids = Vec::new();
+            let points: Vec<_> = (0..per_message)
+                .map(|p| {
+                    let step = (m * per_message + p) as i64;
+                    let (lat, lon) = (
+                        52.0 + v as f64 * 0.01 + step as f64 * 1e-5,
+                        -1.5 + step as f64 * 1e-5,
+                    );
+                    let id = format!("{prefix}-{v}-{step}");
+                    ids.push((vehicle.clone(), id.clone(), lat, lon));
+                    serde_json::json!({
+                        "tracking_id": id,
+                        "tracking_timestamp": (start + chrono::Duration::seconds(step)).to_rfc3339(),
+                        "vehicle_registration": vehicle,
+                        "latitude": lat,
+                        "longitude": lon,
+                        "speed": 36.0,
+                    })
+                })
+                .collect();
+            out.push((
+                format!("movewatch/v1/geoamey/{vehicle}/positions"),
+                serde_json::to_vec(&points).unwrap(),
+                ids,
+            ));
+        }
+    }
+    out
+}
+
 /// A config file for a child engine on `broker` (supplier `geoamey`) with
 /// its store at `db`, HTTP on `http`, and extra TOML appended.
 pub fn child_config(
