@@ -20,6 +20,19 @@ pub enum Access {
     Supplier(SupplierId),
 }
 
+/// A handler taking an `Access` gets the request's token checked first: a
+/// missing or unknown token is answered 401 before the handler runs.
+impl axum::extract::FromRequestParts<crate::Gateway> for Access {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        gateway: &crate::Gateway,
+    ) -> Result<Self, Self::Rejection> {
+        gateway.auth.from_request(&parts.headers, parts.uri.query())
+    }
+}
+
 impl Access {
     /// Whether a site (its fence, its board) is within scope.
     pub fn may_see_site(&self, site: &SiteId) -> bool {

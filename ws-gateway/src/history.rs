@@ -13,7 +13,7 @@
 //! before any data is read.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use geo::{Coord, LineString, SimplifyIdx};
@@ -218,13 +218,9 @@ fn supplier_owns(g: &Gateway, supplier: SupplierId, vehicle: &VehicleId) -> bool
 pub(crate) async fn vehicle_track(
     State(g): State<Gateway>,
     Path(raw_vehicle): Path<String>,
-    headers: HeaderMap,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let access = match g.auth.from_request(&headers, query.as_deref()) {
-        Ok(a) => a,
-        Err(reply) => return reply,
-    };
     let vehicle = match VehicleId::parse(&raw_vehicle) {
         Ok(v) => v,
         Err(e) => return bad_request(e.to_string()),
@@ -276,13 +272,9 @@ pub(crate) async fn vehicle_track(
 pub(crate) async fn move_track(
     State(g): State<Gateway>,
     Path(raw_id): Path<String>,
-    headers: HeaderMap,
+    access: Access,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let access = match g.auth.from_request(&headers, query.as_deref()) {
-        Ok(a) => a,
-        Err(reply) => return reply,
-    };
     let id = match MoveId::parse(&raw_id) {
         Ok(id) => id,
         Err(e) => return bad_request(e.to_string()),

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use geofence::GeofenceEngine;
@@ -122,15 +122,10 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn api_vehicles(
-    State(g): State<Gateway>,
-    headers: HeaderMap,
-    query: axum::extract::RawQuery,
-) -> Response {
-    match g.auth.from_request(&headers, query.0.as_deref()) {
-        Err(r) => r,
-        Ok(Access::ControlRoom) => axum::Json(g.tracker.snapshot()).into_response(),
-        Ok(_) => error(
+async fn api_vehicles(State(g): State<Gateway>, access: Access) -> Response {
+    match access {
+        Access::ControlRoom => axum::Json(g.tracker.snapshot()).into_response(),
+        _ => error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "the vehicle list is for the control room",

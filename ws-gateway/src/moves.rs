@@ -303,13 +303,8 @@ pub(crate) async fn put_move(
 pub(crate) async fn get_move(
     State(g): State<Gateway>,
     Path(raw_id): Path<String>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    access: Access,
 ) -> Response {
-    let access = match g.auth.from_request(&headers, query.as_deref()) {
-        Ok(a) => a,
-        Err(reply) => return reply,
-    };
     let id = match MoveId::parse(&raw_id) {
         Ok(id) => id,
         Err(e) => return bad_request(e.to_string()),

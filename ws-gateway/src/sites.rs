@@ -26,15 +26,7 @@ fn site_json(s: &SiteFence) -> Value {
     v
 }
 
-pub(crate) async fn list(
-    State(g): State<Gateway>,
-    headers: HeaderMap,
-    query: RawQuery,
-) -> Response {
-    let access = match g.auth.from_request(&headers, query.0.as_deref()) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub(crate) async fn list(State(g): State<Gateway>, access: Access) -> Response {
     // Copy out under the lock (the pipeline shares it); serialise after.
     let visible: Vec<SiteFence> = {
         let engine = g
@@ -145,13 +137,8 @@ impl Gateway {
 pub(crate) async fn incoming(
     State(g): State<Gateway>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    query: RawQuery,
+    access: Access,
 ) -> Response {
-    let access = match g.auth.from_request(&headers, query.0.as_deref()) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let forbidden = || {
         error(
             StatusCode::FORBIDDEN,

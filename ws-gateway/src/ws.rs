@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -24,17 +23,12 @@ const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
 pub(crate) async fn upgrade(
     State(g): State<Gateway>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
+    access: Access,
 ) -> Response {
-    match g.auth.from_request(&headers, query.as_deref()) {
-        Err(reply) => reply,
-        Ok(access) => ws
-            .max_message_size(MAX_CLIENT_MESSAGE)
-            .max_frame_size(MAX_CLIENT_MESSAGE)
-            .on_upgrade(move |socket| client(socket, g, access)),
-    }
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| client(socket, g, access))
 }
 
 /// Counts connected clients for `movewatch_ws_clients`.
