@@ -3,11 +3,20 @@
 # Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432), and the
 # browser test of the fleet page against `movewatch demo`.
 #
-#   bash scripts/test.sh
+#   bash scripts/test.sh            # everything that runs in CI
+#   bash scripts/test.sh --soak     # ... then the soak (MOVEWATCH_SOAK_SECS, default 600)
 #
 # On a fresh Debian 12 machine (as root) it installs and starts what is
 # missing with apt-get; anything already present is left alone.
 set -euo pipefail
+
+SOAK=0
+for arg in "$@"; do
+  case "$arg" in
+    --soak) SOAK=1 ;;
+    *) printf 'usage: bash scripts/test.sh [--soak]\n' >&2; exit 2 ;;
+  esac
+done
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -222,6 +231,14 @@ FUZZ_SECONDS="${MOVEWATCH_FUZZ_SECONDS:-15}"
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   step "fuzz smoke: scripts/fuzz.sh all $FUZZ_SECONDS"
   bash scripts/fuzz.sh all "$FUZZ_SECONDS"
+fi
+
+# ---------------------------------------------------------------------------
+# The soak (docs/RELIABILITY.md): engine kills and broker restarts in turn
+# under a steady stream, for MOVEWATCH_SOAK_SECS (default 600).
+if [ "$SOAK" -eq 1 ]; then
+  step "soak: ${MOVEWATCH_SOAK_SECS:-600} s of engine kills and Mosquitto restarts"
+  cargo nextest run -p movewatch --run-ignored only --no-capture -E 'test(soak)'
 fi
 
 # ---------------------------------------------------------------------------

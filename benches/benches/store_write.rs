@@ -71,6 +71,7 @@ fn batches(n: usize, base: DateTime<Utc>, received_at: DateTime<Utc>) -> Vec<Ing
             events: vec![],
             dead_letters: vec![],
             transitions: vec![],
+            derived: Default::default(),
             commit: CommitToken::detached(),
         })
         .collect()

@@ -44,6 +44,7 @@ fn empty_batch(source: Source, commit: CommitToken) -> IngestBatch {
         events: vec![],
         dead_letters: vec![],
         transitions: vec![],
+        derived: Default::default(),
         commit,
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
+use crate::derived::Derived;
 use crate::event::Event;
 use crate::fence::FenceTransition;
 use crate::point::Position;
@@ -122,6 +123,9 @@ pub struct IngestBatch {
     /// pipeline; empty from intake). Committed in the same transaction as
     /// the points, so a crossing is durable no later than the points' ack.
     pub transitions: Vec<FenceTransition>,
+    /// Move changes, completed legs and alerts these points caused (set by
+    /// the pipeline; empty from intake). Committed in the same transaction.
+    pub derived: Derived,
     /// Completed by the store after commit.
     pub commit: CommitToken,
 }

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod config;
 pub mod decode;
+pub mod derived;
 pub mod event;
 pub mod fence;
 pub mod ids;
@@ -23,6 +24,7 @@ pub use decode::{DecodeContext, PayloadError, Shape, WirePoint, format_ts};
 pub use decode::{
     DecodedPayload, MAX_PAYLOAD_BYTES, MAX_POINTS_PER_PAYLOAD, decode_events, decode_positions,
 };
+pub use derived::{AlertRecord, Arrival, Derived, JourneyRecord, MoveRecord};
 pub use event::{Event, EventKind};
 pub use fence::{FenceTransition, TransitionKind};
 pub use ids::{IdError, JourneyId, MoveId, SiteId, SupplierId, VehicleId};

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracker::eta::EtaModel;
 use tracker::moves::{MoveBook, MovesConfig};
 use tracker::{Tracker, TrackerConfig, Update};
-use ws_gateway::moves::{PERSIST_CAPACITY, spawn_persister, spec_of};
+use ws_gateway::moves::{keep_derived, spec_of};
 use ws_gateway::{Auth, Gateway, Hub, Moves, Readiness};
 
 /// Batches between intake and the tracker, and between the tracker and the store.
@@ -62,7 +62,7 @@ pub struct Engine {
     pipeline: JoinHandle<()>,
     writer: JoinHandle<()>,
     server: JoinHandle<()>,
-    /// Maintenance, the alert ticker, the moves persister.
+    /// Maintenance and the alert ticker.
     background: Vec<JoinHandle<()>>,
 }
 
@@ -204,6 +204,11 @@ fn observe_fences(geofence: &Mutex<GeofenceEngine>, batch: &mut IngestBatch) {
 /// How often the time-based alerts (`gps_gap`, `device_silent`, `stopped`) are checked.
 pub const ALERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Alerts read back on start: those of the last day, at most this many.
+const RESTORED_ALERTS: i64 = 10_000;
+/// How far back those alerts go, hours.
+const RESTORED_ALERTS_H: i64 = 24;
+
 /// Arrivals the ETA model learns from on start.
 const ETA_HISTORY: i64 = 20_000;
 
@@ -294,7 +299,7 @@ impl Engine {
         for p in &restored {
             suppliers.claim(p.vehicle, p.supplier);
         }
-        tracker.restore(restored);
+        tracker.restore(restored.iter().cloned());
         // Vehicles inside a site when the engine stopped are inside it still:
         // their next fix there is no new arrival.
         let crossings = store
@@ -334,9 +339,21 @@ impl Engine {
         for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {
             book.restore_inside(c.vehicle, &c.site);
         }
-        let (persist_tx, persist_rx) = mpsc::channel(PERSIST_CAPACITY);
-        let persister = spawn_persister(store.clone(), persist_rx);
-        let moves = Moves::new(book, Some(persist_tx));
+        // Where each vehicle was, and the alerts already raised, so a restart
+        // raises none twice; then estimates, so the boards have times at once.
+        for p in &restored {
+            book.restore_fix(p);
+        }
+        let raised = store
+            .alerts_since(
+                now - chrono::Duration::hours(RESTORED_ALERTS_H),
+                RESTORED_ALERTS,
+            )
+            .await
+            .context("cannot read the alerts already raised back from the store")?;
+        book.restore_alerts(&raised, now);
+        let estimated = book.restore_estimates();
+        let moves = Moves::new(book);
 
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
@@ -440,7 +457,8 @@ impl Engine {
                     observe_fences(&geofence, &mut batch);
                     let (updates, outputs) = observe_moves(&moves, &tracker, &batch, updates);
                     hub.publish_scoped(updates, batch.received);
-                    moves.dispatch(&hub, &tracker, outputs).await;
+                    // What these points caused is committed with them.
+                    batch.derived = moves.dispatch(&hub, &tracker, outputs);
                     if store_tx.send(batch).await.is_err() {
                         break;
                     }
@@ -450,15 +468,25 @@ impl Engine {
             })
         };
 
+        // Time-based alerts. Each is stamped when its condition began, so one
+        // not yet saved when the engine stops is raised again, identically,
+        // after the restart (and one saved is not: `restore_alerts`).
         let ticker = {
-            let (tracker, hub, moves) = (tracker.clone(), hub.clone(), moves.clone());
+            let (tracker, hub, moves, store) =
+                (tracker.clone(), hub.clone(), moves.clone(), store.clone());
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(ALERT_TICK);
+                let _ =
+                    keep_derived(&store, &moves.dispatch(&hub, &tracker, estimated), false).await;
+                // The first tick one period after start, when clients may be
+                // connected, as every later one.
+                let mut every =
+                    tokio::time::interval_at(tokio::time::Instant::now() + ALERT_TICK, ALERT_TICK);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
                     let outputs = moves.lock().tick(chrono::Utc::now());
-                    moves.dispatch(&hub, &tracker, outputs).await;
+                    let keep = moves.dispatch(&hub, &tracker, outputs);
+                    let _ = keep_derived(&store, &keep, false).await;
                 }
             })
         };
@@ -524,7 +552,7 @@ impl Engine {
             pipeline,
             writer,
             server,
-            background: vec![maintenance, ticker, persister],
+            background: vec![maintenance, ticker],
         })
     }
 

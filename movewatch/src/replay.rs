@@ -104,14 +104,11 @@ impl Replay {
             supplier: None,
         });
         // Replay has no moves of its own (the registry is live-only).
-        let moves = ws_gateway::Moves::new(
-            tracker::moves::MoveBook::new(
-                &sites,
-                tracker::moves::MovesConfig::default(),
-                tracker::eta::EtaModel::default(),
-            ),
-            None,
-        );
+        let moves = ws_gateway::Moves::new(tracker::moves::MoveBook::new(
+            &sites,
+            tracker::moves::MovesConfig::default(),
+            tracker::eta::EtaModel::default(),
+        ));
         // No broker is needed, and nothing is written: both count as ready.
         let gateway = Gateway {
             tracker: tracker.clone(),
@@ -211,6 +208,7 @@ impl Replay {
                         events: vec![],
                         dead_letters: vec![],
                         transitions: vec![],
+                        derived: Default::default(),
                         commit: CommitToken::detached(),
                     };
                     let updates = self.tracker.apply(&mut batch);

@@ -1,13 +1,15 @@
 //! Fault tests (issue #9), bounded so that they run in the normal suite:
 //!
 //! - the engine killed with SIGKILL three times during a stream: every point
-//!   stored exactly once;
+//!   and every breakdown alert stored exactly once;
 //! - a 10,000-message malformed flood interleaved with good traffic: every
 //!   good point stored, every bad message dead-lettered by reason, the
 //!   engine ready throughout;
 //! - Mosquitto (persistent) restarted three times under load: every point
 //!   the publisher got a PUBACK for stored exactly once, and the live state
-//!   ends on each vehicle's last point.
+//!   ends on each vehicle's last point;
+//! - behind a flag (`scripts/test.sh --soak`): both faults in turn for ten
+//!   minutes under a steady stream with breakdown reports.
 
 mod common;
 
@@ -43,6 +45,7 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     const MESSAGES: usize = 150;
     const PER_MESSAGE: usize = 10;
     const TOTAL: usize = VANS * MESSAGES * PER_MESSAGE;
+    const BREAKDOWNS: usize = 3;
 
     let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
     let dir = tempfile::tempdir().unwrap();
@@ -60,11 +63,37 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     wait_ready(http_addr).await;
 
     let start = chrono::Utc::now() - chrono::Duration::hours(2);
-    let messages = stream("KT", VANS, MESSAGES, PER_MESSAGE, start);
+    let mut messages: Vec<(String, Vec<u8>)> = stream("KT", VANS, MESSAGES, PER_MESSAGE, start)
+        .into_iter()
+        .map(|(topic, payload, _)| (topic, payload))
+        .collect();
+    // Each van reports a breakdown three times, spread over the stream, so
+    // some alerts are derived around the kills: each must be kept once.
+    let whole_second = chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap();
+    let breakdown_at =
+        move |round: usize| whole_second + chrono::Duration::minutes(round as i64 * 10 + 1);
+    for round in (0..BREAKDOWNS).rev() {
+        let at = (round + 1) * messages.len() / (BREAKDOWNS + 1);
+        for v in 0..VANS {
+            let vehicle = format!("KT{v:02}ABC");
+            let event = serde_json::json!({
+                "event_type": "PersonMoveVehicleBrokeDown",
+                "occurred_at": breakdown_at(round).to_rfc3339(),
+            });
+            messages.insert(
+                at,
+                (
+                    format!("movewatch/v1/geoamey/{vehicle}/events"),
+                    serde_json::to_vec(&event).unwrap(),
+                ),
+            );
+        }
+    }
+    let sent = messages.len();
     let (client, acks) =
         publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
     let publishing = tokio::spawn(async move {
-        for (i, (topic, payload, _)) in messages.into_iter().enumerate() {
+        for (i, (topic, payload)) in messages.into_iter().enumerate() {
             client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
@@ -100,7 +129,7 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     let client = publishing.await.unwrap();
     wait_for(120, "the broker to acknowledge every message", || {
         let acked = acks.borrow().acked;
-        async move { (acked == (VANS * MESSAGES) as u64).then_some(()) }
+        async move { (acked == sent as u64).then_some(()) }
     })
     .await;
     let db_path = db.clone();
@@ -134,6 +163,27 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
         letters.iter().all(|(r, _)| *r == Reason::Duplicate),
         "only redelivery duplicates are dead-lettered: {letters:?}"
     );
+    // Every breakdown alert kept, none twice (a second with another time or
+    // detail would be a second row).
+    let kept: Vec<(String, chrono::DateTime<chrono::Utc>)> = store
+        .alerts_since(start - chrono::Duration::hours(1), 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            assert_eq!(a.kind, "breakdown", "{a:?}");
+            (a.vehicle.to_string(), a.ts)
+        })
+        .collect();
+    let mut expected: Vec<_> = (0..VANS)
+        .flat_map(|v| {
+            (0..BREAKDOWNS).map(move |round| (format!("KT{v:02}ABC"), breakdown_at(round)))
+        })
+        .collect();
+    expected.sort();
+    let mut got = kept;
+    got.sort();
+    assert_eq!(got, expected, "each breakdown alert exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,4 +408,224 @@ async fn three_mosquitto_restarts_under_load_lose_no_acknowledged_point() {
         );
     }
     engine.stop();
+}
+
+/// The soak's length: `MOVEWATCH_SOAK_SECS`, default ten minutes.
+fn soak_length() -> Duration {
+    let secs = std::env::var("MOVEWATCH_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// The long run behind a flag (`scripts/test.sh --soak`): a steady stream with
+/// breakdown reports while the engine is SIGKILLed and Mosquitto restarted in
+/// turn, every 20–40 s, for [`soak_length`]. Afterwards every acknowledged
+/// point is stored once, every breakdown alert once, and the live state is
+/// each van's last point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with scripts/test.sh --soak (MOVEWATCH_SOAK_SECS, default 600)"]
+async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing() {
+    const VANS: usize = 10;
+    const PER_MESSAGE: usize = 5;
+    let length = soak_length();
+    // The publisher sends at most 100 messages a second (one at a time, 10 ms
+    // apart); make that many for the whole soak, and stop it when the soak ends.
+    let messages_per_van = (length.as_secs() as usize * 100 / VANS).max(50);
+
+    let mut broker = Mosquitto::start_persistent(&[("geoamey", "pw-geoamey")]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("soak.db");
+    let http_addr = free_port();
+    let config_file = child_config(
+        dir.path(),
+        &broker,
+        http_addr,
+        &db,
+        &format!("movewatch-soak-{}", movewatch::random_token(6)),
+        "",
+    );
+    let mut engine = EngineProcess::spawn(&config_file);
+    wait_ready(http_addr).await;
+
+    let start = chrono::Utc::now() - chrono::Duration::hours(6);
+    let whole_second = chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap();
+    let mut messages = stream("SK", VANS, messages_per_van, PER_MESSAGE, start);
+    // A breakdown report per van every 200 of its messages.
+    let mut breakdowns = Vec::new();
+    for round in (1..=messages_per_van / 200).rev() {
+        for v in 0..VANS {
+            let vehicle = format!("SK{v:02}ABC");
+            let at = whole_second + chrono::Duration::seconds((round * 200 * PER_MESSAGE) as i64);
+            let event = serde_json::json!({
+                "event_type": "PersonMoveVehicleBrokeDown",
+                "occurred_at": at.to_rfc3339(),
+            });
+            messages.insert(
+                round * 200 * VANS,
+                (
+                    format!("movewatch/v1/geoamey/{vehicle}/events"),
+                    serde_json::to_vec(&event).unwrap(),
+                    vec![(
+                        vehicle.clone(),
+                        format!("event-{round}"),
+                        f64::NAN,
+                        f64::NAN,
+                    )],
+                ),
+            );
+            breakdowns.push((vehicle, at));
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publishing = tokio::spawn(publish_until(broker.port, messages, stop_rx));
+
+    let mut rng_state = 0x5eed_u64;
+    let mut next_pause = || {
+        // xorshift: deterministic 20–40 s pauses.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        Duration::from_secs(20 + rng_state % 21)
+    };
+    let began = tokio::time::Instant::now();
+    let mut faults = 0;
+    while began.elapsed() + Duration::from_secs(20) < length {
+        tokio::time::sleep(next_pause()).await;
+        if faults % 2 == 0 {
+            engine.kill();
+            engine = EngineProcess::spawn(&config_file);
+            wait_ready(http_addr).await;
+        } else {
+            tokio::task::block_in_place(|| broker.restart());
+        }
+        faults += 1;
+        eprintln!(
+            "soak: fault {faults} at {:.0} s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    // Err: the publisher ran out of messages already.
+    let _ = stop_tx.send(true);
+    let acked = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("the publisher stops")
+        .unwrap();
+    let (events, points): (Vec<_>, Vec<_>) = acked.into_iter().partition(|p| p.2.is_nan());
+    assert!(
+        !sent_everything(&points, messages_per_van * VANS * PER_MESSAGE),
+        "the stream lasted the whole soak"
+    );
+    assert!(
+        faults >= 2 || length < Duration::from_secs(60),
+        "faults happened: {faults}"
+    );
+    let db_path = db.clone();
+    let expected = points.len() as i64;
+    wait_for(120, "every acknowledged point in the store", || {
+        let db = db_path.clone();
+        async move { (stored(&db).await >= expected).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The live state: each van's last acknowledged point.
+    let vehicles = http(
+        "GET",
+        http_addr,
+        "/api/vehicles",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await;
+    assert_eq!(vehicles.status, 200, "{}", vehicles.body);
+    let vehicles: serde_json::Value = serde_json::from_str(&vehicles.body).unwrap();
+    for v in 0..VANS {
+        let vehicle = format!("SK{v:02}ABC");
+        let Some((_, id, lat, lon)) = points.iter().rev().find(|p| p.0 == vehicle) else {
+            continue;
+        };
+        let live = vehicles
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["vehicle"] == vehicle.as_str()))
+            .unwrap_or_else(|| panic!("{vehicle} is live: {vehicles}"));
+        assert!(
+            (live["lat"].as_f64().unwrap() - lat).abs() < 1e-9
+                && (live["lon"].as_f64().unwrap() - lon).abs() < 1e-9,
+            "{vehicle}: live {live} but last point {id} is {lat},{lon}"
+        );
+    }
+    engine.kill();
+
+    let store = store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let ids = stored_ids(
+        &store,
+        (0..VANS).map(|v| format!("SK{v:02}ABC")),
+        start - chrono::Duration::hours(1),
+    )
+    .await;
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no point stored twice");
+    for (_, id, _, _) in &points {
+        assert!(unique.contains(id), "{id} acknowledged but not stored");
+    }
+    let acked_breakdowns: HashSet<(String, chrono::DateTime<chrono::Utc>)> = events
+        .iter()
+        .map(|(vehicle, id, _, _)| {
+            let round: usize = id.trim_start_matches("event-").parse().unwrap();
+            (
+                vehicle.clone(),
+                whole_second + chrono::Duration::seconds((round * 200 * PER_MESSAGE) as i64),
+            )
+        })
+        .collect();
+    let mut kept: Vec<_> = store
+        .alerts_since(start - chrono::Duration::hours(1), 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.vehicle.to_string(), a.ts))
+        .collect();
+    kept.sort();
+    let kept_set: HashSet<_> = kept.iter().cloned().collect();
+    for b in &acked_breakdowns {
+        assert!(
+            kept_set.contains(b),
+            "breakdown {b:?} acknowledged but its alert lost"
+        );
+    }
+    assert!(
+        kept_set.iter().all(|k| breakdowns.contains(k)),
+        "only the reported breakdowns alerted: {kept:?}"
+    );
+    eprintln!(
+        "soak: {} s, {faults} faults, {} points and {} breakdowns acknowledged, all stored once",
+        began.elapsed().as_secs(),
+        points.len(),
+        acked_breakdowns.len()
+    );
+}
+
+/// True when every message was sent: the stream may have ended before the faults did.
+fn sent_everything(points: &[SentPoint], all: usize) -> bool {
+    points.len() >= all
+}
+
+/// As [`publish_with_retries`], until `stop` turns true.
+async fn publish_until(
+    port: u16,
+    messages: Vec<StreamMessage>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<SentPoint> {
+    let mut acked = Vec::new();
+    for chunk in messages.chunks(100) {
+        if *stop.borrow() {
+            break;
+        }
+        acked.extend(publish_with_retries(port, chunk.to_vec(), Duration::from_millis(10)).await);
+    }
+    acked
 }

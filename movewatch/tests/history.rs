@@ -61,6 +61,7 @@ async fn seed(engine: &Engine) {
         events: vec![],
         dead_letters: vec![],
         transitions: vec![],
+        derived: Default::default(),
         commit: CommitToken::detached(),
     };
     engine.tracker.apply(&mut batch);

@@ -213,8 +213,8 @@ async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_onl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ticker_raises_gps_gap_and_device_silent_for_a_van_in_transit() {
-    tokio::time::timeout(Duration::from_secs(90), async {
+async fn the_ticker_raises_gps_gap_and_device_silent_once_even_across_a_restart() {
+    tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::start(config(dir.path(), None)).await.unwrap();
         let van = "SI13NT";
@@ -230,7 +230,8 @@ async fn the_ticker_raises_gps_gap_and_device_silent_for_a_van_in_transit() {
             "event_type": "MoveStart", "occurred_at": base(7).to_rfc3339(), "move_id": "m-q"
         })).await;
         // Its last point is six minutes old.
-        publish(&client, van, "positions", &fix("q-1", van, base(6), (53.75, -0.5), 50.0)).await;
+        let last_fix = base(6);
+        publish(&client, van, "positions", &fix("q-1", van, last_fix, (53.75, -0.5), 50.0)).await;
         let seen = frames_until(&mut fleet, 30, |f| f["type"] == "alert" && f["kind"] == "device_silent").await;
         let alerts: Vec<_> = of_type(&seen, "alert").into_iter().map(|a| (a["kind"].as_str().unwrap().to_owned(), a["move_id"].as_str().map(str::to_owned))).collect();
         assert_eq!(
@@ -240,6 +241,51 @@ async fn the_ticker_raises_gps_gap_and_device_silent_for_a_van_in_transit() {
         // Once each per silence.
         let more = frames_until(&mut fleet, 7, |_| false).await;
         assert!(of_type(&more, "alert").is_empty(), "{more:?}");
+        let kept = |engine: &Engine| {
+            let store = engine.store.clone();
+            async move {
+                let mut kinds: Vec<_> = store
+                    .alerts_since(base(60), 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|a| (a.kind, a.move_id.map(|m| m.to_string()), a.ts))
+                    .collect();
+                kinds.sort();
+                kinds
+            }
+        };
+        let before = kept(&engine).await;
+        assert_eq!(
+            before.iter().map(|(k, m, _)| (k.as_str(), m.as_deref())).collect::<Vec<_>>(),
+            vec![("device_silent", Some("m-q")), ("gps_gap", Some("m-q"))],
+            "both alerts are stored"
+        );
+        // Stamped when the silence began to count, not when the ticker saw it.
+        assert!(before.iter().any(|(k, _, ts)| k == "gps_gap" && *ts == last_fix + chrono::Duration::seconds(60)));
+        assert!(before.iter().any(|(k, _, ts)| k == "device_silent" && *ts == last_fix + chrono::Duration::minutes(5)));
+        engine.stop();
+
+        // A restart on the same store: the silence goes on, but both alerts
+        // were raised already; the control room sees them once, in the snapshot.
+        let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+        let mut fleet = subscribe(&engine, TOKEN, "fleet").await;
+        let seen = frames_until(&mut fleet, 12, |_| false).await;
+        let snapshot = seen.iter().find(|f| f["type"] == "snapshot").expect("a snapshot first");
+        let mut in_snapshot: Vec<_> = snapshot["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_owned())
+            .collect();
+        in_snapshot.sort();
+        assert_eq!(in_snapshot, ["device_silent", "gps_gap"]);
+        assert!(of_type(&seen, "alert").is_empty(), "raised again after the restart: {seen:?}");
+        assert_eq!(kept(&engine).await, before, "nothing stored twice");
+        // The move is still in transit, with an estimate from the restored fix.
+        let m = get_move(&engine, "m-q", TOKEN).await.json();
+        assert_eq!(m["status"], "in_transit");
+        assert!(m["eta"].is_string(), "an ETA right after the restart: {m}");
         engine.stop();
     })
     .await

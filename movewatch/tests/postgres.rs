@@ -164,8 +164,11 @@ impl Proxy {
     }
 }
 
+/// How long the database is away.
+const OUTAGE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_withholds_acks_and_loses_nothing() {
+async fn a_60_s_database_outage_withholds_acks_and_loses_nothing() {
     let db = FreshDb::create().await;
     let direct = store::Store::open(&db.url_via("127.0.0.1:5432"))
         .await
@@ -181,17 +184,41 @@ async fn a_database_outage_withholds_acks_and_loses_nothing() {
     assert_eq!(wait_for_positions(&engine, 200).await, 200);
 
     proxy.cut().await;
-    publish(&client, "PG22BBB", 200..500).await;
+    let cut_at = tokio::time::Instant::now();
+    publish(&client, "PG22BBB", 200..350).await;
+    // A breakdown reported during the outage: its alert must be kept, once.
+    let breakdown_at =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - 600, 0).unwrap();
+    client
+        .publish(
+            "movewatch/v1/serco/PG22BBB/events",
+            QoS::AtLeastOnce,
+            false,
+            serde_json::json!({
+                "event_type": "PersonMoveVehicleBrokeDown",
+                "occurred_at": breakdown_at.to_rfc3339(),
+            })
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    publish(&client, "PG22BBB", 350..500).await;
     let addr = engine.http_addr;
     wait_for(60, "/readyz to report the database outage", || async move {
         (http("GET", addr, "/readyz", &[], b"").await.status == 503).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The database stays away for 60 s.
+    tokio::time::sleep_until(cut_at + OUTAGE).await;
     assert_eq!(
         stored(&direct).await,
         200,
         "nothing is written during the outage"
+    );
+    assert_eq!(
+        http("GET", addr, "/readyz", &[], b"").await.status,
+        503,
+        "still not ready"
     );
 
     proxy.restore().await;
@@ -217,6 +244,21 @@ async fn a_database_outage_withholds_acks_and_loses_nothing() {
         .unwrap();
     let ids: std::collections::HashSet<_> = track.into_iter().map(|p| p.tracking_id).collect();
     assert_eq!(ids.len(), 500);
+    // The live state is the stream's newest point (the ids count down in time).
+    let live = engine.tracker.get(&"PG22BBB".parse().unwrap()).unwrap();
+    assert_eq!(live.latest.tracking_id, "pg-PG22BBB-499");
+    let alerts = direct
+        .alerts_since(breakdown_at - chrono::Duration::minutes(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        alerts
+            .iter()
+            .map(|a| (a.kind.as_str(), a.ts))
+            .collect::<Vec<_>>(),
+        vec![("breakdown", breakdown_at)],
+        "the alert raised during the outage is kept once"
+    );
     engine.stop();
     drop(direct);
     db.drop_now().await;

@@ -55,6 +55,7 @@ async fn replay_streams_stored_points_in_time_order() {
                 events: vec![],
                 dead_letters: vec![],
                 transitions: vec![],
+                derived: Default::default(),
                 commit: CommitToken::detached(),
             };
             store.write(&[batch]).await.unwrap();

@@ -34,7 +34,9 @@ pub use pg_layout::{
     native_positions_ddl, partition_day, partition_name, partitions_to_create, partitions_to_drop,
     timescale_positions_ddl,
 };
-pub use records::{Arrival, FenceTransition, JourneyRecord, MoveRecord, TransitionKind};
+pub use records::{
+    AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, TransitionKind,
+};
 pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
 
 /// A store failure.
@@ -306,7 +308,24 @@ impl Store {
         dispatch!(self, s => s.latest_fence_transitions().await)
     }
 
-    /// Records a completed leg for ETA learning.
+    /// Writes move changes, completed legs and alerts that did not come with
+    /// a points' batch (the alert ticker, `PUT /api/moves`) in one
+    /// transaction. A repeated arrival or alert is ignored; a batch's own
+    /// [`IngestBatch::derived`] is written by [`Store::write`] with its points.
+    pub async fn write_derived(&self, derived: &Derived) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_derived(derived).await)
+    }
+
+    /// Alerts raised at or after `since`, oldest first, at most `limit`.
+    pub async fn alerts_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        dispatch!(self, s => s.alerts_since(since, limit).await)
+    }
+
+    /// Records a completed leg for ETA learning (a repeat is ignored).
     pub async fn insert_arrival(&self, arrival: &Arrival) -> Result<(), StoreError> {
         dispatch!(self, s => s.insert_arrival(arrival).await)
     }

@@ -1,62 +1,10 @@
-//! Typed rows for moves, journeys, fence transitions and arrivals: the tables
-//! later issues (moves API, geofencing, ETA learning) read and write.
+//! Typed rows for moves, journeys, fence transitions, arrivals and alerts (the
+//! types live in `model`, since they ride on the batch), and row parsing helpers.
 
-use chrono::{DateTime, NaiveDate, Utc};
+pub use model::{AlertRecord, Arrival, Derived, JourneyRecord, MoveRecord};
 pub use model::{FenceTransition, TransitionKind};
-use model::{JourneyId, MoveId, SiteId, VehicleId};
 
 use crate::StoreError;
-
-/// A move as booked (`PUT /api/moves/{id}`), with its journeys.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MoveRecord {
-    /// The move id (BaSM uses UUIDs).
-    pub id: MoveId,
-    /// The human reference of the move.
-    pub reference: String,
-    /// Where the move starts.
-    pub from_location: SiteId,
-    /// Where the move ends.
-    pub to_location: SiteId,
-    /// The day the move is booked for.
-    pub date: NaiveDate,
-    /// The contract's status string (`booked`, `in_transit`, `arrived`, `completed`, `cancelled`).
-    pub status: String,
-    /// The legs of the move, in order.
-    pub journeys: Vec<JourneyRecord>,
-}
-
-/// One leg of a move.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JourneyRecord {
-    /// The journey id.
-    pub id: JourneyId,
-    /// Where the leg starts.
-    pub from_location: SiteId,
-    /// Where the leg ends.
-    pub to_location: SiteId,
-    /// The vehicle, once known.
-    pub vehicle: Option<VehicleId>,
-}
-
-/// A completed leg, the history ETA learning draws on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Arrival {
-    /// The move that arrived.
-    pub move_id: MoveId,
-    /// The vehicle that carried it.
-    pub vehicle: VehicleId,
-    /// Where it arrived.
-    pub site: SiteId,
-    /// Where it came from.
-    pub from_location: SiteId,
-    /// When it left `from_location`.
-    pub departed_at: DateTime<Utc>,
-    /// When it entered the fence of `site`.
-    pub arrived_at: DateTime<Utc>,
-    /// Distance driven, metres.
-    pub distance_m: f64,
-}
 
 /// Parses a stored id, reporting a bad one as a corrupt row.
 pub(crate) fn id<T>(

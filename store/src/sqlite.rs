@@ -14,9 +14,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use crate::records::{self, Arrival, FenceTransition, JourneyRecord, MoveRecord};
+use crate::records::{
+    self, AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord,
+};
 use crate::{Counts, PositionCursor, RetentionReport, StoreError, from_micros, to_micros};
 
 /// Rows per INSERT statement: 16 columns × 500 stays under SQLite's 32766 bound variables.
@@ -152,6 +154,7 @@ impl SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
+        write_derived_in(&mut tx, batches.iter().map(|b| &b.derived)).await?;
 
         tx.commit().await?;
         Ok(outcomes)
@@ -312,45 +315,47 @@ impl SqliteStore {
 
     pub(crate) async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO moves (id, reference, from_location, to_location, move_date, status, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET reference = excluded.reference,
-               from_location = excluded.from_location, to_location = excluded.to_location,
-               move_date = excluded.move_date, status = excluded.status, updated_at = excluded.updated_at",
-        )
-        .bind(m.id.as_str())
-        .bind(m.reference.as_str())
-        .bind(m.from_location.as_str())
-        .bind(m.to_location.as_str())
-        .bind(m.date)
-        .bind(m.status.as_str())
-        .bind(to_micros(&Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM journeys WHERE move_id = ?")
-            .bind(m.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for (seq, j) in m.journeys.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO journeys (id, move_id, seq, from_location, to_location, vehicle)
-                 VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET move_id = excluded.move_id, seq = excluded.seq,
-                   from_location = excluded.from_location, to_location = excluded.to_location,
-                   vehicle = excluded.vehicle",
-            )
-            .bind(j.id.as_str())
-            .bind(m.id.as_str())
-            .bind(seq as i64)
-            .bind(j.from_location.as_str())
-            .bind(j.to_location.as_str())
-            .bind(j.vehicle.as_ref().map(VehicleId::as_str))
-            .execute(&mut *tx)
-            .await?;
-        }
+        upsert_move_in(&mut tx, m).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Move changes, arrivals and alerts outside a points' batch (the alert
+    /// ticker, `PUT /api/moves`), in one transaction.
+    pub(crate) async fn write_derived(&self, d: &Derived) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        write_derived_in(&mut tx, std::iter::once(d)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn alerts_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, vehicle, move_id, ts, detail FROM alerts WHERE ts >= ?
+             ORDER BY ts, id LIMIT ?",
+        )
+        .bind(to_micros(&since))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let move_id: &str = r.try_get(2)?;
+                Ok(AlertRecord {
+                    kind: r.try_get(0)?,
+                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
+                    move_id: (!move_id.is_empty())
+                        .then(|| records::id(MoveId::parse, move_id))
+                        .transpose()?,
+                    ts: from_micros(r.try_get(3)?)?,
+                    detail: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
@@ -531,20 +536,8 @@ impl SqliteStore {
     }
 
     pub(crate) async fn insert_arrival(&self, a: &Arrival) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO arrivals (move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(a.move_id.as_str())
-        .bind(a.vehicle.as_str())
-        .bind(a.site.as_str())
-        .bind(a.from_location.as_str())
-        .bind(to_micros(&a.departed_at))
-        .bind(to_micros(&a.arrived_at))
-        .bind(a.distance_m)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_arrival_in(&mut conn, a).await
     }
 
     pub(crate) async fn arrivals(
@@ -576,6 +569,96 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+/// Upserts a move and replaces its journeys, inside `conn`'s transaction.
+async fn upsert_move_in(conn: &mut SqliteConnection, m: &MoveRecord) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO moves (id, reference, from_location, to_location, move_date, status, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET reference = excluded.reference,
+               from_location = excluded.from_location, to_location = excluded.to_location,
+               move_date = excluded.move_date, status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(m.id.as_str())
+        .bind(m.reference.as_str())
+        .bind(m.from_location.as_str())
+        .bind(m.to_location.as_str())
+        .bind(m.date)
+        .bind(m.status.as_str())
+        .bind(to_micros(&Utc::now()))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM journeys WHERE move_id = ?")
+        .bind(m.id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    for (seq, j) in m.journeys.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO journeys (id, move_id, seq, from_location, to_location, vehicle)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET move_id = excluded.move_id, seq = excluded.seq,
+                   from_location = excluded.from_location, to_location = excluded.to_location,
+                   vehicle = excluded.vehicle",
+        )
+        .bind(j.id.as_str())
+        .bind(m.id.as_str())
+        .bind(seq as i64)
+        .bind(j.from_location.as_str())
+        .bind(j.to_location.as_str())
+        .bind(j.vehicle.as_ref().map(VehicleId::as_str))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records a completed leg; a repeat is ignored.
+async fn insert_arrival_in(conn: &mut SqliteConnection, a: &Arrival) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO arrivals (move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(a.move_id.as_str())
+    .bind(a.vehicle.as_str())
+    .bind(a.site.as_str())
+    .bind(a.from_location.as_str())
+    .bind(to_micros(&a.departed_at))
+    .bind(to_micros(&a.arrived_at))
+    .bind(a.distance_m)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes what the pipeline derived (moves, arrivals, alerts) inside `conn`'s
+/// transaction; a repeated arrival or alert is ignored.
+async fn write_derived_in<'a>(
+    conn: &mut SqliteConnection,
+    derived: impl Iterator<Item = &'a Derived>,
+) -> Result<(), StoreError> {
+    for d in derived {
+        for m in &d.moves {
+            upsert_move_in(conn, m).await?;
+        }
+        for a in &d.arrivals {
+            insert_arrival_in(conn, a).await?;
+        }
+        for a in &d.alerts {
+            sqlx::query(
+                "INSERT INTO alerts (kind, vehicle, move_id, ts, detail) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(a.kind.as_str())
+            .bind(a.vehicle.as_str())
+            .bind(a.move_id.as_ref().map_or("", MoveId::as_str))
+            .bind(to_micros(&a.ts))
+            .bind(a.detail.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn move_from_row(row: &SqliteRow) -> Result<MoveRecord, StoreError> {

@@ -12,8 +12,8 @@ use model::{
     SupplierId, VehicleId,
 };
 use movewatch_store::{
-    Arrival, FenceTransition, JourneyRecord, MoveRecord, PositionCursor, TransitionKind,
-    WriterConfig, spawn_writer,
+    AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, PositionCursor,
+    TransitionKind, WriterConfig, spawn_writer,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +57,7 @@ conformance!(
     fence_transitions_commit_with_their_batch,
     latest_fence_transition_per_vehicle_and_site,
     arrivals_round_trip_newest_first,
+    derived_records_commit_with_their_batch_once,
     open_moves_are_the_unfinished_ones,
     retention_removes_old_positions_and_keeps_recent,
     writer_completes_tokens_after_commit,
@@ -673,4 +674,101 @@ async fn five_thousand_point_smoke(db: &TestDb) {
     assert!(out.iter().all(|o| o.duplicates.is_empty()));
     assert_eq!(store.counts().await.unwrap().positions, 5000);
     eprintln!("5000 points in one write: {elapsed:?}");
+}
+
+fn alert(kind: &str, move_id: Option<&str>, minute: i64) -> AlertRecord {
+    AlertRecord {
+        kind: kind.to_owned(),
+        vehicle: VehicleId::parse("AB12CDE").unwrap(),
+        move_id: move_id.map(|m| MoveId::parse(m).unwrap()),
+        ts: at(minute),
+        detail: format!("{kind} at minute {minute}"),
+    }
+}
+
+fn derived_of(status: &str, minute: i64) -> Derived {
+    Derived {
+        moves: vec![MoveRecord {
+            id: MoveId::parse("m-1").unwrap(),
+            reference: "R1".into(),
+            from_location: site("WYI"),
+            to_location: site("LEI"),
+            date: NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+            status: status.into(),
+            journeys: vec![],
+        }],
+        arrivals: vec![Arrival {
+            move_id: MoveId::parse("m-1").unwrap(),
+            vehicle: VehicleId::parse("AB12CDE").unwrap(),
+            site: site("LEI"),
+            from_location: site("WYI"),
+            departed_at: at(0),
+            arrived_at: at(minute),
+            distance_m: 12_000.0,
+        }],
+        alerts: vec![
+            alert("arriving_30", Some("m-1"), minute - 20),
+            alert("breakdown", None, minute - 10),
+        ],
+    }
+}
+
+async fn derived_records_commit_with_their_batch_once(db: &TestDb) {
+    let store = db.open().await;
+    let mut b = batch(vec![point("AB12CDE", "a", 1)], vec![]);
+    b.derived = derived_of("arrived", 50);
+    store.write(&[b]).await.unwrap();
+    assert_eq!(
+        store
+            .get_move(&MoveId::parse("m-1").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "arrived"
+    );
+    assert_eq!(store.recent_arrivals(10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.alerts_since(at(0), 10).await.unwrap(),
+        vec![
+            alert("arriving_30", Some("m-1"), 30),
+            alert("breakdown", None, 40)
+        ],
+        "oldest first, a missing move stays missing"
+    );
+    // The same derived again (redelivered data) through both paths: kept once;
+    // a different alert is added; the move is updated.
+    let mut again = batch(vec![point("AB12CDE", "b", 2)], vec![]);
+    again.derived = derived_of("completed", 50);
+    store.write(&[again]).await.unwrap();
+    let mut more = derived_of("completed", 50);
+    more.alerts.push(alert("gps_gap", Some("m-1"), 45));
+    store.write_derived(&more).await.unwrap();
+    assert_eq!(
+        store.recent_arrivals(10).await.unwrap().len(),
+        1,
+        "one arrival"
+    );
+    let kinds: Vec<_> = store
+        .alerts_since(at(0), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(kinds, ["arriving_30", "breakdown", "gps_gap"]);
+    assert_eq!(
+        store.alerts_since(at(41), 10).await.unwrap().len(),
+        1,
+        "since"
+    );
+    assert_eq!(
+        store
+            .get_move(&MoveId::parse("m-1").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "completed"
+    );
 }

@@ -118,6 +118,7 @@ impl Tracker {
             events: vec![],
             dead_letters: vec![],
             transitions: vec![],
+            derived: Default::default(),
             commit: model::CommitToken::detached(),
         };
         batch.positions.sort_by_key(|p| p.ts);

@@ -21,8 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use model::wire::{AlertView, Frame, MoveView, SiteEventView};
 use model::{
-    Event, EventKind, FenceTransition, JourneyId, MoveId, Position, Site, SiteId, TransitionKind,
-    VehicleId, format_ts,
+    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, Position, Site, SiteId,
+    TransitionKind, VehicleId, format_ts,
 };
 
 use crate::eta::{EtaModel, Remaining};
@@ -158,24 +158,8 @@ pub struct MoveDetails {
     pub lodging: Option<SiteId>,
 }
 
-/// A completed leg to record (the store's `arrivals`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArrivalFact {
-    /// The move.
-    pub move_id: MoveId,
-    /// The vehicle that carried it.
-    pub vehicle: VehicleId,
-    /// Where it arrived.
-    pub site: SiteId,
-    /// Where it came from.
-    pub from_location: SiteId,
-    /// When it left (its departure, else its start).
-    pub departed_at: DateTime<Utc>,
-    /// When it entered the destination's fence.
-    pub arrived_at: DateTime<Utc>,
-    /// Distance driven, metres.
-    pub distance_m: f64,
-}
+/// A completed leg (the store's arrival row).
+pub type ArrivalFact = model::Arrival;
 
 /// What the book asks the engine to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +178,8 @@ pub enum MoveOutput {
     Save(MoveSpec),
     /// Record a completed leg.
     Arrived(ArrivalFact),
+    /// Keep an alert (its frame is a separate [`MoveOutput::Frame`]).
+    Alert(AlertRecord),
 }
 
 /// Alert thresholds.
@@ -565,6 +551,72 @@ impl MoveBook {
         }
     }
 
+    /// The last live fix of a vehicle the book tracks (restored on start
+    /// from the store's latest positions), so the time-based alerts measure
+    /// silence from it. A slow fix counts as stopped from its time.
+    pub fn restore_fix(&mut self, p: &Position) {
+        let stopped_kmh = self.config.stopped_kmh;
+        let Some(v) = self.vehicles.get_mut(&p.vehicle) else {
+            return;
+        };
+        if v.last.is_some_and(|(ts, _, _)| ts >= p.ts) {
+            return;
+        }
+        v.last = Some((p.ts, p.lat, p.lon));
+        v.speed_kmh = p.speed_kmh;
+        v.slow_since = p.speed_kmh.filter(|s| *s < stopped_kmh).map(|_| p.ts);
+    }
+
+    /// The alerts already raised (read back from the store on start, oldest
+    /// first): they go back into the recent list, and each marks what it
+    /// alerted, so a restart raises none of them again.
+    pub fn restore_alerts(&mut self, alerts: &[AlertRecord], now: DateTime<Utc>) {
+        for a in alerts {
+            if let Some(m) = a.move_id.as_ref().and_then(|id| self.moves.get_mut(id)) {
+                match a.kind.as_str() {
+                    "arriving_30" => m.arriving_sent = true,
+                    "off_route" => m.off_route_alerted = true,
+                    _ => {}
+                }
+            }
+            if let Some(v) = self.vehicles.get_mut(&a.vehicle) {
+                // Only an alert of the current episode (raised after the
+                // last fix) still holds.
+                let current = v.last.is_none_or(|(ts, _, _)| a.ts > ts);
+                match a.kind.as_str() {
+                    "gps_gap" if current => v.gap_alerted = true,
+                    "device_silent" if current => v.silent_alerted = true,
+                    "stopped" if v.slow_since.is_some() => v.stopped_alerted = true,
+                    _ => {}
+                }
+            }
+            let sites = match a.move_id.as_ref().and_then(|id| self.moves.get(id)) {
+                Some(m) => move_sites(m, now, self.config.site_grace),
+                None => self.sites_seeing(&a.vehicle, now),
+            };
+            self.remember_alert(a, sites);
+        }
+    }
+
+    /// Estimates every move in transit from its vehicle's last fix (on start,
+    /// after [`MoveBook::restore_fix`] and [`MoveBook::restore_alerts`]), so
+    /// the board has arrival times before the next fix comes.
+    pub fn restore_estimates(&mut self) -> Vec<MoveOutput> {
+        let mut out = Vec::new();
+        let ids: Vec<(MoveId, DateTime<Utc>)> = self
+            .moves
+            .values()
+            .filter_map(|m| {
+                let v = self.vehicles.get(&m.vehicle?)?;
+                Some((m.spec.id.clone(), v.last?.0))
+            })
+            .collect();
+        for (id, at) in ids {
+            self.estimate(&id, at, &mut out);
+        }
+        out
+    }
+
     // ---- evidence ------------------------------------------------------
 
     /// A live fix (not late, not bad): rule 1 matching, distance driven,
@@ -898,12 +950,16 @@ impl MoveBook {
             };
             let Some((last, _, _)) = v.last else { continue };
             let silence = now - last;
+            // Each is time-stamped when its condition began (the last fix plus
+            // the threshold), so detecting it again after a restart names the
+            // same alert and the store keeps it once.
             let mut fire = Vec::new();
             if in_transit.is_some() && silence > self.config.gps_gap && !v.gap_alerted {
                 v.gap_alerted = true;
                 fire.push((
                     "gps_gap",
                     in_transit.clone(),
+                    last + self.config.gps_gap,
                     format!("no position for {} s", silence.num_seconds()),
                 ));
             }
@@ -912,11 +968,12 @@ impl MoveBook {
                 fire.push((
                     "device_silent",
                     in_transit.clone().or(open),
+                    last + self.config.device_silent,
                     format!("no position for {} min", silence.num_minutes()),
                 ));
             }
-            for (kind, move_id, detail) in fire {
-                self.alert(kind, vehicle, move_id, now, detail, &mut out);
+            for (kind, move_id, at, detail) in fire {
+                self.alert(kind, vehicle, move_id, at, detail, &mut out);
             }
             self.check_stopped(vehicle, now, &mut out);
         }
@@ -985,7 +1042,8 @@ impl MoveBook {
             self.config.stopped_kmh,
             (now - since).num_minutes()
         );
-        self.alert("stopped", vehicle, Some(move_id), now, detail, out);
+        let at = since + self.config.stopped_after;
+        self.alert("stopped", vehicle, Some(move_id), at, detail, out);
     }
 
     fn check_off_route(&mut self, id: &MoveId, p: &Position, out: &mut Vec<MoveOutput>) {
@@ -1039,6 +1097,22 @@ impl MoveBook {
         }
     }
 
+    /// Keeps an alert for snapshots; returns its frame body.
+    fn remember_alert(&mut self, a: &AlertRecord, sites: Vec<SiteId>) -> AlertView {
+        let view = AlertView {
+            kind: a.kind.clone(),
+            vehicle: a.vehicle,
+            move_id: a.move_id.clone(),
+            ts: format_ts(&a.ts),
+            detail: a.detail.clone(),
+        };
+        if self.alerts.len() >= RECENT_ALERTS {
+            self.alerts.pop_front();
+        }
+        self.alerts.push_back((view.clone(), sites));
+        view
+    }
+
     fn alert(
         &mut self,
         kind: &str,
@@ -1052,17 +1126,15 @@ impl MoveBook {
             Some(m) => move_sites(m, now, self.config.site_grace),
             None => self.sites_seeing(&vehicle, now),
         };
-        let view = AlertView {
+        let record = AlertRecord {
             kind: kind.to_owned(),
             vehicle,
             move_id,
-            ts: format_ts(&now),
+            ts: now,
             detail,
         };
-        if self.alerts.len() >= RECENT_ALERTS {
-            self.alerts.pop_front();
-        }
-        self.alerts.push_back((view.clone(), sites.clone()));
+        let view = self.remember_alert(&record, sites.clone());
+        out.push(MoveOutput::Alert(record));
         out.push(MoveOutput::Frame {
             frame: Frame::Alert(view),
             vehicle: Some(vehicle),

@@ -34,6 +34,7 @@ fn batch(positions: Vec<Position>) -> IngestBatch {
         events: vec![],
         dead_letters: vec![],
         transitions: vec![],
+        derived: Default::default(),
         commit: CommitToken::detached(),
     }
 }
@@ -141,5 +142,124 @@ proptest! {
         let mut expected: Vec<VehicleId> = positions.iter().filter(|p| bbox.contains(p.lat, p.lon)).map(|p| p.vehicle).collect();
         expected.sort();
         prop_assert_eq!(t.within(bbox), expected);
+    }
+}
+
+mod restart {
+    use model::{AlertRecord, Event, EventKind, JourneyId, MoveId, Site, SiteId, SiteKind};
+
+    use super::*;
+    use crate::eta::EtaModel;
+    use crate::moves::{JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus, MovesConfig};
+
+    fn site(id: &str, lat: f64, lon: f64) -> Site {
+        Site {
+            id: SiteId::parse(id).unwrap(),
+            name: id.into(),
+            kind: SiteKind::Prison,
+            lat,
+            lon,
+            radius_m: 400.0,
+        }
+    }
+
+    /// A book with one move, HLI → LEI (about 60 km), carried by `AB12CDE` and in transit.
+    fn book() -> MoveBook {
+        let sites = [site("HLI", 53.75, -0.45), site("LEI", 53.80, -1.35)];
+        let mut book = MoveBook::new(&sites, MovesConfig::default(), EtaModel::default());
+        let vehicle = VehicleId::parse("AB12CDE").unwrap();
+        let spec = MoveSpec {
+            id: MoveId::parse("m-1").unwrap(),
+            reference: "R1".into(),
+            from_location: SiteId::parse("HLI").unwrap(),
+            to_location: SiteId::parse("LEI").unwrap(),
+            date: point("AB12CDE", 0, 0.0, 0.0).ts.date_naive(),
+            status: MoveStatus::InTransit,
+            journeys: vec![JourneySpec {
+                id: JourneyId::parse("j-1").unwrap(),
+                from_location: SiteId::parse("HLI").unwrap(),
+                to_location: SiteId::parse("LEI").unwrap(),
+                vehicle: Some(vehicle),
+            }],
+        };
+        let now = point("AB12CDE", 0, 0.0, 0.0).ts;
+        book.upsert(spec, now);
+        book.on_event(
+            &Event {
+                supplier: SupplierId::parse("geoamey").unwrap(),
+                vehicle,
+                kind: EventKind::MoveStart,
+                occurred_at: now,
+                move_id: Some(MoveId::parse("m-1").unwrap()),
+                journey_id: None,
+                details: serde_json::json!({}),
+            },
+            &mut Vec::new(),
+        );
+        book
+    }
+
+    fn alerts(out: &[MoveOutput]) -> Vec<AlertRecord> {
+        out.iter()
+            .filter_map(|o| match o {
+                MoveOutput::Alert(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_alert_raised_before_a_restart_is_not_raised_again_after_it() {
+        // Live: 10 km out at 60 km/h, so `arriving_30` is raised.
+        let mut live = book();
+        let near = |s| {
+            let mut p = point("AB12CDE", s, 53.80, -1.20);
+            p.speed_kmh = Some(60.0);
+            p
+        };
+        let mut out = Vec::new();
+        live.on_position(&near(600), &mut out);
+        let raised = alerts(&out);
+        assert_eq!(
+            raised.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+            ["arriving_30"]
+        );
+
+        // Restarted with what the store kept: the fix and the alert.
+        let mut restarted = book();
+        restarted.restore_fix(&near(600));
+        restarted.restore_alerts(&raised, near(600).ts);
+        assert!(alerts(&restarted.restore_estimates()).is_empty());
+        let mut out = Vec::new();
+        restarted.on_position(&near(630), &mut out);
+        assert!(alerts(&out).is_empty(), "raised again: {out:?}");
+        assert_eq!(restarted.recent_alerts(None).len(), 1, "kept for snapshots");
+
+        // Without the alert kept, the restarted book raises it (so the check above can fail).
+        let mut forgetful = book();
+        forgetful.restore_fix(&near(600));
+        let estimated = alerts(&forgetful.restore_estimates());
+        assert_eq!(estimated.len(), 1, "{estimated:?}");
+    }
+
+    #[test]
+    fn a_gap_alert_is_stamped_when_the_gap_began_so_a_repeat_is_identical() {
+        let silent_from = point("AB12CDE", 0, 53.78, -0.9);
+        let gap = |book: &mut MoveBook, minutes_later: i64| {
+            alerts(&book.tick(silent_from.ts + Duration::minutes(minutes_later)))
+                .into_iter()
+                .find(|a| a.kind == "gps_gap")
+                .expect("a gps_gap alert")
+        };
+        let mut first = book();
+        first.restore_fix(&silent_from);
+        let mut second = book();
+        second.restore_fix(&silent_from);
+        let (a, b) = (gap(&mut first, 2), gap(&mut second, 4));
+        assert_eq!(a.ts, silent_from.ts + Duration::seconds(60));
+        assert_eq!(
+            (a.kind, a.vehicle, a.move_id, a.ts),
+            (b.kind, b.vehicle, b.move_id, b.ts)
+        );
     }
 }

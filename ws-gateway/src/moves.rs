@@ -1,6 +1,6 @@
 //! The moves registry at the edge (issue #6): `PUT /api/moves/{id}`,
-//! `GET /api/moves/{id}`, fan-out of what the [`MoveBook`] decides, and the
-//! task that saves moves and arrivals in the store.
+//! `GET /api/moves/{id}`, and fan-out of what the [`MoveBook`] decides (what
+//! must be kept goes back to the caller, to be committed with its batch).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,40 +14,24 @@ use model::format_ts;
 use model::{JourneyId, MoveId, SiteId, VehicleId};
 use serde::Deserialize;
 use serde_json::json;
-use store::{Arrival, JourneyRecord, MoveRecord, Store};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use store::{Derived, JourneyRecord, MoveRecord, Store, StoreError};
 use tracker::Tracker;
-use tracker::moves::{ArrivalFact, JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus};
+use tracker::moves::{JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus};
 
 use crate::{Access, Gateway, Hub, error};
-
-/// Saves and arrivals waiting for the store.
-pub const PERSIST_CAPACITY: usize = 1024;
-
-/// What the persister writes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Persist {
-    /// Upsert a move (status, destination, journeys' vehicles).
-    Save(MoveSpec),
-    /// Record a completed leg.
-    Arrival(ArrivalFact),
-}
 
 /// The live registry, shared by the pipeline, the ticker and the handlers.
 /// The lock is held only for synchronous work, never across an await.
 #[derive(Clone, Debug)]
 pub struct Moves {
     book: Arc<Mutex<MoveBook>>,
-    persist: Option<mpsc::Sender<Persist>>,
 }
 
 impl Moves {
-    /// A registry; `persist` is where saves go (`None`: nowhere, for replay).
-    pub fn new(book: MoveBook, persist: Option<mpsc::Sender<Persist>>) -> Self {
+    /// A registry around `book`.
+    pub fn new(book: MoveBook) -> Self {
         Moves {
             book: Arc::new(Mutex::new(book)),
-            persist,
         }
     }
 
@@ -59,10 +43,13 @@ impl Moves {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Fans the frames out and queues the saves (waiting when the store is behind).
-    pub async fn dispatch(&self, hub: &Hub, tracker: &Tracker, outputs: Vec<MoveOutput>) {
+    /// Fans the frames out and returns what must be kept: the caller puts it
+    /// on the batch that caused it (committed with its points) or writes it
+    /// with [`Store::write_derived`].
+    pub fn dispatch(&self, hub: &Hub, tracker: &Tracker, outputs: Vec<MoveOutput>) -> Derived {
+        let mut keep = Derived::default();
         for output in outputs {
-            let persist = match output {
+            match output {
                 MoveOutput::Frame {
                     frame,
                     vehicle,
@@ -70,15 +57,35 @@ impl Moves {
                 } => {
                     let supplier = vehicle.and_then(|v| tracker.supplier_of(&v));
                     hub.send(&frame, vehicle, supplier, sites);
-                    continue;
                 }
-                MoveOutput::Save(spec) => Persist::Save(spec),
-                MoveOutput::Arrived(fact) => Persist::Arrival(fact),
-            };
-            if let Some(tx) = &self.persist
-                && tx.send(persist).await.is_err()
-            {
-                tracing::warn!("the moves persister has stopped; a move change is not saved");
+                MoveOutput::Save(spec) => keep.moves.push(record_of(&spec)),
+                MoveOutput::Arrived(fact) => keep.arrivals.push(fact),
+                MoveOutput::Alert(alert) => keep.alerts.push(alert),
+            }
+        }
+        keep
+    }
+}
+
+/// Writes what did not come with a batch (alert ticks, bookings), retrying
+/// with backoff while the store is down; gives up (logged) after about a
+/// minute, or at once when `once` is set.
+pub async fn keep_derived(store: &Store, derived: &Derived, once: bool) -> Result<(), StoreError> {
+    if derived.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0u32;
+    loop {
+        match store.write_derived(derived).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !once && attempt < 8 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "cannot save alerts or move changes; retrying");
+                tokio::time::sleep(Duration::from_millis(250u64 << attempt.min(5))).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save alerts or move changes");
+                return Err(e);
             }
         }
     }
@@ -125,46 +132,6 @@ pub fn spec_of(r: &MoveRecord) -> Option<MoveSpec> {
                 vehicle: j.vehicle,
             })
             .collect(),
-    })
-}
-
-/// Writes saves and arrivals in order; a failed write is retried with
-/// backoff (up to about a minute) before it is logged and given up.
-pub fn spawn_persister(store: Store, mut rx: mpsc::Receiver<Persist>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let mut attempt = 0u32;
-            loop {
-                let result = match &p {
-                    Persist::Save(spec) => store.upsert_move(&record_of(spec)).await,
-                    Persist::Arrival(a) => {
-                        store
-                            .insert_arrival(&Arrival {
-                                move_id: a.move_id.clone(),
-                                vehicle: a.vehicle,
-                                site: a.site.clone(),
-                                from_location: a.from_location.clone(),
-                                departed_at: a.departed_at,
-                                arrived_at: a.arrived_at,
-                                distance_m: a.distance_m,
-                            })
-                            .await
-                    }
-                };
-                match result {
-                    Ok(()) => break,
-                    Err(e) if attempt < 10 => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "cannot save a move change; retrying");
-                        tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(5))).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, change = ?p, "giving up saving a move change");
-                        break;
-                    }
-                }
-            }
-        }
     })
 }
 
@@ -287,7 +254,10 @@ pub(crate) async fn put_move(
         );
     }
     let outputs = g.moves.lock().upsert(spec, Utc::now());
-    g.moves.dispatch(&g.hub, &g.tracker, outputs).await;
+    let keep = g.moves.dispatch(&g.hub, &g.tracker, outputs);
+    // The booking itself is stored; what it changed (a status, an alert) is
+    // kept as well as the store allows now.
+    let _ = keep_derived(&g.store, &keep, true).await;
     let details = g.moves.lock().details(&id);
     match details {
         Some(d) => axum::Json(details_json(&d.spec, Some(&d), true)).into_response(),

@@ -149,6 +149,7 @@ pub fn batch(positions: Vec<Position>, dead_letters: Vec<DeadLetter>) -> IngestB
         events: vec![],
         dead_letters,
         transitions: vec![],
+        derived: Default::default(),
         commit: CommitToken::detached(),
     }
 }
