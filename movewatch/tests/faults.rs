@@ -6,8 +6,8 @@
 //!   good point stored, every bad message dead-lettered by reason, the
 //!   engine ready throughout;
 //! - Mosquitto (persistent) restarted three times under load: every point
-//!   the publisher got a PUBACK for stored exactly once, and the live state
-//!   ends on each vehicle's last point;
+//!   and breakdown alert the publisher got a PUBACK for stored exactly once,
+//!   and the live state ends on each vehicle's last point;
 //! - behind a flag (`scripts/test.sh --soak`): both faults in turn for ten
 //!   minutes under a steady stream with breakdown reports.
 
@@ -39,6 +39,77 @@ async fn stored_ids(
     ids
 }
 
+/// A reported breakdown: the vehicle and the event's time.
+type Breakdown = (String, chrono::DateTime<chrono::Utc>);
+
+/// Inserts `rounds` breakdown reports per van (vehicles `{prefix}{v:02}ABC`),
+/// spread evenly over `messages`, reported `round * 10 + 1` minutes after
+/// `start` (whole seconds). An inserted message carries one marker point,
+/// `(vehicle, "breakdown", NaN, NaN)`, so acknowledged reports can be told
+/// apart. Returns every report.
+fn insert_breakdowns(
+    messages: &mut Vec<StreamMessage>,
+    prefix: &str,
+    vans: usize,
+    rounds: usize,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Vec<Breakdown> {
+    let whole_second = chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap();
+    let mut reports = Vec::new();
+    for round in (0..rounds).rev() {
+        let at = (round + 1) * messages.len() / (rounds + 1);
+        let ts = whole_second + chrono::Duration::minutes(round as i64 * 10 + 1);
+        for v in 0..vans {
+            let vehicle = format!("{prefix}{v:02}ABC");
+            let event = serde_json::json!({
+                "event_type": "PersonMoveVehicleBrokeDown",
+                "occurred_at": ts.to_rfc3339(),
+            });
+            messages.insert(
+                at,
+                (
+                    format!("movewatch/v1/geoamey/{vehicle}/events"),
+                    serde_json::to_vec(&event).unwrap(),
+                    vec![(vehicle.clone(), ts.to_rfc3339(), f64::NAN, f64::NAN)],
+                ),
+            );
+            reports.push((vehicle, ts));
+        }
+    }
+    reports.sort();
+    reports
+}
+
+/// Splits acknowledged points from acknowledged breakdown reports.
+fn split_breakdowns(acked: Vec<SentPoint>) -> (Vec<SentPoint>, Vec<Breakdown>) {
+    let (events, points): (Vec<_>, Vec<_>) = acked.into_iter().partition(|p| p.2.is_nan());
+    let mut reports: Vec<Breakdown> = events
+        .into_iter()
+        .map(|(vehicle, ts, _, _)| (vehicle, ts.parse().unwrap()))
+        .collect();
+    reports.sort();
+    (points, reports)
+}
+
+/// Every alert stored since `since`, each must be a breakdown: (vehicle, time), sorted.
+async fn kept_breakdowns(
+    store: &store::Store,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<Breakdown> {
+    let mut kept: Vec<Breakdown> = store
+        .alerts_since(since, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            assert_eq!(a.kind, "breakdown", "{a:?}");
+            (a.vehicle.to_string(), a.ts)
+        })
+        .collect();
+    kept.sort();
+    kept
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     const VANS: usize = 20;
@@ -63,37 +134,15 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     wait_ready(http_addr).await;
 
     let start = chrono::Utc::now() - chrono::Duration::hours(2);
-    let mut messages: Vec<(String, Vec<u8>)> = stream("KT", VANS, MESSAGES, PER_MESSAGE, start)
-        .into_iter()
-        .map(|(topic, payload, _)| (topic, payload))
-        .collect();
+    let mut messages = stream("KT", VANS, MESSAGES, PER_MESSAGE, start);
     // Each van reports a breakdown three times, spread over the stream, so
     // some alerts are derived around the kills: each must be kept once.
-    let whole_second = chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap();
-    let breakdown_at =
-        move |round: usize| whole_second + chrono::Duration::minutes(round as i64 * 10 + 1);
-    for round in (0..BREAKDOWNS).rev() {
-        let at = (round + 1) * messages.len() / (BREAKDOWNS + 1);
-        for v in 0..VANS {
-            let vehicle = format!("KT{v:02}ABC");
-            let event = serde_json::json!({
-                "event_type": "PersonMoveVehicleBrokeDown",
-                "occurred_at": breakdown_at(round).to_rfc3339(),
-            });
-            messages.insert(
-                at,
-                (
-                    format!("movewatch/v1/geoamey/{vehicle}/events"),
-                    serde_json::to_vec(&event).unwrap(),
-                ),
-            );
-        }
-    }
+    let breakdowns = insert_breakdowns(&mut messages, "KT", VANS, BREAKDOWNS, start);
     let sent = messages.len();
     let (client, acks) =
         publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
     let publishing = tokio::spawn(async move {
-        for (i, (topic, payload)) in messages.into_iter().enumerate() {
+        for (i, (topic, payload, _)) in messages.into_iter().enumerate() {
             client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
@@ -165,25 +214,11 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     );
     // Every breakdown alert kept, none twice (a second with another time or
     // detail would be a second row).
-    let kept: Vec<(String, chrono::DateTime<chrono::Utc>)> = store
-        .alerts_since(start - chrono::Duration::hours(1), 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| {
-            assert_eq!(a.kind, "breakdown", "{a:?}");
-            (a.vehicle.to_string(), a.ts)
-        })
-        .collect();
-    let mut expected: Vec<_> = (0..VANS)
-        .flat_map(|v| {
-            (0..BREAKDOWNS).map(move |round| (format!("KT{v:02}ABC"), breakdown_at(round)))
-        })
-        .collect();
-    expected.sort();
-    let mut got = kept;
-    got.sort();
-    assert_eq!(got, expected, "each breakdown alert exactly once");
+    assert_eq!(
+        kept_breakdowns(&store, start - chrono::Duration::hours(1)).await,
+        breakdowns,
+        "each breakdown alert exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +389,8 @@ async fn three_mosquitto_restarts_under_load_lose_no_acknowledged_point() {
     wait_subscribed(&engine).await;
 
     let start = chrono::Utc::now() - chrono::Duration::hours(1);
-    let messages = stream("MR", VANS, MESSAGES, PER_MESSAGE, start);
+    let mut messages = stream("MR", VANS, MESSAGES, PER_MESSAGE, start);
+    let breakdowns = insert_breakdowns(&mut messages, "MR", VANS, 3, start);
     let publishing = tokio::spawn(publish_with_retries(
         broker.port,
         messages,
@@ -372,7 +408,9 @@ async fn three_mosquitto_restarts_under_load_lose_no_acknowledged_point() {
         .await
         .expect("the publisher finishes")
         .unwrap();
+    let (acked, acked_breakdowns) = split_breakdowns(acked);
     assert_eq!(acked.len(), VANS * MESSAGES * PER_MESSAGE);
+    assert_eq!(acked_breakdowns, breakdowns);
 
     assert_eq!(
         wait_for_positions(&engine, acked.len() as i64).await,
@@ -407,6 +445,11 @@ async fn three_mosquitto_restarts_under_load_lose_no_acknowledged_point() {
             live.lon
         );
     }
+    assert_eq!(
+        kept_breakdowns(&engine.store, start - chrono::Duration::hours(1)).await,
+        breakdowns,
+        "each breakdown alert exactly once"
+    );
     engine.stop();
 }
 
@@ -450,34 +493,8 @@ async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing()
     wait_ready(http_addr).await;
 
     let start = chrono::Utc::now() - chrono::Duration::hours(6);
-    let whole_second = chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap();
     let mut messages = stream("SK", VANS, messages_per_van, PER_MESSAGE, start);
-    // A breakdown report per van every 200 of its messages.
-    let mut breakdowns = Vec::new();
-    for round in (1..=messages_per_van / 200).rev() {
-        for v in 0..VANS {
-            let vehicle = format!("SK{v:02}ABC");
-            let at = whole_second + chrono::Duration::seconds((round * 200 * PER_MESSAGE) as i64);
-            let event = serde_json::json!({
-                "event_type": "PersonMoveVehicleBrokeDown",
-                "occurred_at": at.to_rfc3339(),
-            });
-            messages.insert(
-                round * 200 * VANS,
-                (
-                    format!("movewatch/v1/geoamey/{vehicle}/events"),
-                    serde_json::to_vec(&event).unwrap(),
-                    vec![(
-                        vehicle.clone(),
-                        format!("event-{round}"),
-                        f64::NAN,
-                        f64::NAN,
-                    )],
-                ),
-            );
-            breakdowns.push((vehicle, at));
-        }
-    }
+    let breakdowns = insert_breakdowns(&mut messages, "SK", VANS, messages_per_van / 200, start);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let publishing = tokio::spawn(publish_until(broker.port, messages, stop_rx));
 
@@ -512,7 +529,7 @@ async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing()
         .await
         .expect("the publisher stops")
         .unwrap();
-    let (events, points): (Vec<_>, Vec<_>) = acked.into_iter().partition(|p| p.2.is_nan());
+    let (points, acked_breakdowns) = split_breakdowns(acked);
     assert!(
         !sent_everything(&points, messages_per_van * VANS * PER_MESSAGE),
         "the stream lasted the whole soak"
@@ -572,33 +589,17 @@ async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing()
     for (_, id, _, _) in &points {
         assert!(unique.contains(id), "{id} acknowledged but not stored");
     }
-    let acked_breakdowns: HashSet<(String, chrono::DateTime<chrono::Utc>)> = events
-        .iter()
-        .map(|(vehicle, id, _, _)| {
-            let round: usize = id.trim_start_matches("event-").parse().unwrap();
-            (
-                vehicle.clone(),
-                whole_second + chrono::Duration::seconds((round * 200 * PER_MESSAGE) as i64),
-            )
-        })
-        .collect();
-    let mut kept: Vec<_> = store
-        .alerts_since(start - chrono::Duration::hours(1), 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| (a.vehicle.to_string(), a.ts))
-        .collect();
-    kept.sort();
-    let kept_set: HashSet<_> = kept.iter().cloned().collect();
+    let kept = kept_breakdowns(&store, start - chrono::Duration::hours(1)).await;
     for b in &acked_breakdowns {
         assert!(
-            kept_set.contains(b),
+            kept.contains(b),
             "breakdown {b:?} acknowledged but its alert lost"
         );
     }
+    let unique: HashSet<_> = kept.iter().collect();
+    assert_eq!(unique.len(), kept.len(), "no alert twice");
     assert!(
-        kept_set.iter().all(|k| breakdowns.contains(k)),
+        kept.iter().all(|k| breakdowns.contains(k)),
         "only the reported breakdowns alerted: {kept:?}"
     );
     eprintln!(
