@@ -80,6 +80,40 @@ fn insert_breakdowns(
     reports
 }
 
+/// `/api/vehicles` shows each van `{prefix}{v:02}ABC` at its last point in `points`.
+async fn assert_live_state_is_the_last_point(
+    http_addr: std::net::SocketAddr,
+    points: &[SentPoint],
+    prefix: &str,
+    vans: usize,
+) {
+    let vehicles = http(
+        "GET",
+        http_addr,
+        "/api/vehicles",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await;
+    assert_eq!(vehicles.status, 200, "{}", vehicles.body);
+    let vehicles: serde_json::Value = serde_json::from_str(&vehicles.body).unwrap();
+    for v in 0..vans {
+        let vehicle = format!("{prefix}{v:02}ABC");
+        let Some((_, id, lat, lon)) = points.iter().rev().find(|p| p.0 == vehicle) else {
+            continue;
+        };
+        let live = vehicles
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["vehicle"] == vehicle.as_str()))
+            .unwrap_or_else(|| panic!("{vehicle} is live: {vehicles}"));
+        assert!(
+            (live["lat"].as_f64().unwrap() - lat).abs() < 1e-9
+                && (live["lon"].as_f64().unwrap() - lon).abs() < 1e-9,
+            "{vehicle}: live {live} but last point {id} is {lat},{lon}"
+        );
+    }
+}
+
 /// Splits acknowledged points from acknowledged breakdown reports.
 fn split_breakdowns(acked: Vec<SentPoint>) -> (Vec<SentPoint>, Vec<Breakdown>) {
     let (events, points): (Vec<_>, Vec<_>) = acked.into_iter().partition(|p| p.2.is_nan());
@@ -138,6 +172,7 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     // Each van reports a breakdown three times, spread over the stream, so
     // some alerts are derived around the kills: each must be kept once.
     let breakdowns = insert_breakdowns(&mut messages, "KT", VANS, BREAKDOWNS, start);
+    let (points, _) = split_breakdowns(messages.iter().flat_map(|m| m.2.clone()).collect());
     let sent = messages.len();
     let (client, acks) =
         publisher_at("127.0.0.1", broker.port, Some(("geoamey", "pw-geoamey"))).await;
@@ -188,6 +223,8 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The restarted engine's live state is each van's last point.
+    assert_live_state_is_the_last_point(http_addr, &points, "KT", VANS).await;
     engine.kill();
     drop(client);
 
@@ -548,31 +585,7 @@ async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing()
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The live state: each van's last acknowledged point.
-    let vehicles = http(
-        "GET",
-        http_addr,
-        "/api/vehicles",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        b"",
-    )
-    .await;
-    assert_eq!(vehicles.status, 200, "{}", vehicles.body);
-    let vehicles: serde_json::Value = serde_json::from_str(&vehicles.body).unwrap();
-    for v in 0..VANS {
-        let vehicle = format!("SK{v:02}ABC");
-        let Some((_, id, lat, lon)) = points.iter().rev().find(|p| p.0 == vehicle) else {
-            continue;
-        };
-        let live = vehicles
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["vehicle"] == vehicle.as_str()))
-            .unwrap_or_else(|| panic!("{vehicle} is live: {vehicles}"));
-        assert!(
-            (live["lat"].as_f64().unwrap() - lat).abs() < 1e-9
-                && (live["lon"].as_f64().unwrap() - lon).abs() < 1e-9,
-            "{vehicle}: live {live} but last point {id} is {lat},{lon}"
-        );
-    }
+    assert_live_state_is_the_last_point(http_addr, &points, "SK", VANS).await;
     engine.kill();
 
     let store = store::Store::open(&format!("sqlite://{}", db.display()))
