@@ -188,6 +188,7 @@ async fn raw(
 /// (b) The full engine with one `fleet` WebSocket client; returns points/s (publish start → all stored).
 async fn engine(
     mqtt_url: Option<String>,
+    store_url: Option<String>,
     msgs: Arc<Vec<(String, Vec<u8>, usize)>>,
     connections: usize,
 ) -> f64 {
@@ -198,7 +199,7 @@ async fn engine(
     c.mqtt.listen = ingest::broker::free_port("127.0.0.1".parse().expect("ip")).expect("port");
     c.mqtt.url = mqtt_url;
     c.mqtt.client_id = format!("p1-engine-{}", movewatch::random_token(6));
-    c.store.url = format!("sqlite://{}/p1.db", dir.path().display());
+    c.store.url = store_url.unwrap_or_else(|| format!("sqlite://{}/p1.db", dir.path().display()));
     c.sites.files = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv").into()];
     c.tokens.push(TokenConfig {
         token: TOKEN.into(),
@@ -326,7 +327,7 @@ async fn main() {
     .await;
     println!("embedded  (a) raw passthrough: {a:>10.0} points/s");
     let msgs = Arc::new(messages(points, batch, &format!("b{run}")));
-    let b = engine(None, msgs, connections).await;
+    let b = engine(None, None, msgs, connections).await;
     println!(
         "embedded  (b) full engine:     {b:>10.0} points/s   ratio {:.1} %",
         100.0 * b / a
@@ -342,6 +343,7 @@ async fn main() {
                 let msgs = Arc::new(messages(points, batch, &format!("d{run}")));
                 let b = engine(
                     Some(format!("mqtt://127.0.0.1:{}", m.port)),
+                    None,
                     msgs,
                     connections,
                 )
@@ -351,6 +353,28 @@ async fn main() {
                     100.0 * b / a
                 );
                 rows.push(("mosquitto", a, b));
+                // The same engine on PostgreSQL (P1_PG=0 skips it).
+                if std::env::var("P1_PG").as_deref() != Ok("0") {
+                    let db = format!("movewatch_p1_{}", run.to_lowercase());
+                    let url = movewatch_benches::fresh_pg_database(&db).await;
+                    let msgs = Arc::new(messages(points, batch, &format!("e{run}")));
+                    let b = engine(
+                        Some(format!("mqtt://127.0.0.1:{}", m.port)),
+                        Some(url),
+                        msgs,
+                        connections,
+                    )
+                    .await;
+                    println!(
+                        "mosquitto (b) engine on PostgreSQL: {b:>10.0} points/s   ratio {:.1} %",
+                        100.0 * b / a
+                    );
+                    rows.push(("mosquitto, engine on PostgreSQL", a, b));
+                    movewatch_benches::pg_admin(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    ))
+                    .await;
+                }
             }
             None => println!("mosquitto not available: skipped"),
         }

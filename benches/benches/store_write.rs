@@ -18,10 +18,8 @@ use chrono::{DateTime, Utc};
 use model::{
     CommitToken, IngestBatch, JourneyId, PointFlags, Position, Source, SupplierId, VehicleId,
 };
-use sqlx::{Connection, PgConnection};
+use movewatch_benches::{fresh_pg_database, pg_admin};
 use store::Store;
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 const BATCH: usize = 5_000;
 const VEHICLES: usize = 200;
 
@@ -157,23 +155,6 @@ fn psql_copy(db: &str, table_and_columns: &str, file: &std::path::Path) -> Durat
     started.elapsed()
 }
 
-async fn admin(sql: String) {
-    let mut conn = PgConnection::connect(&format!("{SERVER}/postgres"))
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut conn)
-        .await
-        .expect("admin statement");
-    conn.close().await.expect("close");
-}
-
-async fn fresh_db(name: &str) -> String {
-    admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    admin(format!("CREATE DATABASE {name}")).await;
-    format!("{SERVER}/{name}")
-}
-
 async fn write_all(store: &Store, batches: &[IngestBatch]) -> Duration {
     let started = Instant::now();
     for b in batches {
@@ -226,7 +207,7 @@ async fn main() {
 
     // Store::write into PostgreSQL.
     let store_db = format!("movewatch_bench_store_{}", std::process::id());
-    let store = Store::open(&fresh_db(&store_db).await)
+    let store = Store::open(&fresh_pg_database(&store_db).await)
         .await
         .expect("open pg");
     let data = batches(n, base, received_at);
@@ -236,7 +217,7 @@ async fn main() {
 
     // The same through the engine's writer (two commits in flight).
     let writer_db = format!("movewatch_bench_writer_{}", std::process::id());
-    let writer_store = Store::open(&fresh_db(&writer_db).await)
+    let writer_store = Store::open(&fresh_pg_database(&writer_db).await)
         .await
         .expect("open pg");
     let writer_time = write_through_writer(&writer_store, batches(n, base, received_at)).await;
@@ -248,7 +229,7 @@ async fn main() {
 
     // psql \copy of the same rows into the same schema.
     let copy_db = format!("movewatch_bench_copy_{}", std::process::id());
-    let copy_url = fresh_db(&copy_db).await;
+    let copy_url = fresh_pg_database(&copy_db).await;
     let schema = Store::open(&copy_url).await.expect("open pg for copy");
     let file = tmp.path().join("positions.tsv");
     copy_file(&data, &file);
@@ -272,9 +253,9 @@ async fn main() {
     assert_eq!(sqlite.counts().await.expect("counts").positions, n as i64);
     drop(sqlite);
 
-    admin(format!("DROP DATABASE IF EXISTS {store_db} WITH (FORCE)")).await;
-    admin(format!("DROP DATABASE IF EXISTS {copy_db} WITH (FORCE)")).await;
-    admin(format!("DROP DATABASE IF EXISTS {writer_db} WITH (FORCE)")).await;
+    pg_admin(format!("DROP DATABASE IF EXISTS {store_db} WITH (FORCE)")).await;
+    pg_admin(format!("DROP DATABASE IF EXISTS {copy_db} WITH (FORCE)")).await;
+    pg_admin(format!("DROP DATABASE IF EXISTS {writer_db} WITH (FORCE)")).await;
 
     let store_rate = rate(n, store_time);
     let copy_rate = rate(n, copy_time);

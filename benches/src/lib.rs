@@ -1,4 +1,5 @@
-//! Shared helpers for the benchmarks: realistic device payloads.
+//! Shared helpers for the benchmarks: realistic device payloads, fresh
+//! PostgreSQL databases.
 
 use chrono::{Duration, Utc};
 
@@ -34,4 +35,27 @@ pub fn compact_point_json(vehicle: &str, i: usize) -> String {
 pub fn array_json(vehicle: &str, n: usize) -> String {
     let points: Vec<String> = (0..n).map(|i| compact_point_json(vehicle, i)).collect();
     format!("[{}]", points.join(","))
+}
+
+/// The PostgreSQL server the benchmarks use (user postgres, trust auth).
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Runs one statement on the server's `postgres` database.
+pub async fn pg_admin(sql: String) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("admin statement");
+    conn.close().await.expect("close");
+}
+
+/// An empty database `name` (dropped first if it exists); returns its URL.
+pub async fn fresh_pg_database(name: &str) -> String {
+    pg_admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    pg_admin(format!("CREATE DATABASE {name}")).await;
+    format!("{PG_SERVER}/{name}")
 }
