@@ -153,17 +153,12 @@ async fn three_sigkills_during_a_stream_store_every_point_exactly_once() {
     const BREAKDOWNS: usize = 3;
 
     let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("kills.db");
-    let http_addr = free_port();
-    let config_file = child_config(
-        dir.path(),
-        &broker,
+    let ChildFiles {
+        dir: _dir,
+        db,
         http_addr,
-        &db,
-        &format!("movewatch-kills-{}", movewatch::random_token(6)),
-        "",
-    );
+        config_file,
+    } = child_files(&broker, "kills", "");
     let mut engine = EngineProcess::spawn(&config_file);
     wait_ready(http_addr).await;
 
@@ -515,17 +510,12 @@ async fn soak_engine_kills_and_broker_restarts_in_turn_lose_and_repeat_nothing()
     let messages_per_van = (length.as_secs() as usize * 100 / VANS).max(50);
 
     let mut broker = Mosquitto::start_persistent(&[("geoamey", "pw-geoamey")]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("soak.db");
-    let http_addr = free_port();
-    let config_file = child_config(
-        dir.path(),
-        &broker,
+    let ChildFiles {
+        dir: _dir,
+        db,
         http_addr,
-        &db,
-        &format!("movewatch-soak-{}", movewatch::random_token(6)),
-        "",
-    );
+        config_file,
+    } = child_files(&broker, "soak", "");
     let mut engine = EngineProcess::spawn(&config_file);
     wait_ready(http_addr).await;
 

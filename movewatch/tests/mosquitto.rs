@@ -94,17 +94,12 @@ async fn sigkill_in_the_middle_of_a_50k_point_stream_loses_and_repeats_nothing()
     const TOTAL: usize = VANS * MESSAGES_PER_VAN * POINTS_PER_MESSAGE;
 
     let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("kill.db");
-    let http_addr = free_port();
-    let config_file = child_config(
-        dir.path(),
-        &broker,
+    let ChildFiles {
+        dir: _dir,
+        db,
         http_addr,
-        &db,
-        "movewatch-kill-test",
-        "",
-    );
+        config_file,
+    } = child_files(&broker, "kill", "");
 
     let mut engine = EngineProcess::spawn(&config_file);
     wait_ready(http_addr).await;

@@ -38,15 +38,14 @@ async fn exit_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the_bound() {
     let broker = Mosquitto::start(&[("geoamey", "pw-geoamey")]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("term.db");
-    let http_addr = free_port();
-    let config_file = child_config(
-        dir.path(),
-        &broker,
+    let ChildFiles {
+        dir: _dir,
+        db,
         http_addr,
-        &db,
-        &format!("movewatch-term-{}", movewatch::random_token(6)),
+        config_file,
+    } = child_files(
+        &broker,
+        "term",
         &format!("[ingest]\nshutdown_timeout_secs = {}\n", BOUND.as_secs()),
     );
     let engine = EngineProcess::spawn(&config_file);

@@ -576,6 +576,41 @@ pub fn stream(
     out
 }
 
+/// A child engine's files: its temp dir (kept alive), SQLite file, HTTP
+/// address and config (from [`child_config`] against `broker`).
+pub struct ChildFiles {
+    /// Removed when dropped.
+    pub dir: tempfile::TempDir,
+    /// The SQLite store.
+    pub db: std::path::PathBuf,
+    /// Where it serves HTTP.
+    pub http_addr: SocketAddr,
+    /// The config file to start it with.
+    pub config_file: std::path::PathBuf,
+}
+
+/// Files for a child engine named `name` (its MQTT client id is unique per
+/// call) on `broker`, with `extra` appended to its config.
+pub fn child_files(broker: &Mosquitto, name: &str, extra: &str) -> ChildFiles {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(format!("{name}.db"));
+    let http_addr = free_port();
+    let config_file = child_config(
+        dir.path(),
+        broker,
+        http_addr,
+        &db,
+        &format!("movewatch-{name}-{}", random_token(6)),
+        extra,
+    );
+    ChildFiles {
+        dir,
+        db,
+        http_addr,
+        config_file,
+    }
+}
+
 /// A config file for a child engine on `broker` (supplier `geoamey`) with
 /// its store at `db`, HTTP on `http`, and extra TOML appended.
 pub fn child_config(
