@@ -274,14 +274,16 @@ fn main() {
     let (t600, h600) = time_index(&s600, &pts, 5);
     let (t25k, h25k) = time_index(&s25k, &pts, 5);
     println!(
-        "ours, 600 synthetic:    {:>12.0} checks/s  ({} hits)",
+        "ours, 600 synthetic:    {:>12.0} checks/s  ({} hits, point index {} KB)",
         pts.len() as f64 / t600,
-        h600
+        h600,
+        s600.point_index_bytes() / 1024
     );
     println!(
-        "ours, 25,000 synthetic: {:>12.0} checks/s  ({} hits)",
+        "ours, 25,000 synthetic: {:>12.0} checks/s  ({} hits, point index {} KB)",
         pts.len() as f64 / t25k,
-        h25k
+        h25k,
+        s25k.point_index_bytes() / 1024
     );
     println!(
         "25,000 / 600 slowdown:  {:>12.2}x (target ≤ 2x)",
