@@ -34,7 +34,9 @@ pub use pg_layout::{
     native_positions_ddl, partition_day, partition_name, partitions_to_create, partitions_to_drop,
     timescale_positions_ddl,
 };
-pub use records::{Arrival, FenceTransition, JourneyRecord, MoveRecord, TransitionKind};
+pub use records::{
+    Arrival, FenceTransition, JourneyRecord, MoveRecord, SiteFenceRecord, TransitionKind,
+};
 pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
 
 /// A store failure.
@@ -304,6 +306,17 @@ impl Store {
     /// inside it (used to restore the geofence state on start).
     pub async fn latest_fence_transitions(&self) -> Result<Vec<FenceTransition>, StoreError> {
         dispatch!(self, s => s.latest_fence_transitions().await)
+    }
+
+    /// Stores a site's replaced fence, over any stored before for that site
+    /// (`PUT /api/sites/{id}/fence`).
+    pub async fn put_site_fence(&self, fence: &SiteFenceRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_site_fence(fence).await)
+    }
+
+    /// Every stored replaced fence, by site: applied over the sites files' fences on start.
+    pub async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
+        dispatch!(self, s => s.site_fences().await)
     }
 
     /// Records a completed leg for ETA learning.

@@ -70,3 +70,17 @@ pub(crate) fn kind(raw: &str) -> Result<TransitionKind, StoreError> {
     TransitionKind::parse(raw)
         .ok_or_else(|| StoreError::Corrupt(format!("fence transition kind {raw:?}")))
 }
+
+/// A site's fence as replaced by the control room (`PUT /api/sites/{id}/fence`):
+/// on start it is applied over the fence loaded from the sites files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteFenceRecord {
+    /// The site.
+    pub site: SiteId,
+    /// The fence as JSON text, in the form `GET /api/sites` shows it
+    /// (`{"type": "circle", "radius_m": r}` or `{"type": "polygon", "geometry": ..}`);
+    /// the store does not interpret it.
+    pub fence: String,
+    /// When it was replaced.
+    pub updated_at: DateTime<Utc>,
+}
