@@ -540,6 +540,48 @@ mod tests {
     }
 
     #[test]
+    fn a_polygon_with_a_hole_and_two_parts_is_never_missed() {
+        use geo::{LineString, MultiPolygon, Polygon};
+        let square = |lon: f64, lat: f64, half: f64| {
+            LineString::from(vec![
+                (lon - half, lat - half),
+                (lon + half, lat - half),
+                (lon + half, lat + half),
+                (lon - half, lat + half),
+                (lon - half, lat - half),
+            ])
+        };
+        let holed = Polygon::new(square(-1.5, 53.8, 0.02), vec![square(-1.5, 53.8, 0.012)]);
+        let other = Polygon::new(square(-1.45, 53.8, 0.005), vec![]);
+        let fences = [
+            Fence::circle(53.8, -1.53, 500.0).unwrap(),
+            Fence::polygon(MultiPolygon(vec![holed, other])).unwrap(),
+        ];
+        let grid = Grid::build(&fences.iter().collect::<Vec<_>>());
+        let (mut inside, mut checked) = (0, 0);
+        for i in 0..=120 {
+            for j in 0..=60 {
+                let lon = -1.525 + i as f64 * 0.0007;
+                let lat = 53.775 + j as f64 * 0.00083;
+                let listed = grid.hits(lat, lon).any(|(slot, sure)| slot == 1 && !sure);
+                if fences[1].contains(lat, lon) {
+                    assert!(listed, "({lat}, {lon}) is inside but not a candidate");
+                    inside += 1;
+                }
+                checked += 1;
+            }
+        }
+        // Both parts and the hole were crossed.
+        assert!(
+            inside > checked / 5 && inside < checked * 4 / 5,
+            "{inside} of {checked}"
+        );
+        // The middle of the hole (800 m from its edge; cells of about 550 m)
+        // is in no marked cell of the polygon.
+        assert!(!grid.hits(53.8, -1.5).any(|(slot, _)| slot == 1));
+    }
+
+    #[test]
     fn entries_are_sixteen_bytes_and_the_bitmap_is_bounded() {
         assert_eq!(std::mem::size_of::<Entry>(), 16);
         // Fences spread over the globe: the bitmap keeps its budget.
