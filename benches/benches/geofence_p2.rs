@@ -1,7 +1,8 @@
 //! P2 (issue #5): point checks per second against every site fence, our
-//! R-tree index against a PostGIS GiST join (`ST_DWithin` on geography) over
-//! the same points and fences, in one run; and 600 against 25,000 synthetic
-//! fences with our index.
+//! index (`FenceSet::for_each_containing`: occupancy bitmap, cell lists) against
+//! a PostGIS GiST join (`ST_DWithin` on geography) over the same points and
+//! fences, in one run; and 600 against 25,000 synthetic fences with our index,
+//! on the same points.
 //!
 //! Run: `benches/scripts/p2-postgis.sh` (installs PostGIS, then runs this), or
 //! `cargo bench -p movewatch-benches --bench geofence_p2` (PostGIS part

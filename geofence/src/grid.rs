@@ -46,7 +46,8 @@ const MAX_RELATIVE_ERROR: f64 = 0.05;
 /// Marks an entry whose "inside its circle" still needs the exact test.
 const EXACT: u32 = 1 << 31;
 /// Marks a cell record that points to a list (`x` = start, `y` = length,
-/// as bits) instead of holding its one entry.
+/// as bits) instead of holding its one entry. With [`EXACT`] it leaves slots
+/// 30 bits: a set of a billion fences would not fit in memory anyway.
 const LIST: u32 = 1 << 30;
 
 /// One fence in one coarse cell. Coordinates are relative to the grid's
