@@ -17,6 +17,7 @@ mod fence;
 mod geojson;
 mod grid;
 mod set;
+mod stored;
 
 pub use engine::{EngineConfig, Fix, GeofenceEngine, Transition, TransitionKind};
 pub use fence::{
@@ -27,3 +28,4 @@ pub use geojson::{
     parse_fences_geojson,
 };
 pub use set::{FenceSet, LoadError, SiteFence};
+pub use stored::{StoredFenceError, fence_from_json, fence_to_json};

@@ -67,7 +67,9 @@ pub enum LoadError {
     Duplicate(String),
 }
 
-/// All fences, indexed by an R-tree over their boxes (degrees).
+/// All fences, indexed for point checks by a grid (an occupancy bitmap in
+/// front of cell lists, `grid.rs`) and for box queries by an R-tree over
+/// their boxes (degrees).
 ///
 /// Each site keeps a stable slot for the life of the set, so a fence can be
 /// replaced in place while per-vehicle state refers to the slot.
@@ -76,7 +78,8 @@ pub struct FenceSet {
     sites: Vec<SiteFence>,
     by_id: HashMap<SiteId, u32>,
     tree: RTree<Entry, Params>,
-    /// Point checks go through the grid; box queries through the tree.
+    /// Point checks go through the grid (an occupancy bitmap in front of
+    /// cell lists); box queries through the tree.
     grid: Grid,
 }
 
@@ -141,7 +144,7 @@ impl FenceSet {
             .enumerate()
             .map(|(i, s)| entry(&s.fence, i as u32))
             .collect();
-        let grid = Grid::build(out.iter().map(|s| &s.fence));
+        let grid = Grid::build(&out.iter().map(|s| &s.fence).collect::<Vec<_>>());
         Ok(FenceSet {
             sites: out,
             by_id,
@@ -183,6 +186,11 @@ impl FenceSet {
         FenceSet::new(sites, features)
     }
 
+    /// Bytes held by the point index (bitmap, cell lists): for reports.
+    pub fn point_index_bytes(&self) -> usize {
+        self.grid.heap_bytes()
+    }
+
     /// Number of sites.
     pub fn len(&self) -> usize {
         self.sites.len()
@@ -205,23 +213,18 @@ impl FenceSet {
 
     /// The sites whose fence contains the point. Allocates nothing.
     pub fn containing(&self, lat: f64, lon: f64) -> impl Iterator<Item = &SiteFence> {
-        self.grid
-            .candidates(lat, lon)
-            .iter()
-            .filter(move |c| c.covers(lat, lon))
-            .map(move |c| &self.sites[c.slot as usize])
-            .filter(move |s| s.fence.contains(lat, lon))
+        self.grid.hits(lat, lon).filter_map(move |(slot, sure)| {
+            let s = &self.sites[slot as usize];
+            (sure || s.fence.contains(lat, lon)).then_some(s)
+        })
     }
 
     /// Calls `f` for each site whose fence contains the point, by internal
     /// iteration over the index (the fastest form; allocates nothing).
     pub fn for_each_containing<'a>(&'a self, lat: f64, lon: f64, mut f: impl FnMut(&'a SiteFence)) {
-        for c in self.grid.candidates(lat, lon) {
-            if !c.covers(lat, lon) {
-                continue;
-            }
-            let s = &self.sites[c.slot as usize];
-            if s.fence.contains(lat, lon) {
+        for (slot, sure) in self.grid.hits(lat, lon) {
+            let s = &self.sites[slot as usize];
+            if sure || s.fence.contains(lat, lon) {
                 f(s);
             }
         }
@@ -240,7 +243,7 @@ impl FenceSet {
         self.tree.insert(entry(&fence, slot));
         let old = std::mem::replace(&mut current.fence, fence);
         // Rare (an operator's edit): rebuilding the grid keeps it exact.
-        self.grid = Grid::build(self.sites.iter().map(|s| &s.fence));
+        self.grid = Grid::build(&self.sites.iter().map(|s| &s.fence).collect::<Vec<_>>());
         Ok(old)
     }
 

@@ -168,3 +168,122 @@ fn the_shipped_sites_are_indexed_as_circles() {
         );
     }
 }
+
+/// Where a fence sits and how big it is, for the edge test: anywhere from
+/// 80° S to 80° N (the index's flat metric is least exact far north and
+/// south), circles of 1 m to 20 km, stars of 30 m to 20 km.
+fn wide_spec() -> impl Strategy<Value = Spec> {
+    let centre = (-80.0..80.0f64, -179.0..179.0f64);
+    prop_oneof![
+        (centre.clone(), 1.0..20_000.0f64).prop_map(|((lat, lon), r)| Spec::Circle { lat, lon, r }),
+        (
+            centre,
+            prop::collection::vec(30.0..20_000.0f64, 3..12),
+            0.0..std::f64::consts::TAU
+        )
+            .prop_map(|((lat, lon), radii, turn)| Spec::Star {
+                lat,
+                lon,
+                radii,
+                turn
+            }),
+    ]
+}
+
+/// The point `d` metres from (lat, lon) on bearing `bearing` (radians),
+/// on the sphere.
+fn destination(lat: f64, lon: f64, d: f64, bearing: f64) -> (f64, f64) {
+    let (p1, l1) = (lat.to_radians(), lon.to_radians());
+    let delta = d / movewatch_geofence::EARTH_RADIUS_M;
+    let p2 = (p1.sin() * delta.cos() + p1.cos() * delta.sin() * bearing.cos()).asin();
+    let l2 = l1 + (bearing.sin() * delta.sin() * p1.cos()).atan2(delta.cos() - p1.sin() * p2.sin());
+    (p2.to_degrees(), l2.to_degrees())
+}
+
+/// A scan of every fence with the exact test: the index must give exactly
+/// this, at any distance from an edge.
+fn scan(fences: &[Fence], lat: f64, lon: f64) -> Vec<String> {
+    let mut out: Vec<String> = fences
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.contains(lat, lon))
+        .map(|(i, _)| format!("S{i}"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Points on both sides of each fence's edge, from a nanometre-scale
+/// relative offset to a few metres, where the index's f32 entries and flat
+/// metric must hand over to the exact test.
+fn edge_points(specs: &[Spec], bearings: &[f64]) -> Vec<(f64, f64)> {
+    let mut pts = Vec::new();
+    for s in specs {
+        match s {
+            Spec::Circle { lat, lon, r } => {
+                for &b in bearings {
+                    for rel in [1e-12, 1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 1e-2] {
+                        for side in [-1.0, 1.0] {
+                            pts.push(destination(*lat, *lon, r * (1.0 + side * rel), b));
+                        }
+                    }
+                    for m in [0.01, 0.1, 0.3, 0.7, 1.5, 4.0] {
+                        for side in [-1.0, 1.0] {
+                            pts.push(destination(*lat, *lon, (r + side * m).max(0.0), b));
+                        }
+                    }
+                }
+            }
+            Spec::Star { .. } => {
+                // Around each vertex and edge midpoint, just in and out.
+                let f = build(s);
+                let poly = f.as_polygon().unwrap();
+                let ring = &poly.0[0].exterior().0;
+                for w in ring.windows(2) {
+                    for t in [0.0, 0.5] {
+                        let (lon, lat) = (
+                            w[0].x + t * (w[1].x - w[0].x),
+                            w[0].y + t * (w[1].y - w[0].y),
+                        );
+                        for &b in bearings {
+                            for m in [1e-6, 0.05, 0.5, 3.0] {
+                                pts.push(destination(lat, lon, m, b));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    pts
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// The grid (bitmap, f32 entries with margins) against a scan of every
+    /// fence with its exact test, with no tolerance: random points over the
+    /// fences' area and points within nanometres to metres of every edge,
+    /// for fences in one patch (many overlaps) or spread over the globe
+    /// (coarse cells, far-north fences).
+    #[test]
+    fn index_equals_an_exact_scan_even_at_the_edge(
+        local in prop::collection::vec(spec(), 0..30),
+        wide in prop::collection::vec(wide_spec(), 0..8),
+        bearings in prop::collection::vec(0.0..std::f64::consts::TAU, 3),
+        random in prop::collection::vec((53.55..53.95f64, -1.9..-1.2f64), 40),
+    ) {
+        let specs: Vec<Spec> = local.into_iter().chain(wide).collect();
+        prop_assume!(!specs.is_empty());
+        let set = set_of(&specs);
+        let fences: Vec<Fence> = specs.iter().map(build).collect();
+        let mut points = edge_points(&specs, &bearings);
+        points.extend(random);
+        for (lat, lon) in points {
+            if !(lat.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)) {
+                continue;
+            }
+            prop_assert_eq!(indexed(&set, lat, lon), scan(&fences, lat, lon), "at ({}, {})", lat, lon);
+        }
+    }
+}

@@ -166,6 +166,40 @@ pub fn load_fences(config: &Config) -> anyhow::Result<FenceSet> {
     FenceSet::load(files).context("cannot load the sites ([sites] files)")
 }
 
+/// Applies the fences replaced at run time (`PUT /api/sites/{id}/fence`,
+/// kept in the store) over the fences loaded from the sites files; returns
+/// how many were applied. A stored fence of a site that the files no longer
+/// have is skipped with a warning; one that cannot be read back stops the
+/// start (it was checked when stored, so the store is damaged).
+pub async fn apply_stored_fences(
+    store: &store::Store,
+    fences: &mut FenceSet,
+) -> anyhow::Result<usize> {
+    let stored = store
+        .site_fences()
+        .await
+        .context("cannot read the replaced fences from the store")?;
+    let mut applied = 0;
+    for record in stored {
+        let Some((lat, lon)) = fences.get(&record.site).map(|s| (s.site.lat, s.site.lon)) else {
+            tracing::warn!(site = %record.site, "a stored fence is for a site that is not in the sites files; skipped");
+            continue;
+        };
+        let fence = geofence::fence_from_json(&record.fence, lat, lon).with_context(|| {
+            format!(
+                "the stored fence of site {} cannot be read back",
+                record.site
+            )
+        })?;
+        fences
+            .replace(&record.site, fence)
+            .with_context(|| format!("cannot apply the stored fence of site {}", record.site))?;
+        tracing::info!(site = %record.site, updated_at = %model::format_ts(&record.updated_at), "stored fence applied over the sites files");
+        applied += 1;
+    }
+    Ok(applied)
+}
+
 /// The configured sites (see [`load_fences`]), without their fences.
 pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
     Ok(load_fences(config)?
@@ -282,7 +316,6 @@ impl Engine {
         let metrics = prometheus()?;
         let fences = load_fences(&config)?;
         let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
-        let mut geofence = GeofenceEngine::new(fences, EngineConfig::default());
         let suppliers = Arc::new(Suppliers::from_config(&config.suppliers));
         if suppliers.is_open() {
             tracing::warn!("no [[suppliers]] configured: accepting points from any supplier");
@@ -291,6 +324,10 @@ impl Engine {
         let store = store::Store::open(&config.store.url)
             .await
             .with_context(|| format!("cannot open the store at {}", config.store.url))?;
+        // Fences the control room replaced while running, over the files' ones.
+        let mut fences = fences;
+        let replaced = apply_stored_fences(&store, &mut fences).await?;
+        let mut geofence = GeofenceEngine::new(fences, EngineConfig::default());
         let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
         let restored = store
             .latest_positions()
@@ -534,7 +571,7 @@ impl Engine {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), inside_fences = inside, "movewatch engine started");
+        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), inside_fences = inside, replaced_fences = replaced, "movewatch engine started");
         Ok(Engine {
             http_addr,
             mqtt_addr: (mqtt_host, mqtt_port),

@@ -83,16 +83,18 @@ impl Replay {
             bail!("--speed must be a positive number, got {}", replay.speed);
         }
         let metrics = prometheus()?;
-        let fences = crate::load_fences(config)?;
+        let mut fences = crate::load_fences(config)?;
         let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
-        // Fences are served (GET /api/sites) but replay emits no transitions.
+        let store = Store::open(&config.store.url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", config.store.url))?;
+        // Fences are served (GET /api/sites) as the engine has them, stored
+        // replacements included; replay emits no transitions.
+        crate::apply_stored_fences(&store, &mut fences).await?;
         let geofence = Arc::new(std::sync::Mutex::new(geofence::GeofenceEngine::new(
             fences,
             geofence::EngineConfig::default(),
         )));
-        let store = Store::open(&config.store.url)
-            .await
-            .with_context(|| format!("cannot open the store at {}", config.store.url))?;
         let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
         let hub = Hub::new();
         let token = random_token(32);

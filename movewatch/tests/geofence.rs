@@ -346,6 +346,102 @@ async fn put_fence_is_for_the_control_room_and_replaces_the_live_fence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_fence_survives_a_restart_and_detects_arrivals() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+        let c = lei_centre(&engine);
+        let control = format!("Bearer {TOKEN}");
+        let auth = [("Authorization", control.as_str())];
+        // A 300 m square 1.5 km east of the centre: wholly outside the old
+        // 400 m circle.
+        let east = offset(c, 0.0, 1500.0);
+        let (s, w) = offset(east, -150.0, -150.0);
+        let (n, e) = offset(east, 150.0, 150.0);
+        let square = serde_json::json!({"type": "Polygon",
+            "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]});
+        let r = http(
+            "PUT",
+            engine.http_addr,
+            "/api/sites/LEI/fence",
+            &auth,
+            square.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let fence_after_put = r.json()["fence"].clone();
+        assert_eq!(fence_after_put["type"], "polygon");
+        // A second site keeps a replaced circle too.
+        let r = http(
+            "PUT",
+            engine.http_addr,
+            "/api/sites/MDI/fence",
+            &auth,
+            br#"{"radius_m": 123.5}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        engine.stop();
+
+        // Same store file, same sites file: the replaced fences come back.
+        let engine = Engine::start(config(dir.path(), None)).await.unwrap();
+        let sites = http("GET", engine.http_addr, "/api/sites", &auth, b"")
+            .await
+            .json();
+        let fence_of = |id: &str| {
+            sites
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == id)
+                .map(|s| s["fence"].clone())
+                .unwrap()
+        };
+        assert_eq!(
+            fence_of("LEI"),
+            fence_after_put,
+            "LEI's polygon after the restart"
+        );
+        assert_eq!(
+            fence_of("MDI"),
+            serde_json::json!({"type": "circle", "radius_m": 123.5})
+        );
+        {
+            let g = engine.geofence.lock().unwrap();
+            let lei_fence = &g.fences().get(&lei()).unwrap().fence;
+            assert!(lei_fence.contains(east.0, east.1));
+            assert!(!lei_fence.contains(c.0, c.1), "the old circle is gone");
+        }
+
+        // A van driving into the new fence (never near the old circle)
+        // arrives at LEI; one parked at the old centre does not.
+        let client = publisher(&engine, None).await;
+        let t0 = base(20);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let van = "NW12FNC";
+        let old = "OL12CTR";
+        let fixes = [
+            fix("n-1", van, at(0), offset(east, 0.0, 2000.0), 50.0),
+            fix("n-2", van, at(60), offset(east, 0.0, 600.0), 40.0),
+            fix("n-3", van, at(120), offset(east, 20.0, 50.0), 5.0),
+            fix("n-4", van, at(150), east, 0.0),
+            fix("o-1", old, at(0), c, 0.0),
+            fix("o-2", old, at(30), c, 0.0),
+            fix("o-3", old, at(60), c, 0.0),
+        ];
+        drive(&engine, &client, &fixes, fixes.len() as i64).await;
+        assert_eq!(
+            crossings(&engine, van).await,
+            vec![crossing(van, TransitionKind::Enter, at(120))]
+        );
+        assert_eq!(crossings(&engine, old).await, vec![]);
+        engine.stop();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_load_from_csv_and_geojson_and_a_bad_file_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), None);

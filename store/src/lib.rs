@@ -35,7 +35,8 @@ pub use pg_layout::{
     timescale_positions_ddl,
 };
 pub use records::{
-    AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, TransitionKind,
+    AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, SiteFenceRecord,
+    TransitionKind,
 };
 pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
 
@@ -323,6 +324,17 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AlertRecord>, StoreError> {
         dispatch!(self, s => s.alerts_since(since, limit).await)
+    }
+
+    /// Stores a site's replaced fence, over any stored before for that site
+    /// (`PUT /api/sites/{id}/fence`).
+    pub async fn put_site_fence(&self, fence: &SiteFenceRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_site_fence(fence).await)
+    }
+
+    /// Every stored replaced fence, by site: applied over the sites files' fences on start.
+    pub async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
+        dispatch!(self, s => s.site_fences().await)
     }
 
     /// Records a completed leg for ETA learning (a repeat is ignored).

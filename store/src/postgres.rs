@@ -27,6 +27,7 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 use crate::pg_layout::{self, Layout, POSITION_COLUMNS};
 use crate::records::{
     self, AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord,
+    SiteFenceRecord,
 };
 use crate::{Candidate, Counts, PositionCursor, RetentionReport, StoreError};
 
@@ -676,6 +677,34 @@ impl PgStore {
                     site: records::id(SiteId::parse, r.try_get(1)?)?,
                     kind: records::kind(r.try_get(2)?)?,
                     ts: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn put_site_fence(&self, f: &SiteFenceRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO site_fences (site, fence, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (site) DO UPDATE SET fence = excluded.fence, updated_at = excluded.updated_at",
+        )
+        .bind(f.site.as_str())
+        .bind(f.fence.as_str())
+        .bind(f.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
+        let rows = sqlx::query("SELECT site, fence, updated_at FROM site_fences ORDER BY site")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SiteFenceRecord {
+                    site: records::id(SiteId::parse, r.try_get(0)?)?,
+                    fence: r.try_get(1)?,
+                    updated_at: r.try_get(2)?,
                 })
             })
             .collect()

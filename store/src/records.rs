@@ -1,6 +1,9 @@
 //! Typed rows for moves, journeys, fence transitions, arrivals and alerts (the
-//! types live in `model`, since they ride on the batch), and row parsing helpers.
+//! types live in `model`, since they ride on the batch), replaced site fences,
+//! and row parsing helpers.
 
+use chrono::{DateTime, Utc};
+use model::SiteId;
 pub use model::{AlertRecord, Arrival, Derived, JourneyRecord, MoveRecord};
 pub use model::{FenceTransition, TransitionKind};
 
@@ -17,4 +20,18 @@ pub(crate) fn id<T>(
 pub(crate) fn kind(raw: &str) -> Result<TransitionKind, StoreError> {
     TransitionKind::parse(raw)
         .ok_or_else(|| StoreError::Corrupt(format!("fence transition kind {raw:?}")))
+}
+
+/// A site's fence as replaced by the control room (`PUT /api/sites/{id}/fence`):
+/// on start it is applied over the fence loaded from the sites files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteFenceRecord {
+    /// The site.
+    pub site: SiteId,
+    /// The fence as JSON text, in the form `GET /api/sites` shows it
+    /// (`{"type": "circle", "radius_m": r}` or `{"type": "polygon", "geometry": ..}`);
+    /// the store does not interpret it.
+    pub fence: String,
+    /// When it was replaced.
+    pub updated_at: DateTime<Utc>,
 }

@@ -13,7 +13,7 @@ use model::{
 };
 use movewatch_store::{
     AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, PositionCursor,
-    TransitionKind, WriterConfig, spawn_writer,
+    SiteFenceRecord, TransitionKind, WriterConfig, spawn_writer,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -56,6 +56,7 @@ conformance!(
     fence_transitions_round_trip,
     fence_transitions_commit_with_their_batch,
     latest_fence_transition_per_vehicle_and_site,
+    site_fences_are_replaced_per_site_and_survive_reopen,
     arrivals_round_trip_newest_first,
     derived_records_commit_with_their_batch_once,
     open_moves_are_the_unfinished_ones,
@@ -491,6 +492,41 @@ async fn latest_fence_transition_per_vehicle_and_site(db: &TestDb) {
             t("AB12CDE", "WDI", TransitionKind::Exit, 20),
             t("XY99ZZZ", "LEI", TransitionKind::Enter, 10),
         ]
+    );
+}
+
+async fn site_fences_are_replaced_per_site_and_survive_reopen(db: &TestDb) {
+    let polygon = r#"{"type":"polygon","geometry":{"type":"MultiPolygon","coordinates":[[[[-1.5,53.7],[-1.4,53.7],[-1.4,53.8],[-1.5,53.7]]]]}}"#;
+    let record = |s: &str, fence: &str, minute: i64| SiteFenceRecord {
+        site: site(s),
+        fence: fence.to_owned(),
+        updated_at: at(minute),
+    };
+    {
+        let store = db.open().await;
+        assert_eq!(store.site_fences().await.unwrap(), vec![]);
+        store
+            .put_site_fence(&record("LEI", r#"{"type":"circle","radius_m":50.0}"#, 1))
+            .await
+            .unwrap();
+        store
+            .put_site_fence(&record("CRT-LEEDS", polygon, 2))
+            .await
+            .unwrap();
+        // A second replacement of the same site overwrites the first.
+        store
+            .put_site_fence(&record("LEI", r#"{"type":"circle","radius_m":75.5}"#, 3))
+            .await
+            .unwrap();
+    }
+    let store = db.open().await;
+    assert_eq!(
+        store.site_fences().await.unwrap(),
+        vec![
+            record("CRT-LEEDS", polygon, 2),
+            record("LEI", r#"{"type":"circle","radius_m":75.5}"#, 3),
+        ],
+        "one row per site, the latest, byte for byte, after a reopen"
     );
 }
 

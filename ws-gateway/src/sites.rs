@@ -15,16 +15,16 @@ use crate::{Access, Gateway, error};
 /// `{"type": "circle", "radius_m": r}` or `{"type": "polygon", "geometry": <GeoJSON MultiPolygon>}`.
 fn site_json(s: &SiteFence) -> Value {
     let mut v = serde_json::to_value(&s.site).unwrap_or_else(|_| json!({}));
-    let fence = match s.fence.radius_m() {
-        Some(r) => {
-            v["radius_m"] = json!(r);
-            json!({"type": "circle", "radius_m": r})
-        }
-        None => json!({"type": "polygon", "geometry": s.fence.to_geojson_geometry()}),
-    };
-    v["fence"] = fence;
+    if let Some(r) = s.fence.radius_m() {
+        v["radius_m"] = json!(r);
+    }
+    v["fence"] = geofence::fence_to_json(&s.fence);
     v
 }
+
+/// One replacement at a time, so that the stored fence and the live one
+/// are always the same replacement (store, then swap, under this lock).
+static REPLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub(crate) async fn list(State(g): State<Gateway>, access: Access) -> Response {
     // Copy out under the lock (the pipeline shares it); serialise after.
@@ -100,6 +100,22 @@ pub(crate) async fn put_fence(
         Ok(f) => f,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
+    // Durable first: the fence is stored before it is live, so a restart
+    // never goes back to an older fence than the one a caller was told of.
+    let _one_at_a_time = REPLACING.lock().await;
+    let record = store::SiteFenceRecord {
+        site: site_id.clone(),
+        fence: geofence::fence_to_json(&fence).to_string(),
+        updated_at: chrono::Utc::now(),
+    };
+    if let Err(e) = g.store.put_site_fence(&record).await {
+        tracing::error!(site = %site_id, error = %e, "cannot store a replaced fence");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store did not take the fence; nothing changed; retry",
+        );
+    }
     let replaced = {
         let mut engine = g
             .geofence
