@@ -561,6 +561,8 @@ impl Engine {
         ));
         let (http_done, http_done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
+            // With the peer's address (a benchmark's send observer tells clients apart by it).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serving = axum::serve(http_listener, app).with_graceful_shutdown(async move {
                 // Err: the engine was dropped without a shutdown; serve on.
                 if http_done_rx.await.is_err() {
@@ -591,6 +593,11 @@ impl Engine {
             server,
             background: vec![maintenance, ticker],
         })
+    }
+
+    /// The fan-out hub (benchmarks install a send observer on it).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// Whether the engine's MQTT client is connected now.

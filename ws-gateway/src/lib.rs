@@ -2,11 +2,13 @@
 //! channels, REST, health and metrics endpoints, and the web pages.
 //!
 //! Fan-out: the pipeline hands [`Hub::publish`] the tracker's updates; each
-//! frame is serialised once into shared bytes and broadcast. Each client's
-//! task filters the broadcast by the token's scope and its subscriptions and
-//! moves what it wants at once into the client's own bounded queue
-//! ([`outbox::Outbox`]), which keeps only the latest position per vehicle
-//! while the client is slow; a separate writer task sends from it. A client
+//! frame is serialised once into shared bytes and routed by the hub's table
+//! of who holds which channel (`fleet`, `site:{id}`, `vehicle:{v}`, checked
+//! against the token's scope) straight into the bounded queue of each client
+//! that may see it ([`outbox::Outbox`]), once per client; the queue keeps
+//! only the latest position per vehicle while the client is slow, and a
+//! separate writer task per client sends from it. Routing never waits on a
+//! socket, and no client looks at frames it did not ask for. A client
 //! lagging past a limit (30 s or 16,384 waiting frames) is closed with a
 //! reason, one that leaves two pings (every 20 s) unanswered likewise, and
 //! one stuck on a send for 10 s is dropped: no client ever delays another.
@@ -35,7 +37,7 @@ use tokio::sync::watch;
 use tracker::Tracker;
 
 pub use auth::{Access, Auth};
-pub use hub::Hub;
+pub use hub::{Hub, SendObserver, SendRecorder};
 pub use moves::Moves;
 
 /// What `/readyz` checks.

@@ -4,7 +4,7 @@
 //! The lock is held only to push or pop, never across an await.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
@@ -50,6 +50,31 @@ pub const SHUTTING_DOWN: CloseReason = CloseReason {
 enum Slot {
     Frame(Marked),
     Position(VehicleId),
+    /// A snapshot being made: nothing behind it goes out before it (None:
+    /// abandoned, skipped).
+    Snapshot(Arc<OnceLock<Option<Utf8Bytes>>>),
+}
+
+/// A place kept in the queue for a snapshot: frames queued after it wait
+/// until it is filled (or dropped unfilled, when it is skipped).
+pub struct SnapshotSlot {
+    cell: Arc<OnceLock<Option<Utf8Bytes>>>,
+    ready: Arc<Notify>,
+}
+
+impl SnapshotSlot {
+    /// Puts the snapshot in its place; the frames behind it can go.
+    pub fn fill(self, text: Utf8Bytes) {
+        let _ = self.cell.set(Some(text));
+        // Drop wakes the writer.
+    }
+}
+
+impl Drop for SnapshotSlot {
+    fn drop(&mut self) {
+        let _ = self.cell.set(None);
+        self.ready.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -125,6 +150,19 @@ impl Outbox {
         !lagging
     }
 
+    /// Keeps a place for a snapshot at the back of the queue: what is queued
+    /// after it waits until it is filled.
+    pub fn reserve(&self, now: Instant) -> SnapshotSlot {
+        let cell = Arc::new(OnceLock::new());
+        self.lock()
+            .order
+            .push_back((Slot::Snapshot(cell.clone()), now));
+        SnapshotSlot {
+            cell,
+            ready: self.ready.clone(),
+        }
+    }
+
     /// Asks the writer to close with `reason` (after what is already queued
     /// is dropped).
     pub fn close(&self, reason: CloseReason) {
@@ -142,7 +180,16 @@ impl Outbox {
         if let Some(reason) = &q.closed {
             return Next::Close(reason.clone());
         }
-        while let Some((slot, _)) = q.order.pop_front() {
+        loop {
+            if let Some((Slot::Snapshot(cell), _)) = q.order.front()
+                && cell.get().is_none()
+            {
+                // Still being made: everything behind it waits.
+                return Next::Empty;
+            }
+            let Some((slot, _)) = q.order.pop_front() else {
+                return Next::Empty;
+            };
             match slot {
                 Slot::Frame((t, mark)) => return Next::Frame(t, mark),
                 Slot::Position(v) => {
@@ -150,9 +197,13 @@ impl Outbox {
                         return Next::Frame(t, mark);
                     }
                 }
+                Slot::Snapshot(cell) => {
+                    if let Some(Some(t)) = cell.get() {
+                        return Next::Frame(t.clone(), None);
+                    }
+                }
             }
         }
-        Next::Empty
     }
 
     /// Waits until something is pushed (or a close is asked for).
@@ -201,6 +252,28 @@ mod tests {
                 Next::Frame("b1".into(), None)
             ]
         );
+    }
+
+    #[test]
+    fn frames_queued_after_a_snapshot_slot_wait_until_it_is_filled() {
+        let q = Outbox::default();
+        let now = Instant::now();
+        assert!(q.push("before".into(), None, None, now));
+        let slot = q.reserve(now);
+        assert!(q.push("a1".into(), None, Some(v("AA11AAA")), now));
+        assert_eq!(q.pop(), Next::Frame("before".into(), None));
+        // The snapshot is still being made: the position behind it waits.
+        assert_eq!(q.pop(), Next::Empty);
+        slot.fill("snapshot".into());
+        assert_eq!(q.pop(), Next::Frame("snapshot".into(), None));
+        assert_eq!(q.pop(), Next::Frame("a1".into(), None));
+        assert_eq!(q.pop(), Next::Empty);
+        // A slot given up on (dropped unfilled) is skipped.
+        let slot = q.reserve(now);
+        assert!(q.push("after".into(), None, None, now));
+        assert_eq!(q.pop(), Next::Empty);
+        drop(slot);
+        assert_eq!(q.pop(), Next::Frame("after".into(), None));
     }
 
     #[test]

@@ -1,34 +1,41 @@
 //! One WebSocket client: subscriptions, snapshot first, then live frames.
 
-use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use model::VehicleId;
 use model::wire::{Channel, ClientMessage, ErrorView, Frame, PositionView, SnapshotView};
-use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::SharedFrame;
+use crate::hub::{ClientRoutes, LatencyMark, SendRecorder};
 use crate::outbox::{NO_PONG, Next, Outbox, SHUTTING_DOWN};
 use crate::{Access, Gateway};
 
 /// The largest message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// The read buffer each connection starts with (it grows for a larger message).
+const READ_BUFFER: usize = 4 * 1024;
 
 pub(crate) async fn upgrade(
     State(g): State<Gateway>,
     ws: WebSocketUpgrade,
     access: Access,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
+    // Benchmarks only (none is installed in service): watches this client's sends.
+    let recorder = g.hub.send_recorder(peer.map(|Extension(ConnectInfo(a))| a));
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| client(socket, g, access))
+        // Clients send only small subscriptions: the 128 KiB default read
+        // buffer was most of a site client's memory.
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| client(socket, g, access, recorder))
 }
 
 /// Counts connected clients for `movewatch_ws_clients`.
@@ -44,51 +51,6 @@ impl ClientGauge {
 impl Drop for ClientGauge {
     fn drop(&mut self) {
         metrics::gauge!("movewatch_ws_clients").decrement(1.0);
-    }
-}
-
-#[derive(Default)]
-struct Subscriptions {
-    fleet: bool,
-    vehicles: HashSet<VehicleId>,
-    sites: HashSet<model::SiteId>,
-}
-
-impl Subscriptions {
-    fn wants(&self, frame: &SharedFrame, access: &Access) -> bool {
-        let on_site = || frame.sites.iter().any(|s| self.sites.contains(s));
-        match access {
-            Access::ControlRoom => {
-                self.fleet || frame.vehicle.is_some_and(|v| self.vehicles.contains(&v)) || on_site()
-            }
-            Access::Supplier(s) => {
-                frame.supplier == Some(*s)
-                    && frame.vehicle.is_some_and(|v| self.vehicles.contains(&v))
-            }
-            // Only frames the moves registry scoped to one of its (subscribed) sites.
-            Access::Site(allowed) => frame
-                .sites
-                .iter()
-                .any(|s| allowed.contains(s) && self.sites.contains(s)),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        !self.fleet && self.vehicles.is_empty() && self.sites.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        usize::from(self.fleet) + self.vehicles.len() + self.sites.len()
-    }
-
-    fn channels(&self) -> Vec<Channel> {
-        let mut out = Vec::new();
-        if self.fleet {
-            out.push(Channel::Fleet);
-        }
-        out.extend(self.vehicles.iter().map(|v| Channel::Vehicle(*v)));
-        out.extend(self.sites.iter().map(|s| Channel::Site(s.clone())));
-        out
     }
 }
 
@@ -148,23 +110,31 @@ fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
 
 /// How often the server pings; two unanswered pings close the connection.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
-/// How long one send may take before the client is taken as stuck and dropped.
+/// The most frames written at once before a flush.
+const WRITE_BATCH: usize = 64;
+/// How long one write may take before the client is taken as stuck and dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most channels one client may hold (bounds a client's memory).
 const MAX_SUBSCRIPTIONS: usize = 256;
 
-/// One client: this task reads the client's messages and the fan-out, and
-/// only ever queues into the client's [`Outbox`] (never waiting on the
-/// socket); the writer task sends from it, pings, and closes with a reason.
-async fn client(socket: WebSocket, g: Gateway, access: Access) {
+/// One client: this task reads the client's messages (subscriptions, which
+/// the hub then routes frames by, straight into the client's [`Outbox`]);
+/// the writer task sends from the outbox, pings, and closes with a reason.
+/// Nothing here ever waits on the socket's sending side.
+async fn client(socket: WebSocket, g: Gateway, access: Access, recorder: Option<SendRecorder>) {
     let _gauge = ClientGauge::new();
     let (sink, mut stream) = socket.split();
     let outbox = Outbox::default();
     let missed_pongs = Arc::new(AtomicU32::new(0));
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), missed_pongs.clone()));
-    let mut live = g.hub.subscribe();
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        outbox.clone(),
+        missed_pongs.clone(),
+        recorder,
+    ));
+    // Leaves every channel when this task ends.
+    let mut routes = g.hub.join(outbox.clone(), access.clone());
     let mut closing = g.hub.closing();
-    let mut subs = Subscriptions::default();
     loop {
         tokio::select! {
             _ = &mut writer => return,
@@ -175,46 +145,16 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
                 return;
             }
             incoming = stream.next() => {
-                let reply = match incoming {
+                match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(t))) => handle_client_message(&g, &access, &mut subs, t.as_str()),
-                    Some(Ok(Message::Binary(_))) => vec![error_frame("bad_request", "send JSON text frames".into())],
-                    Some(Ok(Message::Pong(_))) => {
-                        missed_pongs.store(0, Ordering::Relaxed);
-                        vec![]
+                    Some(Ok(Message::Text(t))) => {
+                        handle_client_message(&g, &access, &mut routes, &outbox, t.as_str());
                     }
-                    Some(Ok(_)) => vec![],
-                };
-                for text in reply {
-                    if !outbox.push(text, None, None, Instant::now()) {
-                        break;
+                    Some(Ok(Message::Binary(_))) => {
+                        outbox.push(error_frame("bad_request", "send JSON text frames".into()), None, None, Instant::now());
                     }
-                }
-            }
-            frame = live.recv(), if !subs.is_empty() => {
-                match frame {
-                    Ok(frame) if subs.wants(&frame, &access) => {
-                        let conflate = if frame.conflate { frame.vehicle } else { None };
-                        if !outbox.push(frame.text.clone(), frame.mark.clone(), conflate, Instant::now()) {
-                            tracing::debug!("slow WebSocket client closed");
-                            metrics::counter!("movewatch_ws_slow_closed_total").increment(1);
-                        }
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(missed)) => {
-                        // This task was starved (it never waits on the socket):
-                        // skip to the present with fresh snapshots.
-                        tracing::debug!(missed, "WebSocket client resynchronised");
-                        metrics::counter!("movewatch_ws_resyncs_total").increment(1);
-                        for channel in subs.channels() {
-                            outbox.push(snapshot(&g, &access, &channel), None, None, Instant::now());
-                        }
-                    }
-                    Err(RecvError::Closed) => {
-                        outbox.close(SHUTTING_DOWN);
-                        let _ = tokio::time::timeout(SEND_TIMEOUT, &mut writer).await;
-                        return;
-                    }
+                    Some(Ok(Message::Pong(_))) => missed_pongs.store(0, Ordering::Relaxed),
+                    Some(Ok(_)) => {}
                 }
             }
         }
@@ -224,11 +164,12 @@ async fn client(socket: WebSocket, g: Gateway, access: Access) {
 
 /// Sends what the outbox holds, pings every [`PING_EVERY`], and closes with
 /// a reason when asked (too slow, no pong, shutting down). Ends when the
-/// connection does.
+/// connection does. `recorder` (benchmarks) gets each marked frame's latency.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbox: Outbox,
     missed_pongs: Arc<AtomicU32>,
+    mut recorder: Option<SendRecorder>,
 ) {
     let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
     loop {
@@ -266,10 +207,30 @@ async fn write_loop(
                 }
             }
         };
-        match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        // Frames already waiting go in the same write: one flush (one
+        // system call) for a burst instead of one per frame.
+        let mut marks: Vec<Arc<LatencyMark>> = mark.into_iter().collect();
+        let write = async {
+            sink.feed(message).await?;
+            for _ in 1..WRITE_BATCH {
+                match outbox.pop() {
+                    Next::Frame(text, latency) => {
+                        marks.extend(latency);
+                        sink.feed(Message::Text(text)).await?;
+                    }
+                    // A close is taken again on the next turn.
+                    Next::Close(_) | Next::Empty => break,
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, write).await {
             Ok(Ok(())) => {
-                if let Some(mark) = mark {
+                for mark in marks {
                     mark.sent();
+                    if let Some(record) = recorder.as_mut() {
+                        record(mark.elapsed());
+                    }
                 }
             }
             // Gone, or stuck for SEND_TIMEOUT: nothing more can be said to it.
@@ -278,19 +239,25 @@ async fn write_loop(
     }
 }
 
+/// Subscribes or unsubscribes (the snapshot first, then the channel's live
+/// frames), or queues the error that says why not.
 fn handle_client_message(
     g: &Gateway,
     access: &Access,
-    subs: &mut Subscriptions,
+    routes: &mut ClientRoutes,
+    outbox: &Outbox,
     raw: &str,
-) -> Vec<Utf8Bytes> {
+) {
+    let reply = |text: Utf8Bytes| {
+        outbox.push(text, None, None, Instant::now());
+    };
     let message: ClientMessage = match serde_json::from_str(raw) {
         Ok(m) => m,
         Err(e) => {
-            return vec![error_frame(
+            return reply(error_frame(
                 "bad_request",
                 format!("expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"channel\":..}}: {e}"),
-            )];
+            ));
         }
     };
     let (subscribe, name) = match &message {
@@ -298,55 +265,42 @@ fn handle_client_message(
         ClientMessage::Unsubscribe { channel } => (false, channel),
     };
     let Some(channel) = Channel::parse(name) else {
-        return vec![error_frame(
+        return reply(error_frame(
             "unknown_channel",
             format!("no channel {name:?}: use fleet, site:{{id}} or vehicle:{{registration}}"),
-        )];
+        ));
     };
     if let Channel::Site(id) = &channel
         && !g.sites.iter().any(|s| s.id == *id)
     {
         // Checked after scope for site tokens, so a probe learns nothing about other sites.
         if !access.may_subscribe(&channel) {
-            return vec![error_frame(
+            return reply(error_frame(
                 "forbidden",
                 format!("this token may not see {channel}"),
-            )];
+            ));
         }
-        return vec![error_frame("unknown_channel", format!("no site {id}"))];
+        return reply(error_frame("unknown_channel", format!("no site {id}")));
     }
     if !access.may_subscribe(&channel) {
-        return vec![error_frame(
+        return reply(error_frame(
             "forbidden",
             format!("this token may not see {channel}"),
-        )];
+        ));
     }
     if !subscribe {
-        match &channel {
-            Channel::Fleet => subs.fleet = false,
-            Channel::Vehicle(v) => {
-                subs.vehicles.remove(v);
-            }
-            Channel::Site(s) => {
-                subs.sites.remove(s);
-            }
-        }
-        return vec![];
+        routes.unsubscribe(&channel);
+        return;
     }
-    if subs.len() >= MAX_SUBSCRIPTIONS {
-        return vec![error_frame(
+    if routes.channels().len() >= MAX_SUBSCRIPTIONS {
+        return reply(error_frame(
             "bad_request",
             format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
-        )];
+        ));
     }
-    match &channel {
-        Channel::Fleet => subs.fleet = true,
-        Channel::Vehicle(v) => {
-            subs.vehicles.insert(*v);
-        }
-        Channel::Site(s) => {
-            subs.sites.insert(s.clone());
-        }
-    }
-    vec![snapshot(g, access, &channel)]
+    // The snapshot's place is kept before the channel's frames are routed
+    // here, and it is made after: nothing of the channel is missed, and
+    // nothing of it goes out before the snapshot.
+    let slot = routes.subscribe(channel.clone(), Instant::now());
+    slot.fill(snapshot(g, access, &channel));
 }
