@@ -739,7 +739,10 @@ impl MoveBook {
                     let actual = (t.ts - made).num_seconds() as f64 / 60.0;
                     self.eta.learn_residual(predicted, actual);
                 }
-                if let Some(pace) = &pace {
+                // A trip redirected on the road did not start at a site: its
+                // first 10 km would teach open road as a way out of a site, so
+                // the curves do not learn it.
+                if let Some(pace) = pace.as_ref().filter(|p| p.from_origin) {
                     self.eta
                         .learn_track(&fact.from_location, &fact.site, pace, t.ts);
                 }
