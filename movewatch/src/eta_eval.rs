@@ -4,15 +4,17 @@
 //! [`MoveBook`] (booking, `JourneyStart`, the origin's exit, 30 s fixes, the
 //! destination's enter), learning on the training days, then measures the
 //! estimates made on the test days against the true arrivals, per horizon,
-//! next to a naive baseline (straight line at 50 km/h).
+//! next to a naive baseline (straight line at 50 km/h). A day's journeys are
+//! played together on one clock, so the model learns from a journey only
+//! after it has arrived.
 //!
 //! The route model is synthetic and seeded: between real sites 10–150 km
 //! apart, each route has its own circuity (1.15–1.45), an urban start and
 //! end (2–6 km each), and A-road and motorway between (more motorway on
 //! longer routes). Speeds: urban 28 km/h, A-road 65, motorway 95, scaled by
 //! rush hours (07–09 and 16–18: ×0.7 urban, ×0.8 elsewhere), by the day
-//! (weather, ±7 %), by the trip (driver, ±5 %); traffic lights (40 % of
-//! urban 700 m stretches, 20–60 s); one trip in six meets a 3–12 minute jam
+//! (weather, ±7 %), by the trip (driver, ±5 %); traffic lights on town
+//! streets (40 % of urban 700 m stretches, 20–60 s); one trip in six meets a 3–12 minute jam
 //! somewhere. The vehicle's way bends around the straight line, so the
 //! straight-line distance left is not exactly proportional to the road left.
 
@@ -234,6 +236,11 @@ fn drive(
             .find(|(end, _)| s < *end)
             .map_or(Road::Urban, |(_, r)| *r);
         let mut v = speed_kmh(road, now.hour()) * day_factor * trip_factor / 3.6;
+        if road != Road::Urban {
+            // Lights are on town streets only: the next one is 700 m into the
+            // next town stretch (not every 700 m since the last town, caught up at once).
+            next_light = s + 700.0;
+        }
         if stop_left > 0.0 {
             stop_left -= dt;
             v = 0.0;
@@ -261,7 +268,36 @@ fn drive(
     (fixes, arrival)
 }
 
+/// One simulated trip of a day, ready to be played.
+struct Trip {
+    n: u64,
+    route: usize,
+    depart: DateTime<Utc>,
+    fixes: Vec<SimFix>,
+    arrival: DateTime<Utc>,
+    id: MoveId,
+    journey: JourneyId,
+    vehicle: VehicleId,
+}
+
+/// What happens when, in a day's play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    /// Booking, `JourneyStart` and the origin's exit.
+    Depart,
+    /// The i-th fix.
+    Fix(usize),
+    /// The destination's enter.
+    Arrive,
+    /// `MoveComplete`.
+    Complete,
+}
+
 /// Runs the evaluation on these sites.
+///
+/// The trips of a day are played together in time order (every trip's
+/// departure, fixes, arrival and completion on one clock), so the model
+/// learns from a journey only once it has arrived, as in service.
 pub fn evaluate(sites: &[Site], config: EvalConfig) -> EvalReport {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let routes = routes(sites, &mut rng);
@@ -273,17 +309,18 @@ pub fn evaluate(sites: &[Site], config: EvalConfig) -> EvalReport {
     for day in 0..config.train_days + config.test_days {
         let testing = day >= config.train_days;
         let date = start + chrono::Days::new(u64::from(day));
+        let midnight = Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default());
         let day_factor = 1.0 + normal(&mut rng, 0.07);
+        let mut trips = Vec::new();
         for _ in 0..config.trips_per_day {
             if routes.is_empty() {
                 break;
             }
             n += 1;
-            let route = &routes[rng.random_range(0..routes.len())];
+            let route = rng.random_range(0..routes.len());
             let minute = rng.random_range(6 * 60..20 * 60);
-            let depart = Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
-                + Duration::minutes(minute);
-            let (fixes, arrival) = drive(route, sites, depart, day_factor, &mut rng);
+            let depart = midnight + Duration::minutes(minute);
+            let (fixes, arrival) = drive(&routes[route], sites, depart, day_factor, &mut rng);
             let (Ok(id), Ok(journey), Ok(vehicle)) = (
                 MoveId::parse(&format!("eval-{n}")),
                 JourneyId::parse(&format!("eval-j-{n}")),
@@ -291,116 +328,144 @@ pub fn evaluate(sites: &[Site], config: EvalConfig) -> EvalReport {
             ) else {
                 continue;
             };
-            let (from, to) = (sites[route.from].id.clone(), sites[route.to].id.clone());
-            let _ = book.upsert(
-                MoveSpec {
-                    id: id.clone(),
-                    reference: format!("EVAL{n}"),
-                    from_location: from.clone(),
-                    to_location: to.clone(),
-                    date,
-                    status: MoveStatus::Booked,
-                    journeys: vec![JourneySpec {
-                        id: journey,
-                        from_location: from.clone(),
-                        to_location: to.clone(),
-                        vehicle: None,
-                    }],
-                },
+            trips.push(Trip {
+                n,
+                route,
                 depart,
-            );
-            let mut out = Vec::new();
-            book.on_event(
-                &Event {
-                    supplier,
-                    vehicle,
-                    kind: EventKind::JourneyStart,
-                    occurred_at: depart,
-                    move_id: Some(id.clone()),
-                    journey_id: None,
-                    details: serde_json::json!({"vehicle_reg": vehicle.as_str()}),
-                },
-                &mut out,
-            );
-            book.on_transition(
-                &transition(vehicle, &from, TransitionKind::Exit, depart),
-                &mut out,
-            );
-            let dest = &sites[route.to];
-            for (i, &(ts, lat, lon, speed)) in fixes.iter().enumerate() {
-                out.clear();
-                book.on_position(
-                    &Position {
-                        supplier,
-                        vehicle,
-                        tracking_id: format!("{n}-{i}"),
-                        ts,
-                        lat,
-                        lon,
-                        journey_id: None,
-                        speed_kmh: Some(speed),
-                        bearing: None,
-                        altitude: None,
-                        hdop: None,
-                        vdop: None,
-                        vin: None,
-                        flags: PointFlags::default(),
-                    },
-                    &mut out,
-                );
-                if !testing {
-                    continue;
-                }
-                let Some(view) = book.details(&id).map(|d| d.view) else {
-                    continue;
-                };
-                let Some((eta, low, high)) = times(&view) else {
-                    continue;
-                };
-                let truth = (arrival - ts).num_seconds() as f64 / 60.0;
-                let naive = haversine_m(lat, lon, dest.lat, dest.lon) / 1000.0 / 50.0 * 60.0;
-                let b = &mut report.buckets[horizon_bucket(truth)];
-                b.n += 1;
-                b.model
-                    .push(((eta - arrival).num_seconds() as f64 / 60.0).abs());
-                b.signed.push((eta - arrival).num_seconds() as f64 / 60.0);
-                b.naive.push((naive - truth).abs());
-                if low <= arrival && arrival <= high {
-                    b.covered += 1;
-                }
+                fixes,
+                arrival,
+                id,
+                journey,
+                vehicle,
+            });
+        }
+        let mut steps: Vec<(DateTime<Utc>, usize, Step)> = Vec::new();
+        for (k, trip) in trips.iter().enumerate() {
+            steps.push((trip.depart, k, Step::Depart));
+            for (i, f) in trip.fixes.iter().enumerate() {
+                steps.push((f.0, k, Step::Fix(i)));
             }
+            steps.push((trip.arrival, k, Step::Arrive));
+            steps.push((trip.arrival + Duration::minutes(5), k, Step::Complete));
+        }
+        // Time order; a trip's own steps keep their order at equal times.
+        steps.sort();
+        let mut out = Vec::new();
+        for (_, k, step) in steps {
+            let trip = &trips[k];
+            let route = &routes[trip.route];
+            let (from, to) = (sites[route.from].id.clone(), sites[route.to].id.clone());
+            let vehicle = trip.vehicle;
             out.clear();
-            book.on_transition(
-                &transition(vehicle, &to, TransitionKind::Enter, arrival),
-                &mut out,
-            );
-            book.on_event(
-                &Event {
-                    supplier,
-                    vehicle,
-                    kind: EventKind::MoveComplete,
-                    occurred_at: arrival + Duration::minutes(5),
-                    move_id: Some(id),
-                    journey_id: None,
-                    details: serde_json::json!({}),
-                },
-                &mut out,
-            );
-            if testing {
-                report.trips.1 += 1;
-            } else {
-                report.trips.0 += 1;
+            match step {
+                Step::Depart => {
+                    let _ = book.upsert(
+                        MoveSpec {
+                            id: trip.id.clone(),
+                            reference: format!("EVAL{}", trip.n),
+                            from_location: from.clone(),
+                            to_location: to.clone(),
+                            date,
+                            status: MoveStatus::Booked,
+                            journeys: vec![JourneySpec {
+                                id: trip.journey.clone(),
+                                from_location: from.clone(),
+                                to_location: to.clone(),
+                                vehicle: None,
+                            }],
+                        },
+                        trip.depart,
+                    );
+                    book.on_event(
+                        &Event {
+                            supplier,
+                            vehicle,
+                            kind: EventKind::JourneyStart,
+                            occurred_at: trip.depart,
+                            move_id: Some(trip.id.clone()),
+                            journey_id: None,
+                            details: serde_json::json!({"vehicle_reg": vehicle.as_str()}),
+                        },
+                        &mut out,
+                    );
+                    book.on_transition(
+                        &transition(vehicle, &from, TransitionKind::Exit, trip.depart),
+                        &mut out,
+                    );
+                }
+                Step::Fix(i) => {
+                    let (ts, lat, lon, speed) = trip.fixes[i];
+                    book.on_position(
+                        &Position {
+                            supplier,
+                            vehicle,
+                            tracking_id: format!("{}-{i}", trip.n),
+                            ts,
+                            lat,
+                            lon,
+                            journey_id: None,
+                            speed_kmh: Some(speed),
+                            bearing: None,
+                            altitude: None,
+                            hdop: None,
+                            vdop: None,
+                            vin: None,
+                            flags: PointFlags::default(),
+                        },
+                        &mut out,
+                    );
+                    if !testing {
+                        continue;
+                    }
+                    let Some(view) = book.details(&trip.id).map(|d| d.view) else {
+                        continue;
+                    };
+                    let Some((eta, low, high)) = times(&view) else {
+                        continue;
+                    };
+                    let arrival = trip.arrival;
+                    let dest = &sites[route.to];
+                    let truth = (arrival - ts).num_seconds() as f64 / 60.0;
+                    let naive = haversine_m(lat, lon, dest.lat, dest.lon) / 1000.0 / 50.0 * 60.0;
+                    let b = &mut report.buckets[horizon_bucket(truth)];
+                    b.n += 1;
+                    let err = (eta - arrival).num_seconds() as f64 / 60.0;
+                    b.model.push(err.abs());
+                    b.signed.push(err);
+                    b.naive.push((naive - truth).abs());
+                    if low <= arrival && arrival <= high {
+                        b.covered += 1;
+                    }
+                }
+                Step::Arrive => {
+                    book.on_transition(
+                        &transition(vehicle, &to, TransitionKind::Enter, trip.arrival),
+                        &mut out,
+                    );
+                }
+                Step::Complete => {
+                    book.on_event(
+                        &Event {
+                            supplier,
+                            vehicle,
+                            kind: EventKind::MoveComplete,
+                            occurred_at: trip.arrival + Duration::minutes(5),
+                            move_id: Some(trip.id.clone()),
+                            journey_id: None,
+                            details: serde_json::json!({}),
+                        },
+                        &mut out,
+                    );
+                    if testing {
+                        report.trips.1 += 1;
+                    } else {
+                        report.trips.0 += 1;
+                    }
+                }
             }
         }
         // Forget the finished moves of the day.
-        let _ = book.tick(
-            Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
-                + Duration::days(2),
-        );
-    }
-    for h in [6, 8, 12, 17, 19] {
-        let (a, b) = book.eta_model().line(h);
-        tracing::debug!(hour = h, overhead_min = a, kmh = 60.0 / b, "learned line");
+        let _ = book.tick(midnight + Duration::days(2));
     }
     report
 }

@@ -267,6 +267,37 @@ pub fn learned_eta_model(sites: &[Site], arrivals: &[store::Arrival]) -> EtaMode
     model
 }
 
+/// Arrivals whose stored fixes teach the ETA's curves on start.
+const ETA_TRACK_HISTORY: usize = 1_000;
+
+/// Teaches the ETA model's curves (time to go against distance to go) the
+/// stored fixes of the latest [`ETA_TRACK_HISTORY`] arrivals, oldest first.
+async fn learn_stored_tracks(
+    model: &mut EtaModel,
+    store: &store::Store,
+    sites: &[Site],
+    arrivals: &[store::Arrival],
+) -> anyhow::Result<()> {
+    let at = |id: &model::SiteId| sites.iter().find(|s| s.id == *id).map(|s| (s.lat, s.lon));
+    for a in arrivals.iter().take(ETA_TRACK_HISTORY).rev() {
+        let (Some(o), Some(d)) = (at(&a.from_location), at(&a.site)) else {
+            continue;
+        };
+        let fixes = store
+            .track(&a.vehicle, a.departed_at, a.arrived_at, 20_000)
+            .await
+            .context("cannot read an arrival's fixes for the ETA model")?;
+        let track: Vec<_> = fixes
+            .iter()
+            .filter(|p| !p.flags.late && !p.flags.bad_fix)
+            .map(|p| (p.ts, tracker::haversine_m(p.lat, p.lon, d.0, d.1)))
+            .collect();
+        let total = tracker::haversine_m(o.0, o.1, d.0, d.1);
+        model.learn_fixes(&a.from_location, &a.site, total, &track, a.arrived_at);
+    }
+    Ok(())
+}
+
 /// Feeds one batch to the moves registry (fixes, then the fence crossings
 /// they confirmed, then events) and scopes the tracker's position updates:
 /// each gets the moves its vehicle carries and the site channels that may see it.
@@ -355,11 +386,9 @@ impl Engine {
             .recent_arrivals(ETA_HISTORY)
             .await
             .context("cannot read arrivals for the ETA model")?;
-        let mut book = MoveBook::new(
-            &sites,
-            MovesConfig::default(),
-            learned_eta_model(&sites, &arrivals),
-        );
+        let mut eta = learned_eta_model(&sites, &arrivals);
+        learn_stored_tracks(&mut eta, &store, &sites, &arrivals).await?;
+        let mut book = MoveBook::new(&sites, MovesConfig::default(), eta);
         let now = chrono::Utc::now();
         let open = store
             .open_moves()

@@ -22,7 +22,7 @@ async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_onl
         let mut config = config(dir.path(), None);
         config.tokens.push(site_token(SITE_TOKEN, "LEI"));
         config.tokens.push(site_token(OTHER_SITE_TOKEN, "HLI"));
-        let engine = Engine::start(config).await.unwrap();
+        let engine = Engine::start(config.clone()).await.unwrap();
         let today = base(25).date_naive().to_string();
         let body = serde_json::json!({
             "reference": "ABC123", "from_location": "WDI", "to_location": "LEI",
@@ -206,6 +206,18 @@ async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_onl
             .then_some(())
         })
         .await;
+        assert_eq!(engine.moves.lock().eta_model().curves().trips(), 1);
+        engine.shutdown().await;
+
+        // After a restart the ETA's curves relearn the journey from its stored fixes
+        // (on a fresh MQTT port: the embedded broker's may not be released yet).
+        config.mqtt.listen = free_port();
+        let engine = Engine::start(config).await.unwrap();
+        {
+            let book = engine.moves.lock();
+            assert_eq!(book.eta_model().curves().trips(), 1);
+            assert!(book.eta_model().curves().learned_km() > 10.0);
+        }
         engine.stop();
     })
     .await

@@ -1,8 +1,18 @@
-//! The ETA model (issue #6): road distance from great-circle distance and a
-//! learned circuity factor; driving time from a per-hour linear fit of
-//! completed journeys (time = overhead + distance / cruise speed), blended
-//! with the vehicle's live speed; an interval from the residuals of past
-//! estimates, by horizon.
+//! The ETA model (issue #6).
+//!
+//! Once it has history (`EtaConfig::min_curve_km` of learned tracks), the
+//! time still to go is the *nominal* time to go from the vehicle's
+//! great-circle distance to the destination ([`curve::Curves`]: minutes per
+//! km of distance still to go, learned from the fixes of completed
+//! journeys, per route when it has been driven, else per destination for
+//! the approach and per origin for the way out, else for everyone; by hour
+//! of day), times this trip's pace against that nominal so far
+//! ([`TripPace`]), shrunk towards 1 while the trip is young. Before that
+//! history: a per-hour linear fit of whole journeys (time = overhead +
+//! distance / cruise speed) with road distance from a learned circuity,
+//! blended with the live speed. Either way, the estimate is corrected by
+//! the median of past residuals of estimates of about the same size, and the
+//! interval is their 4th and 96th percentiles.
 //!
 //! Pure and synchronous: the caller passes every time, so tests and the
 //! accuracy harness (`movewatch eval-eta`) drive it with synthetic clocks.
@@ -11,6 +21,10 @@ use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Timelike, Utc};
 use model::SiteId;
+
+pub mod curve;
+
+pub use curve::{Curves, RouteRef, TripPace};
 
 /// Tunables of the model, with the defaults used before any history.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +53,10 @@ pub struct EtaConfig {
     pub max_circuity_samples: usize,
     /// The interval's quantiles (low, high) of the residuals.
     pub quantiles: (f64, f64),
+    /// Great-circle km of learned tracks before the curves replace the line.
+    pub min_curve_km: f64,
+    /// Nominal minutes driven at which the trip's own pace weighs as much as the route's.
+    pub pace_prior_min: f64,
 }
 
 impl Default for EtaConfig {
@@ -56,6 +74,8 @@ impl Default for EtaConfig {
             max_residuals: 2000,
             max_circuity_samples: 50,
             quantiles: (0.04, 0.96),
+            min_curve_km: 300.0,
+            pace_prior_min: 15.0,
         }
     }
 }
@@ -119,18 +139,6 @@ fn residual_bin(raw_minutes: f64) -> usize {
         .unwrap_or(RESIDUAL_BINS.len())
 }
 
-/// How the journey has gone since it left the origin: what the estimate
-/// learns about this route and this trip while it is driven.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Distance driven since leaving the origin, metres.
-    pub driven_m: f64,
-    /// Minutes since leaving the origin.
-    pub elapsed_min: f64,
-    /// Great-circle distance from the origin to the destination, metres.
-    pub direct_total_m: f64,
-}
-
 /// One estimate of the time still to drive.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Remaining {
@@ -156,6 +164,7 @@ pub struct EtaModel {
     dest_circuity: HashMap<SiteId, VecDeque<f64>>,
     all_circuity: VecDeque<f64>,
     residuals: [VecDeque<f64>; RESIDUAL_BINS.len() + 1],
+    curves: Curves,
     /// The configured quantiles of each bin's residuals, recomputed on learning.
     bounds: [Option<(f64, f64, f64)>; RESIDUAL_BINS.len() + 1],
 }
@@ -204,6 +213,7 @@ impl EtaModel {
             dest_circuity: HashMap::new(),
             all_circuity: VecDeque::new(),
             residuals: Default::default(),
+            curves: Curves::default(),
             bounds: [None; RESIDUAL_BINS.len() + 1],
         }
     }
@@ -333,9 +343,104 @@ impl EtaModel {
         (model - near_model_min + near_live_min).max(0.0)
     }
 
+    /// The route of a trip as the curves see it.
+    fn route_ref<'a>(
+        from: &'a SiteId,
+        to: &'a SiteId,
+        direct_m: f64,
+        pace: Option<&TripPace>,
+    ) -> RouteRef<'a> {
+        RouteRef {
+            from: pace.is_none_or(|p| p.from_origin).then_some(from),
+            to,
+            total_km: pace.map_or(direct_m / 1000.0, |p| p.total_km),
+        }
+    }
+
+    /// Takes a live fix of a trip on `from` → `to`, `direct_m` metres (great
+    /// circle) from the destination, into its pace.
+    pub fn advance(
+        &self,
+        pace: &mut TripPace,
+        from: &SiteId,
+        to: &SiteId,
+        ts: DateTime<Utc>,
+        direct_m: f64,
+    ) {
+        let route = Self::route_ref(from, to, direct_m, Some(pace));
+        pace.advance(&self.curves, &route, ts, direct_m / 1000.0);
+    }
+
+    /// Learns the curves from the fixes of a completed trip.
+    pub fn learn_track(
+        &mut self,
+        from: &SiteId,
+        to: &SiteId,
+        pace: &TripPace,
+        arrived: DateTime<Utc>,
+    ) {
+        let route = Self::route_ref(from, to, 0.0, Some(pace));
+        let was = self.curves_active();
+        self.curves.learn_track(&route, pace.track(), arrived);
+        if !was && self.curves_active() {
+            // The residuals so far are the line's: the curves start their own.
+            self.residuals = Default::default();
+            self.bounds = [None; RESIDUAL_BINS.len() + 1];
+        }
+    }
+
+    /// Learns the curves from a completed trip's stored fixes (after a
+    /// restart): `track` is (time, great-circle metres to the destination)
+    /// in time order, `total_m` the origin's distance to the destination.
+    pub fn learn_fixes(
+        &mut self,
+        from: &SiteId,
+        to: &SiteId,
+        total_m: f64,
+        track: &[(DateTime<Utc>, f64)],
+        arrived: DateTime<Utc>,
+    ) {
+        let mut pace = TripPace::new(total_m / 1000.0, true);
+        let route = RouteRef {
+            from: Some(from),
+            to,
+            total_km: total_m / 1000.0,
+        };
+        for &(ts, m) in track {
+            pace.advance(&self.curves, &route, ts, m / 1000.0);
+        }
+        self.learn_track(from, to, &pace, arrived);
+    }
+
+    /// Whether the curves have enough history to replace the line.
+    pub fn curves_active(&self) -> bool {
+        self.curves.learned_km() >= self.config.min_curve_km
+    }
+
+    /// The learned curves.
+    pub fn curves(&self) -> &Curves {
+        &self.curves
+    }
+
+    /// ln(actual / nominal) for the rest of this trip: the trip's own pace
+    /// so far (capped steps, see [`TripPace`]), weighed by how much of the
+    /// trip it has seen (its nominal minutes against `pace_prior_min`).
+    pub fn pace_log(&self, pace: Option<&TripPace>) -> f64 {
+        let Some((actual, nominal)) = pace.and_then(TripPace::overall) else {
+            return 0.0;
+        };
+        if !(nominal > 2.0 && actual > 0.0) {
+            return 0.0;
+        }
+        let own = (actual / nominal).ln().clamp(-0.7, 0.7);
+        own * nominal / (nominal + self.config.pace_prior_min)
+    }
+
     /// The estimate with its interval, for `direct_m` metres of great-circle
     /// distance left on the route `from` → `to`, `from_origin_m` (great
-    /// circle) from the origin.
+    /// circle) from the origin. Once the curves have history: the nominal
+    /// time to go from here times this trip's pace (`pace`, when it left);
+    /// before: the per-hour line.
     #[allow(clippy::too_many_arguments)]
     pub fn remaining(
         &self,
@@ -345,22 +450,24 @@ impl EtaModel {
         from_origin_m: f64,
         now: DateTime<Utc>,
         live_kmh: Option<f64>,
-        progress: Option<Progress>,
+        pace: Option<&TripPace>,
     ) -> Remaining {
         let hour = now.hour() as usize;
-        let prior = self.circuity(from, to);
-        let (circuity, pace) = match progress {
-            Some(p) => self.live_terms(prior, direct_m, hour, p),
-            None => (prior, 1.0),
-        };
+        let circuity = self.circuity(from, to);
         let road_m = direct_m * circuity;
-        let raw = self.paced_minutes(
-            road_m / 1000.0,
-            from_origin_m * circuity / 1000.0,
-            hour,
-            live_kmh,
-            pace,
-        );
+        let raw = if self.curves_active() {
+            let route = Self::route_ref(from, to, direct_m, pace);
+            let nominal = self.curves.nominal_minutes(&route, direct_m / 1000.0, now);
+            nominal * self.pace_log(pace).exp()
+        } else {
+            self.paced_minutes(
+                road_m / 1000.0,
+                from_origin_m * circuity / 1000.0,
+                hour,
+                live_kmh,
+                1.0,
+            )
+        };
         let (minutes, low, high) = self.corrected(raw);
         Remaining {
             minutes,
@@ -369,30 +476,6 @@ impl EtaModel {
             raw_minutes: raw,
             road_m,
         }
-    }
-
-    /// This route's circuity and this trip's pace as driven so far, blended
-    /// with the prior as the evidence grows.
-    fn live_terms(&self, prior: f64, direct_m: f64, hour: usize, p: Progress) -> (f64, f64) {
-        let done_direct = (p.direct_total_m - direct_m).max(0.0);
-        if p.driven_m < 3_000.0 || done_direct < 2_000.0 {
-            return (prior, 1.0);
-        }
-        let live_circuity = (p.driven_m / done_direct).clamp(1.0, 3.0);
-        let w = (done_direct / (done_direct + 15_000.0)).min(0.8);
-        let circuity = prior * (1.0 - w) + live_circuity * w;
-        // The model's minutes for the stretch driven, against the minutes it took.
-        let c = &self.config;
-        let (overhead, per_km) = self.line(hour);
-        let driven_km = p.driven_m / 1000.0;
-        let expected = overhead * (1.0 - c.end_share) * (driven_km / c.end_zone_km).min(1.0)
-            + per_km * driven_km;
-        if !(expected > 1.0 && p.elapsed_min > 5.0) {
-            return (circuity, 1.0);
-        }
-        let ratio = (p.elapsed_min / expected).clamp(0.7, 1.5);
-        let w = (p.elapsed_min / (p.elapsed_min + 30.0)).min(0.6);
-        (circuity, 1.0 + w * (ratio - 1.0))
     }
 
     /// (estimate, low, high) from the model's `raw` minutes: the median and

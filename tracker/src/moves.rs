@@ -25,7 +25,7 @@ use model::{
     TransitionKind, VehicleId, format_ts,
 };
 
-use crate::eta::{EtaModel, Remaining};
+use crate::eta::{EtaModel, Remaining, TripPace};
 use crate::haversine_m;
 
 /// A move's status, as the contract names them.
@@ -246,6 +246,8 @@ struct LiveMove {
     off_route_alerted: bool,
     /// (made at, predicted minutes) every few minutes, for the interval's residuals.
     predictions: Vec<(DateTime<Utc>, f64)>,
+    /// How the trip runs since it left (its fixes against the ETA model's curve).
+    pace: Option<TripPace>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -405,6 +407,7 @@ impl MoveBook {
                         off_route_samples: VecDeque::new(),
                         off_route_alerted: false,
                         predictions: Vec::new(),
+                        pace: None,
                     },
                 );
             }
@@ -720,6 +723,7 @@ impl MoveBook {
                     distance_m: m.driven_m,
                 };
                 let predictions = std::mem::take(&mut m.predictions);
+                let pace = m.pace.take();
                 let sites = move_sites(m, t.ts, grace);
                 out.push(MoveOutput::Frame {
                     frame: Frame::Arrival(SiteEventView {
@@ -734,6 +738,13 @@ impl MoveBook {
                 for (made, predicted) in predictions {
                     let actual = (t.ts - made).num_seconds() as f64 / 60.0;
                     self.eta.learn_residual(predicted, actual);
+                }
+                // A trip redirected on the road did not start at a site: its
+                // first 10 km would teach open road as a way out of a site, so
+                // the curves do not learn it.
+                if let Some(pace) = pace.as_ref().filter(|p| p.from_origin) {
+                    self.eta
+                        .learn_track(&fact.from_location, &fact.site, pace, t.ts);
                 }
                 if let (Some(&o), Some(&d)) = (
                     self.sites.get(&fact.from_location),
@@ -808,6 +819,16 @@ impl MoveBook {
         m.departed_at = Some(t.ts);
         m.started_at.get_or_insert(t.ts);
         m.driven_m = 0.0;
+        m.pace = match (
+            self.sites.get(&m.spec.from_location),
+            self.sites.get(&m.spec.to_location),
+        ) {
+            (Some(o), Some(d)) => Some(TripPace::new(
+                haversine_m(o.0, o.1, d.0, d.1) / 1000.0,
+                true,
+            )),
+            _ => None,
+        };
         let probable = m.matched == Some(MatchKind::Probable);
         if !probable {
             m.spec.status = MoveStatus::InTransit;
@@ -877,6 +898,19 @@ impl MoveBook {
                     m.off_route_samples.clear();
                     m.off_route_alerted = false;
                     m.predictions.clear();
+                    // The pace starts again from where the vehicle is now.
+                    let here = m
+                        .vehicle
+                        .and_then(|v| self.vehicles.get(&v))
+                        .and_then(|v| v.last)
+                        .zip(self.sites.get(&m.spec.to_location));
+                    m.pace = match here {
+                        Some(((_, lat, lon), d)) if m.departed_at.is_some() => Some(TripPace::new(
+                            haversine_m(lat, lon, d.0, d.1) / 1000.0,
+                            false,
+                        )),
+                        _ => None,
+                    };
                     if m.spec.status == MoveStatus::Arrived {
                         m.spec.status = MoveStatus::InTransit;
                         m.arrived_at = None;
@@ -1187,6 +1221,10 @@ impl MoveBook {
             // The inferred departure was another vehicle's.
             m.departed_at = None;
             m.driven_m = 0.0;
+            m.pace = None;
+        } else if let Some(p) = &mut m.pace {
+            // The next fix comes from another vehicle: no step from the last.
+            p.break_step();
         }
         if kind != MatchKind::Probable
             && let Some(j) = m.spec.journeys.last_mut()
@@ -1210,6 +1248,7 @@ impl MoveBook {
         m.departed_at = None;
         m.estimate = None;
         m.driven_m = 0.0;
+        m.pace = None;
         self.unlink(id, old);
         self.refresh(id, now, false, out);
     }
@@ -1301,27 +1340,24 @@ impl MoveBook {
             .sites
             .get(&m.spec.from_location)
             .map_or(f64::INFINITY, |o| haversine_m(lat, lon, o.0, o.1));
-        let progress = match (m.departed_at, self.sites.get(&m.spec.from_location)) {
-            (Some(departed), Some(&origin)) => Some(crate::eta::Progress {
-                driven_m: m.driven_m,
-                elapsed_min: (now - departed).num_seconds() as f64 / 60.0,
-                direct_total_m: haversine_m(origin.0, origin.1, dest.0, dest.1),
-            }),
-            _ => None,
-        };
-        let r = self.eta.remaining(
-            &m.spec.from_location,
-            &m.spec.to_location,
-            direct,
-            from_origin,
-            now,
-            v.speed_kmh,
-            progress,
-        );
-        let eta = eta_at(now, r.minutes);
+        let (fix_ts, live_kmh) = (v.last.map(|l| l.0), v.speed_kmh);
+        let (from, to) = (m.spec.from_location.clone(), m.spec.to_location.clone());
         let Some(m) = self.moves.get_mut(id) else {
             return;
         };
+        if let (Some(pace), Some(ts)) = (&mut m.pace, fix_ts) {
+            self.eta.advance(pace, &from, &to, ts, direct);
+        }
+        let r = self.eta.remaining(
+            &from,
+            &to,
+            direct,
+            from_origin,
+            now,
+            live_kmh,
+            m.pace.as_ref(),
+        );
+        let eta = eta_at(now, r.minutes);
         m.estimate = Some((now, r));
         if m.predictions.len() < MAX_PREDICTIONS
             && m.predictions

@@ -843,3 +843,64 @@ fn site_visibility_runs_from_journey_start_until_15_minutes_after_arrival() {
     assert!(b.vehicles_seen_by(&dst, at(3600 + 901)).is_empty());
     assert!(b.sites_seeing(&v(VAN), at(3600 + 901)).is_empty());
 }
+
+/// One trip ORG → DST: fast (90 km/h) until 5 km out, then 20 km/h to the
+/// gate; fixes every 30 s from the origin's exit; the enter at the end.
+/// Returns the move's (fix time, ETA) at each fix.
+fn slow_end_trip(
+    b: &mut MoveBook,
+    id: &str,
+    vehicle: &str,
+    start: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, f64, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    b.upsert(spec(id, "ORG", "DST", Some(vehicle)), start);
+    b.on_transition(
+        &crossing(vehicle, "ORG", TransitionKind::Exit, start),
+        &mut out,
+    );
+    let to_go_km = |lat: f64| (53.5 - lat) * 111.195;
+    let (mut lat, mut t) = (53.0, start);
+    let mut seen = Vec::new();
+    while to_go_km(lat) > 0.0 {
+        let kmh = if to_go_km(lat) > 5.0 { 90.0 } else { 20.0 };
+        b.on_position(&pos(vehicle, t, lat, kmh, None), &mut out);
+        if let Some(eta) = b.details(&mid(id)).unwrap().view.eta {
+            let eta = DateTime::parse_from_rfc3339(&eta).unwrap().to_utc();
+            seen.push((t, to_go_km(lat), eta));
+        }
+        lat += kmh / 120.0 / 111.195;
+        t += Duration::seconds(30);
+    }
+    b.on_transition(
+        &crossing(vehicle, "DST", TransitionKind::Enter, t),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![(id.to_string(), "DST".to_string())]);
+    seen
+}
+
+#[test]
+fn the_eta_learns_a_sites_slow_approach_from_completed_journeys() {
+    let mut b = book();
+    // Minutes the ETA was late (negative: early) at the first fix under `km` to go.
+    let error_at = |seen: &[(DateTime<Utc>, f64, DateTime<Utc>)], km: f64| {
+        let arrived = seen.last().unwrap().0 + Duration::seconds(30);
+        let &(_, _, eta) = seen.iter().find(|(_, to_go, _)| *to_go < km).unwrap();
+        (eta - arrived).num_seconds() as f64 / 60.0
+    };
+    // 8 km out the van is still fast; the 5 slow km (15 min) are ahead.
+    let first = slow_end_trip(&mut b, "m0", "VAN0", t0());
+    let before = error_at(&first, 8.0);
+    assert!(before < -2.0, "before history, 8 km out: {before:.1} min");
+    for day in 1..15 {
+        let start = t0() + Duration::days(day);
+        slow_end_trip(&mut b, &format!("m{day}"), &format!("VAN{day}"), start);
+    }
+    assert!(b.eta_model().curves().trips() >= 15);
+    let last = slow_end_trip(&mut b, "m99", "VAN99", t0() + Duration::days(20));
+    for km in [40.0, 8.0, 3.0, 1.0] {
+        let err = error_at(&last, km);
+        assert!(err.abs() < 1.0, "after, {km} km out: {err:.1} min");
+    }
+}
