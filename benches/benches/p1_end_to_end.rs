@@ -264,11 +264,13 @@ impl Mosquitto {
             .ok()?
             .port();
         let conf = dir.path().join("mosquitto.conf");
+        // The documented setting is 1000; P1_MOSQUITTO_INFLIGHT tries others.
+        let inflight = env("P1_MOSQUITTO_INFLIGHT", 1000);
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-                 max_queued_bytes 0\nmax_inflight_messages 1000\npersistence false\n"
+                 max_queued_bytes 0\nmax_inflight_messages {inflight}\npersistence false\n"
             ),
         )
         .ok()?;
