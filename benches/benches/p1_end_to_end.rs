@@ -11,7 +11,6 @@
 //! (default 10; 1 = single-point messages), `P1_CONNECTIONS` publisher
 //! connections (default 8), `P1_MOSQUITTO=0` to skip Mosquitto.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -251,58 +250,6 @@ async fn engine(
     total as f64 / secs
 }
 
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Option<Mosquitto> {
-        let dir = tempfile::tempdir().ok()?;
-        let port = ingest::broker::free_port("127.0.0.1".parse().ok()?)
-            .ok()?
-            .port();
-        let conf = dir.path().join("mosquitto.conf");
-        // The documented setting is 1000; P1_MOSQUITTO_INFLIGHT tries others.
-        let inflight = env("P1_MOSQUITTO_INFLIGHT", 1000);
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-                 max_queued_bytes 0\nmax_inflight_messages {inflight}\npersistence false\n"
-            ),
-        )
-        .ok()?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let points = env("P1_POINTS", 200_000);
@@ -337,7 +284,7 @@ async fn main() {
     rows.push(("embedded", a, b));
 
     if std::env::var("P1_MOSQUITTO").as_deref() != Ok("0") {
-        match Mosquitto::start() {
+        match movewatch_benches::BenchMosquitto::start(env("P1_MOSQUITTO_INFLIGHT", 1000)) {
             Some(m) => {
                 let msgs = Arc::new(messages(points, batch, &format!("c{run}")));
                 let a = raw("127.0.0.1", m.port, msgs, connections).await;

@@ -605,56 +605,6 @@ async fn connect_all(
     .await
 }
 
-/// A bench-owned Mosquitto with the settings docs/PROTOCOL.md gives (no
-/// queue limit, 1000 in flight), so the engine's intake keeps pace.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = ingest::broker::free_port("127.0.0.1".parse().expect("ip"))
-            .expect("port")
-            .port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-                 max_queued_bytes 0\nmax_inflight_messages 1000\npersistence false\n"
-            ),
-        )
-        .expect("mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (P4_MOSQUITTO=1 needs it installed)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------
 
 fn main() {
@@ -736,7 +686,10 @@ async fn bench() {
     let (http, mqtt) = (free(), free());
     let store = std::env::var("P4_STORE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}/p4.db", dir.path().display()));
-    let mosquitto = (std::env::var("P4_MOSQUITTO").as_deref() == Ok("1")).then(Mosquitto::start);
+    let mosquitto = (std::env::var("P4_MOSQUITTO").as_deref() == Ok("1")).then(|| {
+        movewatch_benches::BenchMosquitto::start(1000)
+            .expect("mosquitto (P4_MOSQUITTO=1 needs it installed)")
+    });
     let mqtt_url = match &mosquitto {
         Some(m) => Some(format!("mqtt://127.0.0.1:{}", m.port)),
         None => std::env::var("P4_MQTT_URL").ok(),

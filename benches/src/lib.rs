@@ -1,5 +1,5 @@
 //! Shared helpers for the benchmarks: realistic device payloads, fresh
-//! PostgreSQL databases.
+//! PostgreSQL databases, a bench-owned Mosquitto.
 
 use chrono::{Duration, Utc};
 
@@ -58,4 +58,64 @@ pub async fn fresh_pg_database(name: &str) -> String {
     pg_admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
     pg_admin(format!("CREATE DATABASE {name}")).await;
     format!("{PG_SERVER}/{name}")
+}
+
+/// A Mosquitto of the bench's own on a free port, with the documented
+/// settings (QoS 1 never dropped: `max_queued_messages 0`, `max_queued_bytes
+/// 0`) and `max_inflight_messages` as given. Killed when dropped.
+pub struct BenchMosquitto {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchMosquitto {
+    /// Starts it; None when `mosquitto` is not installed or does not listen within 10 s.
+    pub fn start(max_inflight: usize) -> Option<BenchMosquitto> {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+                 max_queued_bytes 0\nmax_inflight_messages {max_inflight}\npersistence false\n"
+            ),
+        )
+        .ok()?;
+        let mut child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(BenchMosquitto {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for BenchMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

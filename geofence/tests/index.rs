@@ -24,14 +24,20 @@ enum Spec {
     },
 }
 
-fn spec() -> impl Strategy<Value = Spec> {
-    // A 0.3° × 0.5° patch of Yorkshire, so that fences overlap often.
-    let centre = (53.6..53.9f64, -1.8..-1.3f64);
+/// Circles with radii in `circle_m` and stars with arms in `arm_m`, centred
+/// in `lat` × `lon`.
+fn spec_in(
+    lat: std::ops::Range<f64>,
+    lon: std::ops::Range<f64>,
+    circle_m: std::ops::Range<f64>,
+    arm_m: std::ops::Range<f64>,
+) -> impl Strategy<Value = Spec> {
+    let centre = (lat, lon);
     prop_oneof![
-        (centre.clone(), 20.0..3000.0f64).prop_map(|((lat, lon), r)| Spec::Circle { lat, lon, r }),
+        (centre.clone(), circle_m).prop_map(|((lat, lon), r)| Spec::Circle { lat, lon, r }),
         (
             centre,
-            prop::collection::vec(30.0..2500.0f64, 3..12),
+            prop::collection::vec(arm_m, 3..12),
             0.0..std::f64::consts::TAU
         )
             .prop_map(|((lat, lon), radii, turn)| Spec::Star {
@@ -41,6 +47,11 @@ fn spec() -> impl Strategy<Value = Spec> {
                 turn
             }),
     ]
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    // A 0.3° × 0.5° patch of Yorkshire, so that fences overlap often.
+    spec_in(53.6..53.9, -1.8..-1.3, 20.0..3000.0, 30.0..2500.0)
 }
 
 fn build(s: &Spec) -> Fence {
@@ -173,21 +184,7 @@ fn the_shipped_sites_are_indexed_as_circles() {
 /// 80° S to 80° N (the index's flat metric is least exact far north and
 /// south), circles of 1 m to 20 km, stars of 30 m to 20 km.
 fn wide_spec() -> impl Strategy<Value = Spec> {
-    let centre = (-80.0..80.0f64, -179.0..179.0f64);
-    prop_oneof![
-        (centre.clone(), 1.0..20_000.0f64).prop_map(|((lat, lon), r)| Spec::Circle { lat, lon, r }),
-        (
-            centre,
-            prop::collection::vec(30.0..20_000.0f64, 3..12),
-            0.0..std::f64::consts::TAU
-        )
-            .prop_map(|((lat, lon), radii, turn)| Spec::Star {
-                lat,
-                lon,
-                radii,
-                turn
-            }),
-    ]
+    spec_in(-80.0..80.0, -179.0..179.0, 1.0..20_000.0, 30.0..20_000.0)
 }
 
 /// The point `d` metres from (lat, lon) on bearing `bearing` (radians),
