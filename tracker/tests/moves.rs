@@ -5,8 +5,8 @@
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use model::wire::Frame;
 use model::{
-    Event, EventKind, FenceTransition, JourneyId, MoveId, PointFlags, Position, Site, SiteId,
-    SiteKind, SupplierId, TransitionKind, VehicleId,
+    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, PointFlags, Position, Site,
+    SiteId, SiteKind, SupplierId, TransitionKind, VehicleId,
 };
 use movewatch_tracker::eta::EtaModel;
 use movewatch_tracker::moves::{
@@ -56,6 +56,25 @@ fn date() -> NaiveDate {
 
 fn book() -> MoveBook {
     MoveBook::new(&sites(), MovesConfig::default(), EtaModel::default())
+}
+
+/// A book with move `m1` (ORG → DST) carried by VAN and started at t0, and
+/// what that produced.
+fn started() -> (MoveBook, Vec<MoveOutput>) {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    (b, out)
 }
 
 fn spec(id: &str, from: &str, to: &str, vehicle: Option<&str>) -> MoveSpec {
@@ -251,19 +270,7 @@ fn an_arrival_is_detected_exactly_once_and_departure_before_it() {
 
 #[test]
 fn a_van_passing_a_prison_on_the_motorway_never_arrives_there() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     b.on_transition(
         &crossing(VAN, "DST", TransitionKind::PassThrough, at(100)),
         &mut out,
@@ -281,19 +288,7 @@ fn a_van_passing_a_prison_on_the_motorway_never_arrives_there() {
 
 #[test]
 fn a_redirect_moves_the_eta_to_the_new_destination() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     b.on_position(&pos(VAN, at(10), 53.25, 70.0, None), &mut out);
     let before = b.details(&mid("m1")).unwrap().view;
     let d_before = before.distance_remaining_m.unwrap();
@@ -554,19 +549,7 @@ fn inference_is_confirmed_or_dropped_by_later_events() {
 
 #[test]
 fn move_frames_follow_the_eta_and_arriving_30_fires_once() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     out.clear();
     let end = drive(&mut b, VAN, 0, 53.0, 53.5, 80.0, &mut out);
     let moves: Vec<_> = frames(&out)
@@ -590,19 +573,7 @@ fn move_frames_follow_the_eta_and_arriving_30_fires_once() {
 
 #[test]
 fn lodging_suspends_the_eta_and_the_time_alerts() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     b.on_position(&pos(VAN, at(10), 53.1, 0.0, None), &mut out);
     b.on_event(
         &event(
@@ -672,19 +643,7 @@ fn gps_gap_and_device_silent_fire_once_per_silence() {
 
 #[test]
 fn stopped_fires_after_ten_slow_minutes_away_from_sites_only() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     // Slow for 9.5 minutes, then moving again: nothing.
     for i in 0..20 {
         b.on_position(&pos(VAN, at(30 * i), 53.1, 2.0, None), &mut out);
@@ -717,19 +676,7 @@ fn stopped_fires_after_ten_slow_minutes_away_from_sites_only() {
 
 #[test]
 fn breakdown_alerts_name_the_vehicle_and_its_move() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     out.clear();
     b.on_event(
         &event(
@@ -773,19 +720,7 @@ fn breakdown_alerts_name_the_vehicle_and_its_move() {
 
 #[test]
 fn off_route_fires_when_the_distance_from_the_corridor_keeps_growing() {
-    let mut b = book();
-    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
-    let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::MoveStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({}),
-        ),
-        &mut out,
-    );
+    let (mut b, mut out) = started();
     // On the corridor, weaving a little: nothing.
     for i in 0..30 {
         let mut p = pos(VAN, at(60 * i), 53.0 + 0.01 * i as f64, 60.0, None);
@@ -903,4 +838,65 @@ fn the_eta_learns_a_sites_slow_approach_from_completed_journeys() {
         let err = error_at(&last, km);
         assert!(err.abs() < 1.0, "after, {km} km out: {err:.1} min");
     }
+}
+
+/// The alerts kept (as the store would get them), not their frames.
+fn kept_alerts(out: &[MoveOutput]) -> Vec<AlertRecord> {
+    out.iter()
+        .filter_map(|o| match o {
+            MoveOutput::Alert(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_alert_raised_before_a_restart_is_not_raised_again_after_it() {
+    // Live: 10 km out at 60 km/h, so `arriving_30` is raised.
+    let near = |s| pos(VAN, at(s), 53.41, 60.0, None);
+    let (mut live, _) = started();
+    let mut out = Vec::new();
+    live.on_position(&near(600), &mut out);
+    let raised = kept_alerts(&out);
+    assert_eq!(
+        raised.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+        ["arriving_30"]
+    );
+
+    // Restarted with what the store kept: the fix and the alert.
+    let (mut restarted, _) = started();
+    restarted.restore_fix(&near(600));
+    restarted.restore_alerts(&raised, at(600));
+    assert!(kept_alerts(&restarted.restore_estimates()).is_empty());
+    let mut out = Vec::new();
+    restarted.on_position(&near(630), &mut out);
+    assert!(kept_alerts(&out).is_empty(), "raised again: {out:?}");
+    assert_eq!(restarted.recent_alerts(None).len(), 1, "kept for snapshots");
+
+    // Without the alert kept, the restarted book raises it (so the check above can fail).
+    let (mut forgetful, _) = started();
+    forgetful.restore_fix(&near(600));
+    let estimated = kept_alerts(&forgetful.restore_estimates());
+    assert_eq!(estimated.len(), 1, "{estimated:?}");
+}
+
+#[test]
+fn a_gap_alert_is_stamped_when_the_gap_began_so_a_repeat_is_identical() {
+    let silent_from = pos(VAN, at(0), 53.2, 50.0, None);
+    let gap = |book: &mut MoveBook, minutes_later: i64| {
+        kept_alerts(&book.tick(silent_from.ts + Duration::minutes(minutes_later)))
+            .into_iter()
+            .find(|a| a.kind == "gps_gap")
+            .expect("a gps_gap alert")
+    };
+    let (mut first, _) = started();
+    first.restore_fix(&silent_from);
+    let (mut second, _) = started();
+    second.restore_fix(&silent_from);
+    let (a, b) = (gap(&mut first, 2), gap(&mut second, 4));
+    assert_eq!(a.ts, silent_from.ts + Duration::seconds(60));
+    assert_eq!(
+        (a.kind, a.vehicle, a.move_id, a.ts),
+        (b.kind, b.vehicle, b.move_id, b.ts)
+    );
 }
