@@ -450,19 +450,7 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Arrival {
-                    move_id: records::id(MoveId::parse, r.try_get(0)?)?,
-                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
-                    site: records::id(SiteId::parse, r.try_get(2)?)?,
-                    from_location: records::id(SiteId::parse, r.try_get(3)?)?,
-                    departed_at: from_micros(r.try_get(4)?)?,
-                    arrived_at: from_micros(r.try_get(5)?)?,
-                    distance_m: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(arrival_from_row).collect()
     }
 
     pub(crate) async fn insert_fence_transitions(
@@ -584,20 +572,21 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Arrival {
-                    move_id: records::id(MoveId::parse, r.try_get(0)?)?,
-                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
-                    site: records::id(SiteId::parse, r.try_get(2)?)?,
-                    from_location: records::id(SiteId::parse, r.try_get(3)?)?,
-                    departed_at: from_micros(r.try_get(4)?)?,
-                    arrived_at: from_micros(r.try_get(5)?)?,
-                    distance_m: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(arrival_from_row).collect()
     }
+}
+
+/// An `arrivals` row selected as `move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m`.
+fn arrival_from_row(r: &SqliteRow) -> Result<Arrival, StoreError> {
+    Ok(Arrival {
+        move_id: records::id(MoveId::parse, r.try_get(0)?)?,
+        vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
+        site: records::id(SiteId::parse, r.try_get(2)?)?,
+        from_location: records::id(SiteId::parse, r.try_get(3)?)?,
+        departed_at: from_micros(r.try_get(4)?)?,
+        arrived_at: from_micros(r.try_get(5)?)?,
+        distance_m: r.try_get(6)?,
+    })
 }
 
 /// Upserts a move and replaces its journeys, inside `conn`'s transaction.
