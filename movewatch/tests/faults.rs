@@ -21,24 +21,6 @@ use model::Reason;
 use movewatch::Engine;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-/// Every tracking id stored for these vehicles, with repeats.
-async fn stored_ids(
-    store: &store::Store,
-    vehicles: impl IntoIterator<Item = String>,
-    since: chrono::DateTime<chrono::Utc>,
-) -> Vec<String> {
-    let mut ids = Vec::new();
-    for v in vehicles {
-        let vehicle: model::VehicleId = v.parse().unwrap();
-        let track = store
-            .track(&vehicle, since, chrono::Utc::now(), 100_000)
-            .await
-            .unwrap();
-        ids.extend(track.into_iter().map(|p| p.tracking_id));
-    }
-    ids
-}
-
 /// A reported breakdown: the vehicle and the event's time.
 type Breakdown = (String, chrono::DateTime<chrono::Utc>);
 

@@ -154,20 +154,14 @@ async fn sigterm_mid_stream_drains_acks_closes_websockets_and_exits_0_within_the
         TOTAL as i64,
         "every point exactly once"
     );
-    let mut ids = HashSet::new();
-    for v in 0..VANS {
-        let vehicle: model::VehicleId = format!("TM{v:02}ABC").parse().unwrap();
-        let track = store
-            .track(
-                &vehicle,
-                start - chrono::Duration::hours(1),
-                chrono::Utc::now(),
-                10_000,
-            )
-            .await
-            .unwrap();
-        ids.extend(track.into_iter().map(|p| p.tracking_id));
-    }
+    let ids: HashSet<String> = stored_ids(
+        &store,
+        (0..VANS).map(|v| format!("TM{v:02}ABC")),
+        start - chrono::Duration::hours(1),
+    )
+    .await
+    .into_iter()
+    .collect();
     assert_eq!(ids.len(), TOTAL, "no point is missing or repeated");
     // Every committed message was acknowledged before the engine left, so
     // the broker redelivered none of them: no duplicate was dead-lettered.

@@ -785,3 +785,21 @@ pub async fn get_as(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Reply
         .unwrap_or_default();
     http("GET", addr, path, &headers, b"").await
 }
+
+/// Every tracking id stored for these vehicles, with repeats.
+pub async fn stored_ids(
+    store: &store::Store,
+    vehicles: impl IntoIterator<Item = String>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for v in vehicles {
+        let vehicle: model::VehicleId = v.parse().unwrap();
+        let track = store
+            .track(&vehicle, since, chrono::Utc::now(), 100_000)
+            .await
+            .unwrap();
+        ids.extend(track.into_iter().map(|p| p.tracking_id));
+    }
+    ids
+}
