@@ -8,7 +8,8 @@
 // The vehicle table (the text alternative to the map) is refreshed at most
 // once a second.
 
-const TOKEN_KEY = 'movewatch.token';
+import { forgetToken, readToken, saveToken } from '/token.js';
+
 
 // Fit England and Wales; Scotland may be cut off at the top.
 const BOUNDS = { west: -6.5, east: 2.0, south: 49.8, north: 55.9 };
@@ -942,11 +943,7 @@ function stop() {
 function tokenRejected() {
   stop();
   token = null;
-  try {
-    sessionStorage.removeItem(TOKEN_KEY);
-  } catch {
-    /* storage unavailable */
-  }
+  forgetToken();
   setConnection('Not connected', 'red');
   showTokenForm('Token not accepted');
 }
@@ -982,41 +979,12 @@ el.tokenForm.addEventListener('submit', (ev) => {
   }
   token = value;
   el.tokenInput.value = '';
-  try {
-    sessionStorage.setItem(TOKEN_KEY, token);
-  } catch {
-    /* storage unavailable: keep it in memory only */
-  }
+  saveToken(token);
   start();
 });
 
 // ---------------------------------------------------------------------------
 // Start-up
-
-function readToken() {
-  const params = new URLSearchParams(location.search);
-  const fromUrl = params.get('token');
-  if (fromUrl !== null) {
-    // Keep the token out of the address bar (and so out of screenshots and
-    // shoulder-surfing); it stays in this tab's sessionStorage.
-    params.delete('token');
-    const q = params.toString();
-    history.replaceState(history.state, '', location.pathname + (q ? `?${q}` : '') + location.hash);
-    if (fromUrl.trim()) {
-      try {
-        sessionStorage.setItem(TOKEN_KEY, fromUrl.trim());
-      } catch {
-        /* storage unavailable */
-      }
-      return fromUrl.trim();
-    }
-  }
-  try {
-    return sessionStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
-}
 
 el.canvas.addEventListener('pointermove', onPointerMove);
 el.canvas.addEventListener('pointerleave', onPointerLeave);

@@ -6,7 +6,8 @@
 // it live. Works with no internet: the basemap is the engine's own
 // /data/basemap.geojson, drawn on a <canvas> here.
 
-const TOKEN_KEY = 'movewatch.token';
+import { forgetToken, readToken, saveToken } from '/token.js';
+
 const REFRESH_MS = 30_000; // re-read the board (moves leave it 15 min after arrival)
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
@@ -517,11 +518,7 @@ function showForbidden() {
 function tokenRejected() {
   stop();
   token = null;
-  try {
-    sessionStorage.removeItem(TOKEN_KEY);
-  } catch {
-    /* storage unavailable */
-  }
+  forgetToken();
   setConnection('Not connected', 'red');
   showTokenForm('Token not accepted');
 }
@@ -556,48 +553,16 @@ el.tokenForm.addEventListener('submit', (ev) => {
   }
   token = value;
   el.tokenInput.value = '';
-  try {
-    sessionStorage.setItem(TOKEN_KEY, token);
-  } catch {
-    /* storage unavailable: memory only */
-  }
+  saveToken(token);
   start();
 });
 
 el.forbiddenToken.addEventListener('click', () => {
   state.forbidden = false;
   token = null;
-  try {
-    sessionStorage.removeItem(TOKEN_KEY);
-  } catch {
-    /* storage unavailable */
-  }
+  forgetToken();
   showTokenForm(null);
 });
-
-function readToken() {
-  const params = new URLSearchParams(location.search);
-  const fromUrl = params.get('token');
-  if (fromUrl !== null) {
-    // Keep the token out of the address bar; it stays in this tab's sessionStorage.
-    params.delete('token');
-    const q = params.toString();
-    history.replaceState(history.state, '', location.pathname + (q ? `?${q}` : '') + location.hash);
-    if (fromUrl.trim()) {
-      try {
-        sessionStorage.setItem(TOKEN_KEY, fromUrl.trim());
-      } catch {
-        /* storage unavailable */
-      }
-      return fromUrl.trim();
-    }
-  }
-  try {
-    return sessionStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
-}
 
 new ResizeObserver(() => requestAnimationFrame(draw)).observe(el.wrap);
 
