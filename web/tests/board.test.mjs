@@ -16,16 +16,8 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { ARTIFACTS, BIN, REPO, launchChromium, openPage, tail } from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const BIN = process.env.MOVEWATCH_BIN
-  ? path.resolve(process.env.MOVEWATCH_BIN)
-  : path.join(REPO, 'target', 'debug', 'movewatch');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const ARTIFACTS = path.join(REPO, 'artifacts');
 
 const secret = (n) => randomBytes(n).toString('base64url');
 const CONTROL = `control-${secret(24)}`;
@@ -46,10 +38,6 @@ let origin = null;
 let mqttPort = null;
 let context = null;
 const tempDirs = [];
-
-function tail(text, n = 4000) {
-  return text.length > n ? `…${text.slice(-n)}` : text;
-}
 
 function killEngine() {
   if (engine && engine.exitCode === null && engine.signalCode === null) {
@@ -246,16 +234,7 @@ async function api(method, route, token, body) {
 
 before(async () => {
   await startEngine();
-  const userDataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-board-chromium-'));
-  tempDirs.push(userDataDir);
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-    viewport: { width: 1280, height: 1000 },
-    timeout: 60_000,
-  });
+  context = await launchChromium('movewatch-board-chromium-', tempDirs);
 });
 
 after(async () => {
@@ -273,16 +252,6 @@ after(async () => {
   }
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 });
-
-async function openPage() {
-  const page = await context.newPage();
-  const errors = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`console.error: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
-  return { page, errors };
-}
 
 const cell = (page, col) => page.locator(`#board-tbody tr[data-move-id="${MOVE}"] [data-col="${col}"]`);
 
@@ -309,7 +278,7 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
   });
   assert.equal(put.status, 200, put.body);
 
-  const { page, errors } = await openPage();
+  const { page, errors } = await openPage(context);
   try {
     await page.goto(`${origin}/site/LEI?token=${encodeURIComponent(LEI_TOKEN)}`, { waitUntil: 'load' });
     await page.getByRole('heading', { level: 1, name: /Incoming board: Leeds \(HMP\) \(LEI\)/ }).waitFor({ timeout: 15_000 });
@@ -376,7 +345,7 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
   }
 
   // The control room sees the van, and its move and track when it is chosen.
-  const control = await openPage();
+  const control = await openPage(context);
   try {
     await control.page.goto(`${origin}/control?token=${encodeURIComponent(CONTROL)}`, { waitUntil: 'load' });
     const pick = control.page.locator('#vehicle-table tbody').getByRole('button', { name: VAN });
@@ -393,7 +362,7 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
 });
 
 test("a site token cannot open another site's board", { timeout: 60_000 }, async () => {
-  const { page, errors } = await openPage();
+  const { page, errors } = await openPage(context);
   try {
     await page.goto(`${origin}/site/LEI?token=${encodeURIComponent(WDI_TOKEN)}`, { waitUntil: 'load' });
     await page.getByRole('heading', { level: 2, name: 'You do not have access to this board' }).waitFor({ timeout: 15_000 });

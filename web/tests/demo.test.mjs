@@ -13,16 +13,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { ARTIFACTS, BIN, REPO, launchChromium, openPage, tail } from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const BIN = process.env.MOVEWATCH_BIN
-  ? path.resolve(process.env.MOVEWATCH_BIN)
-  : path.join(REPO, 'target', 'debug', 'movewatch');
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const ARTIFACTS = path.join(REPO, 'artifacts');
 const URL_RE = /http:\/\/127\.0\.0\.1:\d+\/control\?token=[A-Za-z0-9_-]+/;
 
 const STARTUP_MS = 60_000;
@@ -35,10 +27,6 @@ let origin = null; // http://127.0.0.1:<port>
 let token = null;
 let context = null; // persistent browser context (fresh user-data-dir)
 const tempDirs = [];
-
-function tail(text, n = 4000) {
-  return text.length > n ? `…${text.slice(-n)}` : text;
-}
 
 function killEngine() {
   if (engine && engine.exitCode === null && engine.signalCode === null) {
@@ -110,25 +98,7 @@ async function stopEngine() {
 
 before(async () => {
   await startEngine();
-  const userDataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-web-test-chromium-'));
-  tempDirs.push(userDataDir);
-  // launchPersistentContext is how Playwright takes a --user-data-dir.
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-quic',
-    ],
-    viewport: { width: 1280, height: 1000 },
-    timeout: 60_000,
-  });
+  context = await launchChromium('movewatch-web-test-chromium-', tempDirs);
 });
 
 after(async () => {
@@ -151,17 +121,6 @@ after(async () => {
   }
 });
 
-/** A new tab that records console errors and uncaught page errors. */
-async function openPage() {
-  const page = await context.newPage();
-  const errors = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`console.error: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
-  return { page, errors };
-}
-
 async function positions(page) {
   return page.evaluate(() => {
     const out = {};
@@ -171,7 +130,7 @@ async function positions(page) {
 }
 
 test('the control map shows the fleet moving', { timeout: 120_000 }, async () => {
-  const { page, errors } = await openPage();
+  const { page, errors } = await openPage(context);
   try {
     await page.goto(pageUrl, { waitUntil: 'load' });
     await page.getByRole('heading', { level: 1, name: 'movewatch — control room' }).waitFor();
@@ -242,7 +201,7 @@ test('the control map shows the fleet moving', { timeout: 120_000 }, async () =>
 });
 
 test('token form appears without a token', { timeout: 60_000 }, async () => {
-  const { page } = await openPage();
+  const { page } = await openPage(context);
   try {
     await page.goto(`${origin}/`, { waitUntil: 'load' }); // redirects to /control
     assert.equal(new URL(page.url()).pathname, '/control');
@@ -257,7 +216,7 @@ test('token form appears without a token', { timeout: 60_000 }, async () => {
 });
 
 test('a wrong token is refused', { timeout: 60_000 }, async () => {
-  const { page } = await openPage();
+  const { page } = await openPage(context);
   try {
     await page.goto(`${origin}/control?token=wrong-token-123`, { waitUntil: 'load' });
     await page.getByText('Token not accepted').waitFor({ state: 'visible', timeout: 15_000 });
