@@ -246,13 +246,22 @@ const RESTORED_ALERTS_H: i64 = 24;
 /// Arrivals the ETA model learns from on start.
 const ETA_HISTORY: i64 = 20_000;
 
+/// Where each site is, for the ETA's learning on start.
+type SitePositions = std::collections::HashMap<model::SiteId, (f64, f64)>;
+
+fn site_positions(sites: &[Site]) -> SitePositions {
+    sites
+        .iter()
+        .map(|s| (s.id.clone(), (s.lat, s.lon)))
+        .collect()
+}
+
 /// An ETA model taught the stored arrivals (routes between known sites).
-pub fn learned_eta_model(sites: &[Site], arrivals: &[store::Arrival]) -> EtaModel {
+fn learned_eta_model(at: &SitePositions, arrivals: &[store::Arrival]) -> EtaModel {
     let mut model = EtaModel::default();
-    let at = |id: &model::SiteId| sites.iter().find(|s| s.id == *id).map(|s| (s.lat, s.lon));
     // Oldest first, as they happened.
     for a in arrivals.iter().rev() {
-        if let (Some(o), Some(d)) = (at(&a.from_location), at(&a.site)) {
+        if let (Some(o), Some(d)) = (at.get(&a.from_location), at.get(&a.site)) {
             let direct = tracker::haversine_m(o.0, o.1, d.0, d.1);
             model.learn_trip(
                 &a.from_location,
@@ -275,12 +284,11 @@ const ETA_TRACK_HISTORY: usize = 1_000;
 async fn learn_stored_tracks(
     model: &mut EtaModel,
     store: &store::Store,
-    sites: &[Site],
+    at: &SitePositions,
     arrivals: &[store::Arrival],
 ) -> anyhow::Result<()> {
-    let at = |id: &model::SiteId| sites.iter().find(|s| s.id == *id).map(|s| (s.lat, s.lon));
     for a in arrivals.iter().take(ETA_TRACK_HISTORY).rev() {
-        let (Some(o), Some(d)) = (at(&a.from_location), at(&a.site)) else {
+        let (Some(o), Some(d)) = (at.get(&a.from_location), at.get(&a.site)) else {
             continue;
         };
         let fixes = store
@@ -386,8 +394,9 @@ impl Engine {
             .recent_arrivals(ETA_HISTORY)
             .await
             .context("cannot read arrivals for the ETA model")?;
-        let mut eta = learned_eta_model(&sites, &arrivals);
-        learn_stored_tracks(&mut eta, &store, &sites, &arrivals).await?;
+        let positions = site_positions(&sites);
+        let mut eta = learned_eta_model(&positions, &arrivals);
+        learn_stored_tracks(&mut eta, &store, &positions, &arrivals).await?;
         let mut book = MoveBook::new(&sites, MovesConfig::default(), eta);
         let now = chrono::Utc::now();
         let open = store
