@@ -138,6 +138,7 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")?;
     // Pre-register every series so /metrics shows them before the first point.
     metrics::counter!("movewatch_ingest_points_total").increment(0);
+    metrics::counter!("movewatch_store_points_total").increment(0);
     for reason in model::Reason::ALL {
         metrics::counter!("movewatch_ingest_rejected_total", "reason" => reason.as_str())
             .increment(0);

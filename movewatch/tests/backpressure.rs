@@ -18,12 +18,17 @@ const WINDOW: f64 = 1000.0;
 /// Ten windows, published while the store is stalled.
 const MESSAGES: usize = 10_000;
 
-fn points_taken_in(metrics: &str) -> f64 {
+/// A counter's value in the `/metrics` text (0 if absent).
+fn counter(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("movewatch_ingest_points_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+fn points_taken_in(metrics: &str) -> f64 {
+    counter(metrics, "movewatch_ingest_points_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +85,8 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
         "with the store stalled the engine took in {taken} messages, more than the broker's window of {WINDOW}"
     );
     assert_eq!(engine.store.counts().await.unwrap().positions, 0);
+    let stored = |m: &str| counter(m, "movewatch_store_points_total");
+    assert_eq!(stored(&get(engine.http_addr, "/metrics").await), 0.0);
     // A write fails once SQLite's busy timeout (10 s) runs out; from then on
     // the engine reports itself not ready.
     let addr = engine.http_addr;
@@ -94,6 +101,11 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
     assert_eq!(
         wait_for_positions(&engine, MESSAGES as i64).await,
         MESSAGES as i64
+    );
+    assert_eq!(
+        stored(&get(engine.http_addr, "/metrics").await),
+        MESSAGES as f64,
+        "movewatch_store_points_total counts each committed point once"
     );
     let letters = engine.store.dead_letter_counts().await.unwrap();
     assert!(

@@ -69,38 +69,26 @@ impl SqliteStore {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut tx = self.pool.begin().await?;
 
-        let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(first.len());
         for chunk in first.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO positions (supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags, received_at) ",
-            );
-            q.push_values(chunk, |mut row, (b, _, p)| {
-                row.push_bind(p.supplier.as_str())
-                    .push_bind(p.tracking_id.as_str())
-                    .push_bind(p.vehicle.as_str())
-                    .push_bind(to_micros(&p.ts))
-                    .push_bind(p.lat)
-                    .push_bind(p.lon)
-                    .push_bind(p.journey_id.as_ref().map(JourneyId::as_str))
-                    .push_bind(p.speed_kmh)
-                    .push_bind(p.bearing)
-                    .push_bind(p.altitude)
-                    .push_bind(p.hdop)
-                    .push_bind(p.vdop)
-                    .push_bind(p.vin.as_deref())
-                    .push_bind(p.flags.bits())
-                    .push_bind(to_micros(&batches[*b].received_at));
-            });
-            q.push(
-                " ON CONFLICT (supplier, tracking_id) DO NOTHING RETURNING supplier, tracking_id",
-            );
-            for row in q.build().fetch_all(&mut *tx).await? {
-                inserted.insert((row.try_get(0)?, row.try_get(1)?));
+            // Optimistic: re-sends are rare, so insert the chunk plainly. On a
+            // key conflict SQLite undoes that one statement (the transaction
+            // goes on) and the chunk is inserted again, skipping and reporting
+            // the repeats. Asking for the inserted keys back on every chunk
+            // cost about a quarter of the write.
+            match insert_positions(&mut tx, batches, chunk, false).await {
+                Ok(_) => continue,
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                Err(e) => return Err(e.into()),
             }
-        }
-        for (b, i, p) in &first {
-            if !inserted.contains(&(p.supplier.as_str().to_owned(), p.tracking_id.clone())) {
-                outcomes[*b].duplicates.push(*i);
+            let inserted: HashSet<(String, String)> =
+                insert_positions(&mut tx, batches, chunk, true)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for (b, i, p) in chunk {
+                if !inserted.contains(&(p.supplier.as_str().to_owned(), p.tracking_id.clone())) {
+                    outcomes[*b].duplicates.push(*i);
+                }
             }
         }
 
@@ -713,4 +701,46 @@ fn position_from_row(row: &SqliteRow) -> Result<Position, StoreError> {
         vin: row.try_get(12)?,
         flags: PointFlags::from_bits(row.try_get(13)?),
     })
+}
+
+/// Inserts one chunk of positions. Plain (`skip_repeats` false), a stored
+/// key fails the statement; otherwise repeats are skipped and the keys
+/// actually inserted are returned.
+async fn insert_positions(
+    tx: &mut SqliteConnection,
+    batches: &[IngestBatch],
+    chunk: &[crate::Candidate<'_>],
+    skip_repeats: bool,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO positions (supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags, received_at) ",
+    );
+    q.push_values(chunk, |mut row, (b, _, p)| {
+        row.push_bind(p.supplier.as_str())
+            .push_bind(p.tracking_id.as_str())
+            .push_bind(p.vehicle.as_str())
+            .push_bind(to_micros(&p.ts))
+            .push_bind(p.lat)
+            .push_bind(p.lon)
+            .push_bind(p.journey_id.as_ref().map(JourneyId::as_str))
+            .push_bind(p.speed_kmh)
+            .push_bind(p.bearing)
+            .push_bind(p.altitude)
+            .push_bind(p.hdop)
+            .push_bind(p.vdop)
+            .push_bind(p.vin.as_deref())
+            .push_bind(p.flags.bits())
+            .push_bind(to_micros(&batches[*b].received_at));
+    });
+    if !skip_repeats {
+        q.build().execute(&mut *tx).await?;
+        return Ok(Vec::new());
+    }
+    q.push(" ON CONFLICT (supplier, tracking_id) DO NOTHING RETURNING supplier, tracking_id");
+    q.build()
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }

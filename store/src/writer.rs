@@ -116,6 +116,12 @@ async fn commit_with_retry(
                 metrics::histogram!("movewatch_store_write_seconds")
                     .record(started.elapsed().as_secs_f64());
                 healthy.send_if_modified(|h| !std::mem::replace(h, true));
+                let stored: usize = pending
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(b, o)| b.positions.len().saturating_sub(o.duplicates.len()))
+                    .sum();
+                metrics::counter!("movewatch_store_points_total").increment(stored as u64);
                 for (batch, outcome) in pending.drain(..).zip(outcomes) {
                     if !outcome.duplicates.is_empty() {
                         metrics::counter!("movewatch_ingest_rejected_total", "reason" => "duplicate").increment(outcome.duplicates.len() as u64);

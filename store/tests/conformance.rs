@@ -47,6 +47,7 @@ macro_rules! conformance {
 conformance!(
     duplicates_are_detected_within_and_across_transactions,
     duplicates_are_detected_across_restarts,
+    a_repeat_in_a_later_statement_keeps_the_points_before_it,
     dead_letters_and_latest_positions_survive_reopen,
     track_returns_a_range_oldest_first_with_a_limit,
     positions_between_pages_in_time_order,
@@ -140,6 +141,26 @@ async fn duplicates_are_detected_across_restarts(db: &TestDb) {
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.positions, 3);
     assert_eq!(counts.dead_letters, 2);
+}
+
+/// A write larger than one INSERT statement, with one repeat near its end:
+/// the statements before it stay, the repeat alone is refused.
+async fn a_repeat_in_a_later_statement_keeps_the_points_before_it(db: &TestDb) {
+    let store = db.open().await;
+    let out = store
+        .write(&[batch(vec![point("AB12CDE", "old", 0)], vec![])])
+        .await
+        .unwrap();
+    assert!(out[0].duplicates.is_empty());
+    let mut points: Vec<_> = (0..1_200)
+        .map(|i| point("AB12CDE", &format!("n{i}"), i + 1))
+        .collect();
+    points.insert(1_100, point("AB12CDE", "old", 0));
+    let out = store.write(&[batch(points, vec![])]).await.unwrap();
+    assert_eq!(out[0].duplicates, vec![1_100]);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.positions, 1_201);
+    assert_eq!(counts.dead_letters, 1);
 }
 
 async fn dead_letters_and_latest_positions_survive_reopen(db: &TestDb) {
