@@ -14,7 +14,9 @@ pub struct EmbeddedBrokerConfig {
     pub listen: SocketAddr,
     /// username → password; empty means anonymous access.
     pub users: HashMap<String, String>,
-    /// Unacknowledged QoS 1 messages in flight per connection.
+    /// Unacknowledged QoS 1 messages a client may publish at once. (What
+    /// the broker sends each subscriber unacknowledged is fixed at 1000 in
+    /// the patched rumqttd, vendor/rumqttd/PATCHED.md.)
     pub max_inflight: usize,
 }
 
