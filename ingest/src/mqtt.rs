@@ -2,36 +2,43 @@
 //! acknowledgements.
 //!
 //! Two tasks. The *poll* task drives rumqttc's event loop, decodes each
-//! publish into a batch and sends it on; it never awaits an acknowledgement
-//! (rumqttc's requests are served by that same loop, so it would deadlock).
-//! The *ack* task receives each message's commit receiver in arrival order,
-//! waits for the store, then acknowledges. A message whose batch is never
-//! committed (the engine stops first) is not acknowledged, so the broker
-//! delivers it again.
+//! publish into a batch, sends it on, and writes the acknowledgements. The
+//! *ack* task receives each message's commit receiver in arrival order,
+//! waits for the store, and hands the packet id back to the poll task.
 //!
-//! The poll task must never wait on anything that needs the event loop to
-//! be polled: acks reach the broker only through that loop. It may wait on
-//! the pipeline (which drains as the store commits, independent of MQTT),
-//! but never on room for an ack. So the ack queue is sized to the MQTT
-//! packet-id space ([`MAX_UNACKED`]): a broker cannot have more QoS 1
-//! messages unacknowledged on one session, so the queue never fills. In
-//! practice the broker's in-flight window (1000 on the embedded broker,
-//! `max_inflight_messages` on Mosquitto) is the bound, and the queue
-//! allocates only as it grows.
+//! Acknowledgements are written by the poll task itself, straight onto the
+//! connection between polls, all that are ready at once and flushed once.
+//! They do not go through rumqttc's request queue: its event loop takes one
+//! request per turn and, while the socket has data, reads ten messages per
+//! turn, so with a broker that sends beyond its window (Mosquitto 2.0 with
+//! `max_queued_messages 0` was seen to) acknowledgements fell ten to one
+//! behind the messages, the unacknowledged count ran past the packet-id
+//! space, and the old design (an ack task queueing acks that only the
+//! blocked poll task could drain) deadlocked. Now an acknowledgement is
+//! written as soon as its batch is committed, whatever the broker sends.
+//!
+//! The poll task never waits on the ack task: the queue between them holds
+//! [`MAX_UNACKED`] entries, the packet-id space, which no broker can exceed
+//! on one session without reusing ids; a message beyond it is left
+//! unacknowledged and not passed on (the broker delivers it again on the
+//! next session). The poll task may wait on the pipeline (which drains as
+//! the store commits, independent of MQTT); while it waits it goes on
+//! writing the acknowledgements that become ready.
 //!
 //! Graceful shutdown ([`MqttSource::stop_intake`]): the poll task stops
 //! passing messages on (one that arrives later is left unacknowledged, so the
 //! broker delivers it again to the next session) and closes the ack queue,
-//! but goes on polling so that the acks of batches still being committed
-//! reach the broker. The ack task ends once it has sent the last of them;
-//! then [`MqttSource::disconnect`] ends the session cleanly and the poll task.
+//! but goes on polling and writing the acknowledgements of batches still
+//! being committed. The ack task ends once it has handed over the last of
+//! them; then [`MqttSource::disconnect`] queues a DISCONNECT, which the poll
+//! task writes after every acknowledgement already handed over.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use model::topic::{EVENTS_FILTER, POSITIONS_FILTER};
 use model::{CommitOutcome, CommitToken, IngestBatch};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, PubAck, QoS, Request};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -55,10 +62,9 @@ pub struct MqttSourceConfig {
 /// packet identifiers are 16-bit and unique among in-flight messages.
 pub const MAX_UNACKED: usize = 65_535;
 
-/// Requests (acks, subscriptions) queued for the event loop. Generous, so the
-/// ack task rarely waits; when it does, the poll task is still polling and
-/// drains it.
-const REQUEST_CAPACITY: usize = 4_096;
+/// Requests (subscriptions, the final DISCONNECT) queued for the event loop;
+/// acknowledgements do not go this way.
+const REQUEST_CAPACITY: usize = 64;
 
 /// A running MQTT source.
 #[derive(Debug)]
@@ -108,16 +114,19 @@ pub fn spawn_mqtt_source(
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (connected_tx, connected) = watch::channel(false);
     let (ack_tx, ack_rx) = mpsc::channel(MAX_UNACKED);
+    // As large as the ack queue, so the ack task never waits on it either.
+    let (ready_tx, ready_rx) = mpsc::channel(MAX_UNACKED);
     let (stop, stop_rx) = watch::channel(false);
     let poll_task = tokio::spawn(poll_loop(
         eventloop,
         client.clone(),
         suppliers,
         Intake { out, acks: ack_tx },
+        ready_rx,
         connected_tx,
         stop_rx,
     ));
-    let ack_task = tokio::spawn(ack_loop(client.clone(), ack_rx));
+    let ack_task = tokio::spawn(ack_loop(ack_rx, ready_tx));
     Ok(MqttSource {
         connected,
         client,
@@ -127,10 +136,59 @@ pub fn spawn_mqtt_source(
     })
 }
 
+/// A message waiting for its acknowledgement: the connection it came on
+/// (counted from 1 by CONNACKs) and its packet id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AckId {
+    connection: u64,
+    pkid: u16,
+}
+
 /// Where the poll task passes messages on, until intake stops.
 struct Intake {
     out: mpsc::Sender<IngestBatch>,
-    acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, Publish)>,
+    acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, AckId)>,
+}
+
+/// Writes the acknowledgement `first` and every other one already handed
+/// over, then flushes once. An acknowledgement from an earlier connection is
+/// dropped: the broker delivers that message again on this one (a repeat,
+/// stored once), and its packet id may now name another message.
+async fn write_acks(
+    eventloop: &mut EventLoop,
+    connection: u64,
+    first: AckId,
+    ready: &mut mpsc::Receiver<AckId>,
+) {
+    let mut next = Some(first);
+    let mut written = 0usize;
+    while let Some(ack) = next {
+        if ack.connection == connection
+            && let Some(network) = eventloop.network.as_mut()
+        {
+            let request = Request::PubAck(PubAck::new(ack.pkid));
+            match eventloop.state.handle_outgoing_packet(request) {
+                Ok(Some(packet)) => {
+                    if let Err(e) = network.write(packet).await {
+                        // The connection is going; the next poll sees it.
+                        tracing::debug!(error = ?e, "cannot write an acknowledgement; the broker will redeliver");
+                    }
+                    written += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot acknowledge; the broker will redeliver")
+                }
+            }
+        }
+        next = ready.try_recv().ok();
+    }
+    if written > 0
+        && let Some(network) = eventloop.network.as_mut()
+        && let Err(e) = network.flush().await
+    {
+        tracing::debug!(error = ?e, "cannot flush acknowledgements; the broker will redeliver");
+    }
 }
 
 async fn poll_loop(
@@ -138,16 +196,33 @@ async fn poll_loop(
     client: AsyncClient,
     suppliers: Arc<Suppliers>,
     intake: Intake,
+    mut ready: mpsc::Receiver<AckId>,
     connected: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
     let mut intake = Some(intake);
     let mut watch_stop = true;
+    let mut acks_open = true;
+    // Counts CONNACKs: acknowledgements belong to the connection that delivered.
+    let mut connection = 0u64;
     // Set once the DISCONNECT is on the wire: read until the broker closes.
     let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
+            // First, so that every acknowledgement handed over is written
+            // before anything else, the final DISCONNECT included. Polling is
+            // interrupted here only between rumqttc's own steps in practice:
+            // its reads keep what they have in its state, and the requests
+            // it writes (subscriptions, the DISCONNECT) are a few bytes.
+            biased;
+            ack = ready.recv(), if acks_open && linger_until.is_none() => {
+                match ack {
+                    Some(ack) => write_acks(&mut eventloop, connection, ack, &mut ready).await,
+                    None => acks_open = false,
+                }
+                continue;
+            }
             // Taken once. Polling is interrupted at most here: rumqttc keeps
             // what it has read in its state and returns it on the next poll.
             stopped = async { stop.wait_for(|s| *s).await.is_ok() }, if watch_stop => {
@@ -173,6 +248,7 @@ async fn poll_loop(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
+                connection += 1;
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
@@ -206,16 +282,43 @@ async fn poll_loop(
                     tracing::debug!(topic = %publish.topic, "message after intake stopped; left for redelivery");
                     continue;
                 };
+                let id = AckId {
+                    connection,
+                    pkid: publish.pkid,
+                };
+                let Ok(slot) = acks.try_reserve() else {
+                    // Full: the broker has more messages unacknowledged on
+                    // this session than there are packet ids. Left
+                    // unacknowledged, it comes again on the next session.
+                    tracing::error!(topic = %publish.topic, "the broker sent more unacknowledged messages than packet ids; message left for redelivery");
+                    continue;
+                };
                 let (commit, committed) = CommitToken::new();
                 let batch = batch_from_mqtt(&publish.topic, &publish.payload, &suppliers, commit);
                 // A slow pipeline holds us here and the broker's in-flight
-                // window holds the devices' messages. The ack queue never
-                // fills (see the module docs), so its send never waits.
-                // A closed pipeline (shutting down) takes no more: the
-                // message is left unacknowledged, and the poll goes on so
-                // that the acks already queued reach the broker.
-                if out.send(batch).await.is_err() || acks.send((committed, publish)).await.is_err()
-                {
+                // window holds the devices' messages; meanwhile the
+                // acknowledgements that become ready are written.
+                let sent = {
+                    let send = out.send(batch);
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            ack = ready.recv(), if acks_open => match ack {
+                                Some(ack) => write_acks(&mut eventloop, connection, ack, &mut ready).await,
+                                None => acks_open = false,
+                            },
+                            sent = &mut send => break sent,
+                        }
+                    }
+                };
+                if sent.is_ok() {
+                    slot.send((committed, id));
+                } else {
+                    drop(slot);
+                    // A closed pipeline (shutting down) takes no more: the
+                    // message is left unacknowledged, and the poll goes on so
+                    // that the acks already queued reach the broker.
                     tracing::info!("pipeline closed; MQTT intake stopped");
                     intake = None;
                     connected.send_replace(false);
@@ -248,20 +351,26 @@ async fn poll_until(
     }
 }
 
+/// Waits for each message's commit, in arrival order, and hands its packet
+/// id to the poll task. A batch never committed (the engine stops first)
+/// is left unacknowledged. Ends when the poll task closes the queue (intake
+/// stopped) and the last id is handed over.
 async fn ack_loop(
-    client: AsyncClient,
-    mut pending: mpsc::Receiver<(oneshot::Receiver<CommitOutcome>, Publish)>,
+    mut pending: mpsc::Receiver<(oneshot::Receiver<CommitOutcome>, AckId)>,
+    ready: mpsc::Sender<AckId>,
 ) {
-    while let Some((committed, publish)) = pending.recv().await {
+    while let Some((committed, id)) = pending.recv().await {
         match committed.await {
             Ok(_) => {
-                if let Err(e) = client.ack(&publish).await {
-                    tracing::warn!(error = %e, "cannot acknowledge; the broker will redeliver");
+                // Never waits: as large as the ack queue (see the module docs).
+                if ready.send(id).await.is_err() {
+                    return;
                 }
             }
-            Err(_) => {
-                tracing::debug!(topic = %publish.topic, "batch not committed; message left unacknowledged")
-            }
+            Err(_) => tracing::debug!(
+                pkid = id.pkid,
+                "batch not committed; message left unacknowledged"
+            ),
         }
     }
 }
