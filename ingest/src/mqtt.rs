@@ -150,22 +150,26 @@ struct Intake {
     acks: mpsc::Sender<(oneshot::Receiver<CommitOutcome>, AckId)>,
 }
 
-/// Writes the acknowledgement `first` and every other one already handed
+/// Writes the acknowledgements `first` and every other batch already handed
 /// over, then flushes once. An acknowledgement from an earlier connection is
 /// dropped: the broker delivers that message again on this one (a repeat,
 /// stored once), and its packet id may now name another message.
 async fn write_acks(
     eventloop: &mut EventLoop,
     connection: u64,
-    first: AckId,
-    ready: &mut mpsc::Receiver<AckId>,
+    first: Vec<AckId>,
+    ready: &mut mpsc::Receiver<Vec<AckId>>,
 ) {
     let mut next = Some(first);
     let mut written = 0usize;
-    while let Some(ack) = next {
-        if ack.connection == connection
-            && let Some(network) = eventloop.network.as_mut()
-        {
+    while let Some(batch) = next {
+        for ack in batch {
+            if ack.connection != connection {
+                continue;
+            }
+            let Some(network) = eventloop.network.as_mut() else {
+                break;
+            };
             let request = Request::PubAck(PubAck::new(ack.pkid));
             match eventloop.state.handle_outgoing_packet(request) {
                 Ok(Some(packet)) => {
@@ -196,7 +200,7 @@ async fn poll_loop(
     client: AsyncClient,
     suppliers: Arc<Suppliers>,
     intake: Intake,
-    mut ready: mpsc::Receiver<AckId>,
+    mut ready: mpsc::Receiver<Vec<AckId>>,
     connected: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -351,26 +355,52 @@ async fn poll_until(
     }
 }
 
-/// Waits for each message's commit, in arrival order, and hands its packet
-/// id to the poll task. A batch never committed (the engine stops first)
-/// is left unacknowledged. Ends when the poll task closes the queue (intake
-/// stopped) and the last id is handed over.
+/// Waits for each message's commit, in arrival order, and hands the packet
+/// ids to the poll task, every one already committed in one batch (a store
+/// commit completes a whole group at once, so the poll task wakes and
+/// flushes once per group, not per message). A batch never committed (the
+/// engine stops first) is left unacknowledged. Ends when the poll task
+/// closes the queue (intake stopped) and the last id is handed over.
 async fn ack_loop(
     mut pending: mpsc::Receiver<(oneshot::Receiver<CommitOutcome>, AckId)>,
-    ready: mpsc::Sender<AckId>,
+    ready: mpsc::Sender<Vec<AckId>>,
 ) {
-    while let Some((committed, id)) = pending.recv().await {
-        match committed.await {
-            Ok(_) => {
-                // Never waits: as large as the ack queue (see the module docs).
-                if ready.send(id).await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => tracing::debug!(
+    let mut held = None;
+    loop {
+        let Some((committed, id)) = (match held.take() {
+            Some(next) => Some(next),
+            None => pending.recv().await,
+        }) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        if committed.await.is_ok() {
+            batch.push(id);
+        } else {
+            tracing::debug!(
                 pkid = id.pkid,
                 "batch not committed; message left unacknowledged"
-            ),
+            );
+        }
+        // Everything behind it that is already committed goes in the same batch.
+        while let Ok((mut committed, id)) = pending.try_recv() {
+            match committed.try_recv() {
+                Ok(_) => batch.push(id),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    held = Some((committed, id));
+                    break;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    tracing::debug!(
+                        pkid = id.pkid,
+                        "batch not committed; message left unacknowledged"
+                    )
+                }
+            }
+        }
+        // Never waits: as large as the ack queue (see the module docs).
+        if !batch.is_empty() && ready.send(batch).await.is_err() {
+            return;
         }
     }
 }
