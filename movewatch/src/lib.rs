@@ -27,6 +27,8 @@ use ws_gateway::{Auth, Gateway, Hub, Moves, Readiness};
 /// Batches between intake and the tracker, and between the tracker and the store.
 /// With the broker's in-flight window this bounds what the engine holds.
 const PIPELINE_CAPACITY: usize = 1024;
+/// The most intake batches the pipeline takes in one round.
+const PIPELINE_ROUND: usize = 64;
 
 /// The shipped sites, used when the configured default file is absent.
 const SHIPPED_SITES: &str = include_str!("../../data/sites.csv");
@@ -528,14 +530,39 @@ impl Engine {
                         }
                         next = ingest_rx.recv() => next,
                     };
-                    let Some(mut batch) = next else { break };
-                    let updates = tracker.apply(&mut batch);
-                    observe_fences(&geofence, &mut batch);
-                    let (updates, outputs) = observe_moves(&moves, &tracker, &batch, updates);
-                    hub.publish_scoped(updates, batch.received);
-                    // What these points caused is committed with them.
-                    batch.derived = moves.dispatch(&hub, &tracker, outputs);
-                    if store_tx.send(batch).await.is_err() {
+                    let Some(first) = next else { break };
+                    // What queued up while the last round ran goes out in one
+                    // round: each client is woken once for it, not per frame.
+                    let mut batches = vec![first];
+                    while batches.len() < PIPELINE_ROUND {
+                        match ingest_rx.try_recv() {
+                            Ok(batch) => batches.push(batch),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut positions: Vec<ws_gateway::ScopedBatch> = Vec::new();
+                    for batch in &mut batches {
+                        let updates = tracker.apply(batch);
+                        observe_fences(&geofence, batch);
+                        let (updates, outputs) = observe_moves(&moves, &tracker, batch, updates);
+                        positions.push((batch.received, updates));
+                        if !outputs.is_empty() {
+                            // Frames keep their order: the positions so far,
+                            // then what this batch caused.
+                            hub.publish_batches(positions.drain(..));
+                            // What these points caused is committed with them.
+                            batch.derived = moves.dispatch(&hub, &tracker, outputs);
+                        }
+                    }
+                    hub.publish_batches(positions);
+                    let mut closed = false;
+                    for batch in batches {
+                        if store_tx.send(batch).await.is_err() {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if closed {
                         break;
                     }
                 }

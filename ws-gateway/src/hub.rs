@@ -165,6 +165,19 @@ impl Routes {
     }
 }
 
+/// One intake batch's position updates, each with the site channels that
+/// may see it, and the batch's broker-receipt time.
+pub type ScopedBatch = (Instant, Vec<(Update, Vec<SiteId>)>);
+
+/// A position frame, serialised, before it is routed.
+struct PositionFrame {
+    text: Utf8Bytes,
+    vehicle: VehicleId,
+    supplier: SupplierId,
+    sites: Vec<SiteId>,
+    mark: Arc<LatencyMark>,
+}
+
 /// A frame on its way to the clients.
 struct Routed<'a> {
     text: Utf8Bytes,
@@ -320,20 +333,35 @@ impl Hub {
         updates: impl IntoIterator<Item = (Update, Vec<SiteId>)>,
         received: Instant,
     ) {
-        let mark = LatencyMark::new(received);
+        self.publish_batches([(received, updates.into_iter().collect())]);
+    }
+
+    /// As [`Hub::publish_scoped`] for several intake batches at once, each
+    /// with its broker-receipt time, in order. The routes are read once for
+    /// all of them, and each client's writer is woken once for the lot
+    /// rather than once per frame: the pipeline hands over what queued up
+    /// while it was busy, so the busier it is the cheaper each frame gets.
+    pub fn publish_batches(&self, batches: impl IntoIterator<Item = ScopedBatch>) {
         // Serialised before the lock is taken; each frame once.
-        let frames: Vec<(Utf8Bytes, VehicleId, SupplierId, Vec<SiteId>)> = updates
+        let frames: Vec<PositionFrame> = batches
             .into_iter()
-            .map(|(update, sites)| match update {
-                Update::Position { view, supplier } => {
-                    let vehicle = view.vehicle;
-                    (
-                        Utf8Bytes::from(Frame::Position(view).to_json()),
-                        vehicle,
-                        supplier,
-                        sites,
-                    )
-                }
+            .filter(|(_, updates)| !updates.is_empty())
+            .flat_map(|(received, updates)| {
+                let mark = LatencyMark::new(received);
+                updates
+                    .into_iter()
+                    .map(move |(update, sites)| match update {
+                        Update::Position { view, supplier } => {
+                            let vehicle = view.vehicle;
+                            PositionFrame {
+                                text: Utf8Bytes::from(Frame::Position(view).to_json()),
+                                vehicle,
+                                supplier,
+                                sites,
+                                mark: mark.clone(),
+                            }
+                        }
+                    })
             })
             .collect();
         if frames.is_empty() {
@@ -341,15 +369,15 @@ impl Hub {
         }
         let now = Instant::now();
         let routes = self.read();
-        for (text, vehicle, supplier, sites) in frames {
+        for f in frames {
             routes.route(
                 &Routed {
-                    text,
-                    conflate: Some(vehicle),
-                    vehicle: Some(vehicle),
-                    supplier: Some(supplier),
-                    sites: &sites,
-                    mark: Some(mark.clone()),
+                    text: f.text,
+                    conflate: Some(f.vehicle),
+                    vehicle: Some(f.vehicle),
+                    supplier: Some(f.supplier),
+                    sites: &f.sites,
+                    mark: Some(f.mark),
                 },
                 now,
             );

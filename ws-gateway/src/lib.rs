@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tracker::Tracker;
 
 pub use auth::{Access, Auth};
-pub use hub::{Hub, SendObserver, SendRecorder};
+pub use hub::{Hub, ScopedBatch, SendObserver, SendRecorder};
 pub use moves::Moves;
 
 /// What `/readyz` checks.
