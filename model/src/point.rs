@@ -66,3 +66,34 @@ pub struct Position {
     /// Set by the tracker before storage.
     pub flags: PointFlags,
 }
+
+impl Position {
+    /// A fix with only the required fields: every optional field unset and
+    /// no flags. Set others with struct update syntax
+    /// (`Position { speed_kmh: Some(40.0), ..Position::fix(…) }`).
+    pub fn fix(
+        supplier: SupplierId,
+        vehicle: VehicleId,
+        tracking_id: impl Into<String>,
+        ts: DateTime<Utc>,
+        lat: f64,
+        lon: f64,
+    ) -> Position {
+        Position {
+            supplier,
+            vehicle,
+            tracking_id: tracking_id.into(),
+            ts,
+            lat,
+            lon,
+            journey_id: None,
+            speed_kmh: None,
+            bearing: None,
+            altitude: None,
+            hdop: None,
+            vdop: None,
+            vin: None,
+            flags: PointFlags::default(),
+        }
+    }
+}

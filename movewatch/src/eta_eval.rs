@@ -21,8 +21,8 @@
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use model::wire::MoveView;
 use model::{
-    Event, EventKind, FenceTransition, JourneyId, MoveId, PointFlags, Position, Site, SiteId,
-    SupplierId, TransitionKind, VehicleId,
+    Event, EventKind, FenceTransition, JourneyId, MoveId, Position, Site, SiteId, SupplierId,
+    TransitionKind, VehicleId,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -397,20 +397,15 @@ pub fn evaluate(sites: &[Site], config: EvalConfig) -> EvalReport {
                     let (ts, lat, lon, speed) = trip.fixes[i];
                     book.on_position(
                         &Position {
-                            supplier,
-                            vehicle,
-                            tracking_id: format!("{}-{i}", trip.n),
-                            ts,
-                            lat,
-                            lon,
-                            journey_id: None,
                             speed_kmh: Some(speed),
-                            bearing: None,
-                            altitude: None,
-                            hdop: None,
-                            vdop: None,
-                            vin: None,
-                            flags: PointFlags::default(),
+                            ..Position::fix(
+                                supplier,
+                                vehicle,
+                                format!("{}-{i}", trip.n),
+                                ts,
+                                lat,
+                                lon,
+                            )
                         },
                         &mut out,
                     );

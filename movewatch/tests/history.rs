@@ -6,10 +6,7 @@ mod common;
 use chrono::{Duration, Utc};
 use common::{TOKEN, config, get_as};
 use model::config::{RoleName, TokenConfig};
-use model::{
-    CommitToken, IngestBatch, JourneyId, MoveId, PointFlags, Position, Source, SupplierId,
-    VehicleId,
-};
+use model::{CommitToken, IngestBatch, JourneyId, MoveId, Position, Source, SupplierId, VehicleId};
 use movewatch::Engine;
 use store::{JourneyRecord, MoveRecord};
 
@@ -29,20 +26,16 @@ fn token(token: &str, role: RoleName, sites: &[&str], supplier: Option<&str>) ->
 
 fn position(supplier: &str, vehicle: &str, i: i64) -> Position {
     Position {
-        supplier: SupplierId::parse(supplier).unwrap(),
-        vehicle: VehicleId::parse(vehicle).unwrap(),
-        tracking_id: format!("{vehicle}-{i}"),
-        ts: Utc::now() - Duration::minutes(30) + Duration::seconds(i * 10),
-        lat: 53.8 + i as f64 * 0.0005,
-        lon: -1.55,
-        journey_id: None,
         speed_kmh: Some(40.0),
-        bearing: None,
-        altitude: None,
         hdop: Some(1.0),
-        vdop: None,
-        vin: None,
-        flags: PointFlags::default(),
+        ..Position::fix(
+            SupplierId::parse(supplier).unwrap(),
+            VehicleId::parse(vehicle).unwrap(),
+            format!("{vehicle}-{i}"),
+            Utc::now() - Duration::minutes(30) + Duration::seconds(i * 10),
+            53.8 + i as f64 * 0.0005,
+            -1.55,
+        )
     }
 }
 

@@ -8,26 +8,22 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use common::config;
 use futures_util::{SinkExt, StreamExt};
-use model::{CommitToken, IngestBatch, PointFlags, Position, Source, SupplierId, VehicleId};
+use model::{CommitToken, IngestBatch, Position, Source, SupplierId, VehicleId};
 use movewatch::replay::{Replay, ReplayConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 fn position(vehicle: &str, i: i64, ts: chrono::DateTime<Utc>) -> Position {
     Position {
-        supplier: SupplierId::parse("geoamey").unwrap(),
-        vehicle: VehicleId::parse(vehicle).unwrap(),
-        tracking_id: format!("{vehicle}-{i}"),
-        ts,
-        lat: 52.0 + i as f64 * 0.0005,
-        lon: -1.5,
-        journey_id: None,
         speed_kmh: Some(40.0),
-        bearing: None,
-        altitude: None,
         hdop: Some(1.0),
-        vdop: None,
-        vin: None,
-        flags: PointFlags::default(),
+        ..Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            VehicleId::parse(vehicle).unwrap(),
+            format!("{vehicle}-{i}"),
+            ts,
+            52.0 + i as f64 * 0.0005,
+            -1.5,
+        )
     }
 }
 

@@ -1,27 +1,22 @@
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone};
-use model::{CommitToken, PointFlags, Source};
+use model::{CommitToken, Source};
 use proptest::prelude::*;
 
 use super::*;
 
 fn point(vehicle: &str, seconds: i64, lat: f64, lon: f64) -> Position {
     Position {
-        supplier: SupplierId::parse("geoamey").unwrap(),
-        vehicle: VehicleId::parse(vehicle).unwrap(),
-        tracking_id: format!("{vehicle}-{seconds}"),
-        ts: Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap() + Duration::seconds(seconds),
-        lat,
-        lon,
-        journey_id: None,
-        speed_kmh: None,
-        bearing: None,
-        altitude: None,
         hdop: Some(1.0),
-        vdop: None,
-        vin: None,
-        flags: PointFlags::default(),
+        ..Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            VehicleId::parse(vehicle).unwrap(),
+            format!("{vehicle}-{seconds}"),
+            Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap() + Duration::seconds(seconds),
+            lat,
+            lon,
+        )
     }
 }
 

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use model::wire::Frame;
 use model::{
-    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, PointFlags, Position, Site,
-    SiteId, SiteKind, SupplierId, TransitionKind, VehicleId,
+    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, Position, Site, SiteId,
+    SiteKind, SupplierId, TransitionKind, VehicleId,
 };
 use movewatch_tracker::eta::EtaModel;
 use movewatch_tracker::moves::{
@@ -96,20 +96,16 @@ fn spec(id: &str, from: &str, to: &str, vehicle: Option<&str>) -> MoveSpec {
 
 fn pos(vehicle: &str, ts: DateTime<Utc>, lat: f64, speed: f64, journey: Option<&str>) -> Position {
     Position {
-        supplier: SupplierId::parse("geoamey").unwrap(),
-        vehicle: v(vehicle),
-        tracking_id: format!("{vehicle}-{}", ts.timestamp()),
-        ts,
-        lat,
-        lon: -1.5,
         journey_id: journey.map(|j| JourneyId::parse(j).unwrap()),
         speed_kmh: Some(speed),
-        bearing: None,
-        altitude: None,
-        hdop: None,
-        vdop: None,
-        vin: None,
-        flags: PointFlags::default(),
+        ..Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            v(vehicle),
+            format!("{vehicle}-{}", ts.timestamp()),
+            ts,
+            lat,
+            -1.5,
+        )
     }
 }
 

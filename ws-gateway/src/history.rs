@@ -453,29 +453,20 @@ async fn journey_spans<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::PointFlags;
 
     fn at(s: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap() + Duration::seconds(s)
     }
 
     fn position(i: i64, lat: f64, lon: f64) -> Position {
-        Position {
-            supplier: SupplierId::parse("geoamey").unwrap(),
-            vehicle: VehicleId::parse("AB12CDE").unwrap(),
-            tracking_id: format!("t{i}"),
-            ts: at(i),
+        Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            VehicleId::parse("AB12CDE").unwrap(),
+            format!("t{i}"),
+            at(i),
             lat,
             lon,
-            journey_id: None,
-            speed_kmh: None,
-            bearing: None,
-            altitude: None,
-            hdop: None,
-            vdop: None,
-            vin: None,
-            flags: PointFlags::default(),
-        }
+        )
     }
 
     /// A straight track north from Leeds, 10 m per step, with ±2 m of

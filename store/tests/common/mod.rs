@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use model::{
-    CommitToken, DeadLetter, IngestBatch, PointFlags, Position, Source, SupplierId, VehicleId,
-};
+use model::{CommitToken, DeadLetter, IngestBatch, Position, Source, SupplierId, VehicleId};
 use movewatch_store::Store;
 use sqlx::{Connection, PgConnection};
 
@@ -121,20 +119,16 @@ pub fn fixed(minute: i64) -> DateTime<Utc> {
 
 pub fn point(vehicle: &str, tracking_id: &str, minute: i64) -> Position {
     Position {
-        supplier: SupplierId::parse("geoamey").unwrap(),
-        vehicle: VehicleId::parse(vehicle).unwrap(),
-        tracking_id: tracking_id.into(),
-        ts: at(minute),
-        lat: 53.0 + minute as f64 / 100.0,
-        lon: -1.5,
-        journey_id: None,
         speed_kmh: Some(50.0),
-        bearing: None,
-        altitude: None,
         hdop: Some(1.0),
-        vdop: None,
-        vin: None,
-        flags: PointFlags::default(),
+        ..Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            VehicleId::parse(vehicle).unwrap(),
+            tracking_id,
+            at(minute),
+            53.0 + minute as f64 / 100.0,
+            -1.5,
+        )
     }
 }
 
