@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::*;
 use movewatch::Engine;
-use rumqttc::QoS;
 
 /// The embedded broker's in-flight window per connection (ingest::broker).
 const WINDOW: f64 = 1000.0;
@@ -50,22 +49,14 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
 
     for i in 0..MESSAGES {
         let vehicle = format!("BP{:03}AA", i % 100);
-        client
-            .publish(
-                format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                QoS::AtLeastOnce,
-                false,
-                point(
-                    &format!("bp-{i}"),
-                    &vehicle,
-                    3_000 - (i / 100) as i64,
-                    52.5,
-                    -1.9,
-                )
-                .to_string(),
-            )
-            .await
-            .unwrap();
+        let payload = point(
+            &format!("bp-{i}"),
+            &vehicle,
+            3_000 - (i / 100) as i64,
+            52.5,
+            -1.9,
+        );
+        publish_positions(&client, &vehicle, payload.to_string()).await;
     }
 
     // Let intake run as far as it can, then check it stopped at the window.

@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TOKEN, config, get, publisher, wait_for_dead_letters, wait_for_positions};
+use common::{
+    TOKEN, config, get, publish_positions, publisher, wait_for_dead_letters, wait_for_positions,
+};
 use futures_util::{SinkExt, StreamExt};
 use movewatch::{Engine, random_token};
 use rumqttc::QoS;
@@ -58,15 +60,7 @@ async fn ten_thousand_points(external_mqtt: Option<&str>, per_message: usize) {
                 serde_json::to_vec(&points)
             }
             .unwrap();
-            client
-                .publish(
-                    format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .await
-                .unwrap();
+            publish_positions(&client, &vehicle, payload).await;
         }
     }
 

@@ -12,7 +12,7 @@ use common::*;
 use model::config::{RoleName, TokenConfig};
 use model::{FenceTransition, SiteId, TransitionKind, VehicleId};
 use movewatch::Engine;
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::AsyncClient;
 
 /// Metres per degree of latitude.
 const M_PER_DEG_LAT: f64 = 111_195.0;
@@ -61,15 +61,7 @@ fn fix(
 async fn drive(engine: &Engine, client: &AsyncClient, fixes: &[serde_json::Value], total: i64) {
     for f in fixes {
         let vehicle = f["vehicle_registration"].as_str().unwrap();
-        client
-            .publish(
-                format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                QoS::AtLeastOnce,
-                false,
-                serde_json::to_vec(f).unwrap(),
-            )
-            .await
-            .unwrap();
+        publish_positions(client, vehicle, serde_json::to_vec(f).unwrap()).await;
     }
     assert_eq!(wait_for_positions(engine, total).await, total);
 }

@@ -228,15 +228,7 @@ async fn a_burst_of_100k_single_point_messages_is_stored_whole() {
                     -1.6,
                 )
                 .to_string();
-                client
-                    .publish(
-                        format!("movewatch/v1/geoamey/{vehicle}/positions"),
-                        QoS::AtLeastOnce,
-                        false,
-                        payload,
-                    )
-                    .await
-                    .unwrap();
+                publish_positions(&client, &vehicle, payload).await;
             }
             (client, acks)
         }));

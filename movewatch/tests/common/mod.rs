@@ -107,6 +107,19 @@ pub async fn publisher_at(
     (client, state)
 }
 
+/// Publishes `payload` with QoS 1 on geoamey's positions topic for `vehicle`.
+pub async fn publish_positions(client: &AsyncClient, vehicle: &str, payload: impl Into<Vec<u8>>) {
+    client
+        .publish(
+            format!("movewatch/v1/geoamey/{vehicle}/positions"),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+}
+
 /// What a test publisher has seen.
 #[derive(Debug, Clone, Default)]
 pub struct PublisherState {
