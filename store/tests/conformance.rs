@@ -770,20 +770,22 @@ fn derived_of(status: &str, minute: i64) -> Derived {
     }
 }
 
+/// The stored status of move `m-1`, which must exist.
+async fn status_of_m1(store: &movewatch_store::Store) -> String {
+    store
+        .get_move(&MoveId::parse("m-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+}
+
 async fn derived_records_commit_with_their_batch_once(db: &TestDb) {
     let store = db.open().await;
     let mut b = batch(vec![point("AB12CDE", "a", 1)], vec![]);
     b.derived = derived_of("arrived", 50);
     store.write(&[b]).await.unwrap();
-    assert_eq!(
-        store
-            .get_move(&MoveId::parse("m-1").unwrap())
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        "arrived"
-    );
+    assert_eq!(status_of_m1(&store).await, "arrived");
     assert_eq!(store.recent_arrivals(10).await.unwrap().len(), 1);
     assert_eq!(
         store.alerts_since(at(0), 10).await.unwrap(),
@@ -819,13 +821,5 @@ async fn derived_records_commit_with_their_batch_once(db: &TestDb) {
         1,
         "since"
     );
-    assert_eq!(
-        store
-            .get_move(&MoveId::parse("m-1").unwrap())
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        "completed"
-    );
+    assert_eq!(status_of_m1(&store).await, "completed");
 }

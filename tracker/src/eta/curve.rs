@@ -617,6 +617,16 @@ mod tests {
         SiteId::parse(s).unwrap()
     }
 
+    /// Teaches `c` the 40 km trip of [`drive`] on `route`, leaving at 10:00
+    /// at the usual pace, once a day for `days` days from 2 March 2026.
+    fn learn_daily_trips(c: &mut Curves, route: &RouteRef, days: i64) {
+        for day in 0..days {
+            let t0 = Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap() + Duration::days(day);
+            let (track, arrived) = drive(40.0, t0, 1.0);
+            c.learn_track(route, &track, arrived);
+        }
+    }
+
     /// A synthetic trip of `total` km at a known curve: 3 min/km in the
     /// last 4 km, 1 min/km before, fixes every 30 s, leaving at `t0`.
     fn drive(
@@ -672,11 +682,7 @@ mod tests {
         // Before history: the defaults, which know nothing of this site.
         let at = Utc.with_ymd_and_hms(2026, 3, 2, 11, 0, 0).unwrap();
         assert!((c.nominal_minutes(&route, 3.0, at) - 9.0).abs() > 0.5);
-        for day in 0..40 {
-            let t0 = Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap() + Duration::days(day);
-            let (track, arrived) = drive(40.0, t0, 1.0);
-            c.learn_track(&route, &track, arrived);
-        }
+        learn_daily_trips(&mut c, &route, 40);
         assert_eq!(c.trips(), 40);
         for r in [0.5, 2.0, 3.0, 6.0, 15.0, 30.0] {
             let got = c.nominal_minutes(&route, r, at);
@@ -758,11 +764,7 @@ mod tests {
             to: &b,
             total_km: 40.0,
         };
-        for day in 0..30 {
-            let t0 = Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap() + Duration::days(day);
-            let (track, arrived) = drive(40.0, t0, 1.0);
-            c.learn_track(&route, &track, arrived);
-        }
+        learn_daily_trips(&mut c, &route, 30);
         // This trip runs 20 % slower.
         let t0 = Utc.with_ymd_and_hms(2026, 5, 2, 10, 0, 0).unwrap();
         let (track, _) = drive(40.0, t0, 1.2);
