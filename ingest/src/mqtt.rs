@@ -355,6 +355,15 @@ async fn poll_until(
     }
 }
 
+/// A message whose batch was never committed (the engine stopped first): not
+/// acknowledged, so the broker delivers it again.
+fn left_unacknowledged(id: AckId) {
+    tracing::debug!(
+        pkid = id.pkid,
+        "batch not committed; message left unacknowledged"
+    );
+}
+
 /// Waits for each message's commit, in arrival order, and hands the packet
 /// ids to the poll task, every one already committed in one batch (a store
 /// commit completes a whole group at once, so the poll task wakes and
@@ -377,10 +386,7 @@ async fn ack_loop(
         if committed.await.is_ok() {
             batch.push(id);
         } else {
-            tracing::debug!(
-                pkid = id.pkid,
-                "batch not committed; message left unacknowledged"
-            );
+            left_unacknowledged(id);
         }
         // Everything behind it that is already committed goes in the same batch.
         while let Ok((mut committed, id)) = pending.try_recv() {
@@ -390,12 +396,7 @@ async fn ack_loop(
                     held = Some((committed, id));
                     break;
                 }
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    tracing::debug!(
-                        pkid = id.pkid,
-                        "batch not committed; message left unacknowledged"
-                    )
-                }
+                Err(oneshot::error::TryRecvError::Closed) => left_unacknowledged(id),
             }
         }
         // Never waits: as large as the ack queue (see the module docs).

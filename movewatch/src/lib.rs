@@ -518,7 +518,7 @@ impl Engine {
             let mut stopping = stopping_rx.clone();
             tokio::spawn(async move {
                 let mut watch_stop = true;
-                loop {
+                'rounds: loop {
                     let next = tokio::select! {
                         // Graceful shutdown: take nothing new, drain what is queued.
                         stopped = async { stopping.wait_for(|s| *s).await.is_ok() }, if watch_stop => {
@@ -555,15 +555,10 @@ impl Engine {
                         }
                     }
                     hub.publish_batches(positions);
-                    let mut closed = false;
                     for batch in batches {
                         if store_tx.send(batch).await.is_err() {
-                            closed = true;
-                            break;
+                            break 'rounds;
                         }
-                    }
-                    if closed {
-                        break;
                     }
                 }
                 // Dropping `store_tx` lets the writer commit what it holds and end.

@@ -116,18 +116,18 @@ async fn commit_with_retry(
                 metrics::histogram!("movewatch_store_write_seconds")
                     .record(started.elapsed().as_secs_f64());
                 healthy.send_if_modified(|h| !std::mem::replace(h, true));
-                let stored: usize = pending
-                    .iter()
-                    .zip(&outcomes)
-                    .map(|(b, o)| b.positions.len().saturating_sub(o.duplicates.len()))
-                    .sum();
-                metrics::counter!("movewatch_store_points_total").increment(stored as u64);
+                let mut stored = 0;
                 for (batch, outcome) in pending.drain(..).zip(outcomes) {
+                    stored += batch
+                        .positions
+                        .len()
+                        .saturating_sub(outcome.duplicates.len());
                     if !outcome.duplicates.is_empty() {
                         metrics::counter!("movewatch_ingest_rejected_total", "reason" => "duplicate").increment(outcome.duplicates.len() as u64);
                     }
                     batch.commit.complete(outcome);
                 }
+                metrics::counter!("movewatch_store_points_total").increment(stored as u64);
                 return;
             }
             Err(e) => {
