@@ -76,6 +76,109 @@ pub struct AlertRecord {
     pub detail: String,
 }
 
+/// What a notification (webhook) tells: the contract's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotificationKind {
+    /// A move's vehicle entered its destination's fence.
+    Arrival,
+    /// A move's vehicle left its origin's fence (or the move started).
+    Departure,
+    /// A move's ETA fell under 30 minutes.
+    Arriving30,
+    /// Any other alert (`gps_gap`, `stopped`, `breakdown`, ...).
+    Alert,
+}
+
+impl NotificationKind {
+    /// Every kind, as `[[webhooks]] events` defaults to.
+    pub const ALL: [NotificationKind; 4] = [
+        NotificationKind::Arrival,
+        NotificationKind::Departure,
+        NotificationKind::Arriving30,
+        NotificationKind::Alert,
+    ];
+
+    /// The contract's name (`arrival`, `departure`, `arriving_30`, `alert`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Arrival => "arrival",
+            NotificationKind::Departure => "departure",
+            NotificationKind::Arriving30 => "arriving_30",
+            NotificationKind::Alert => "alert",
+        }
+    }
+
+    /// Parses the contract's name.
+    pub fn parse(s: &str) -> Option<NotificationKind> {
+        NotificationKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// An event for the people outside (webhooks, "Notifications out"), derived
+/// with the batch or tick that caused it and kept with it, so it is sent at
+/// least once. Its [`Notification::id`] comes from the data, not the clock:
+/// the same event derived again (a redelivery, a restart) has the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// What happened.
+    pub kind: NotificationKind,
+    /// When it happened (the crossing's, the event's or the alert's time).
+    pub occurred_at: DateTime<Utc>,
+    /// The move it concerns, if any.
+    pub move_id: Option<MoveId>,
+    /// The vehicle it concerns.
+    pub vehicle: Option<VehicleId>,
+    /// The site of an arrival or departure; the destination of `arriving_30`.
+    pub site: Option<SiteId>,
+    /// The sites whose `[[webhooks]] sites` filter lets it through: the move's
+    /// origin and destination (empty: an alert of no move, only unfiltered hooks).
+    pub sites: Vec<SiteId>,
+    /// For alerts, the alert's kind (`gps_gap`, `breakdown`, ...).
+    pub alert_kind: Option<String>,
+    /// Human-readable detail.
+    pub detail: Option<String>,
+    /// For `arriving_30`: the expected arrival time.
+    pub expected_at: Option<DateTime<Utc>>,
+}
+
+impl Notification {
+    /// The stable id: the receiver's idempotency key. Built from what the
+    /// event is (its type, alert kind, move or vehicle, site, time), so the
+    /// same event derived twice is the same notification.
+    pub fn id(&self) -> String {
+        let subject = match (&self.move_id, &self.vehicle) {
+            (Some(m), _) => m.to_string(),
+            (None, Some(v)) => v.to_string(),
+            (None, None) => String::new(),
+        };
+        let mut id = format!(
+            "{}:{}:{}",
+            self.kind.as_str(),
+            subject,
+            self.occurred_at.timestamp_millis()
+        );
+        if let Some(k) = &self.alert_kind {
+            id.push(':');
+            id.push_str(k);
+        }
+        if let Some(s) = &self.site {
+            id.push(':');
+            id.push_str(&s.to_string());
+        }
+        id
+    }
+
+    /// The key its deliveries are ordered by: events of one move go out in
+    /// order; an event of no move is ordered with its vehicle's.
+    pub fn order_key(&self) -> String {
+        match (&self.move_id, &self.vehicle) {
+            (Some(m), _) => format!("move:{m}"),
+            (None, Some(v)) => format!("vehicle:{v}"),
+            (None, None) => String::from("none"),
+        }
+    }
+}
+
 /// Everything derived from one batch (or one alert tick) that the store keeps.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Derived {
@@ -85,12 +188,17 @@ pub struct Derived {
     pub arrivals: Vec<Arrival>,
     /// Alerts raised.
     pub alerts: Vec<AlertRecord>,
+    /// Notifications for the webhooks' outbox.
+    pub notifications: Vec<Notification>,
 }
 
 impl Derived {
     /// Nothing to keep.
     pub fn is_empty(&self) -> bool {
-        self.moves.is_empty() && self.arrivals.is_empty() && self.alerts.is_empty()
+        self.moves.is_empty()
+            && self.arrivals.is_empty()
+            && self.alerts.is_empty()
+            && self.notifications.is_empty()
     }
 
     /// Appends `other`, keeping order.
@@ -98,5 +206,6 @@ impl Derived {
         self.moves.extend(other.moves);
         self.arrivals.extend(other.arrivals);
         self.alerts.extend(other.alerts);
+        self.notifications.extend(other.notifications);
     }
 }

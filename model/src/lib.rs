@@ -24,7 +24,9 @@ pub use decode::{DecodeContext, PayloadError, Shape, WirePoint, format_ts};
 pub use decode::{
     DecodedPayload, MAX_PAYLOAD_BYTES, MAX_POINTS_PER_PAYLOAD, decode_events, decode_positions,
 };
-pub use derived::{AlertRecord, Arrival, Derived, JourneyRecord, MoveRecord};
+pub use derived::{
+    AlertRecord, Arrival, Derived, JourneyRecord, MoveRecord, Notification, NotificationKind,
+};
 pub use event::{Event, EventKind};
 pub use fence::{FenceTransition, TransitionKind};
 pub use ids::{IdError, JourneyId, MoveId, SiteId, SupplierId, VehicleId};

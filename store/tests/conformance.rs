@@ -767,6 +767,7 @@ fn derived_of(status: &str, minute: i64) -> Derived {
             alert("arriving_30", Some("m-1"), minute - 20),
             alert("breakdown", None, minute - 10),
         ],
+        notifications: vec![],
     }
 }
 

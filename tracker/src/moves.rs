@@ -21,8 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use model::wire::{AlertView, Frame, MoveView, SiteEventView};
 use model::{
-    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, Position, Site, SiteId,
-    TransitionKind, VehicleId, format_ts,
+    AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, Notification,
+    NotificationKind, Position, Site, SiteId, TransitionKind, VehicleId, format_ts,
 };
 
 use crate::eta::{EtaModel, Remaining, TripPace};
@@ -180,6 +180,8 @@ pub enum MoveOutput {
     Arrived(ArrivalFact),
     /// Keep an alert (its frame is a separate [`MoveOutput::Frame`]).
     Alert(AlertRecord),
+    /// Tell the people outside (webhooks): kept with the batch, then sent.
+    Notify(Notification),
 }
 
 /// Alert thresholds.
@@ -761,6 +763,17 @@ impl MoveBook {
                         fact.arrived_at,
                     );
                 }
+                out.push(MoveOutput::Notify(Notification {
+                    kind: NotificationKind::Arrival,
+                    occurred_at: t.ts,
+                    move_id: Some(id.clone()),
+                    vehicle: Some(t.vehicle),
+                    site: Some(t.site.clone()),
+                    sites: vec![fact.from_location.clone(), fact.site.clone()],
+                    alert_kind: None,
+                    detail: None,
+                    expected_at: None,
+                }));
                 out.push(MoveOutput::Arrived(fact));
                 self.refresh(&id, t.ts, true, out);
             } else if m.matched == Some(MatchKind::Probable)
@@ -834,6 +847,19 @@ impl MoveBook {
             m.spec.status = MoveStatus::InTransit;
         }
         let sites = move_sites(m, t.ts, grace);
+        if !probable {
+            out.push(MoveOutput::Notify(Notification {
+                kind: NotificationKind::Departure,
+                occurred_at: t.ts,
+                move_id: Some(id.clone()),
+                vehicle: Some(t.vehicle),
+                site: Some(t.site.clone()),
+                sites: vec![m.spec.from_location.clone(), m.spec.to_location.clone()],
+                alert_kind: None,
+                detail: None,
+                expected_at: None,
+            }));
+        }
         out.push(MoveOutput::Frame {
             frame: Frame::Departure(SiteEventView {
                 move_id: id.clone(),
@@ -1156,10 +1182,46 @@ impl MoveBook {
         detail: String,
         out: &mut Vec<MoveOutput>,
     ) {
-        let sites = match move_id.as_ref().and_then(|id| self.moves.get(id)) {
+        self.alert_expecting(kind, vehicle, move_id, now, detail, None, out);
+    }
+
+    /// As [`MoveBook::alert`]; `expected_at` is the ETA an `arriving_30` tells.
+    #[allow(clippy::too_many_arguments)]
+    fn alert_expecting(
+        &mut self,
+        kind: &str,
+        vehicle: VehicleId,
+        move_id: Option<MoveId>,
+        now: DateTime<Utc>,
+        detail: String,
+        expected_at: Option<DateTime<Utc>>,
+        out: &mut Vec<MoveOutput>,
+    ) {
+        let the_move = move_id.as_ref().and_then(|id| self.moves.get(id));
+        let sites = match the_move {
             Some(m) => move_sites(m, now, self.config.site_grace),
             None => self.sites_seeing(&vehicle, now),
         };
+        let arriving = kind == "arriving_30";
+        out.push(MoveOutput::Notify(Notification {
+            kind: if arriving {
+                NotificationKind::Arriving30
+            } else {
+                NotificationKind::Alert
+            },
+            occurred_at: now,
+            move_id: move_id.clone(),
+            vehicle: Some(vehicle),
+            site: the_move
+                .filter(|_| arriving)
+                .map(|m| m.spec.to_location.clone()),
+            sites: the_move.map_or_else(Vec::new, |m| {
+                vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
+            }),
+            alert_kind: (!arriving).then(|| kind.to_owned()),
+            detail: Some(detail.clone()),
+            expected_at,
+        }));
         let record = AlertRecord {
             kind: kind.to_owned(),
             vehicle,
@@ -1385,7 +1447,15 @@ impl MoveBook {
                     .map_or(String::new(), |m| m.spec.to_location.to_string()),
                 r.minutes
             );
-            self.alert("arriving_30", vehicle, Some(id.clone()), now, detail, out);
+            self.alert_expecting(
+                "arriving_30",
+                vehicle,
+                Some(id.clone()),
+                now,
+                detail,
+                Some(eta),
+                out,
+            );
         }
     }
 

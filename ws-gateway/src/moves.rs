@@ -61,6 +61,7 @@ impl Moves {
                 MoveOutput::Save(spec) => keep.moves.push(record_of(&spec)),
                 MoveOutput::Arrived(fact) => keep.arrivals.push(fact),
                 MoveOutput::Alert(alert) => keep.alerts.push(alert),
+                MoveOutput::Notify(n) => keep.notifications.push(n),
             }
         }
         keep
