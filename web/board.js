@@ -110,8 +110,9 @@ function setText(node, text) {
 
 function mergeMove(m) {
   if (!m || typeof m.move_id !== 'string') return;
-  // An incoming board: moves whose destination is this site.
-  if (m.to_location !== siteId) {
+  // An incoming board: moves whose destination is this site (a redirect
+  // away or a cancellation is the last frame of a move this site gets).
+  if (m.to_location !== siteId || m.status === 'cancelled') {
     state.moves.delete(m.move_id);
     return;
   }

@@ -8,13 +8,27 @@
 //! gateway to fan out, moves to save and arrivals to record, which the
 //! engine hands to the store.
 //!
-//! Matching a vehicle to a move, strongest first: a point's `journey_id`;
-//! `JourneyStart` (`details.vehicle_reg`); `JourneyChangeVehicle`; the
-//! booking's `vehicle_registration`; and inference — a vehicle leaving a
-//! booked move's origin on its date while the move has no vehicle is a
-//! `probable` match, confirmed by arriving at the destination or by any
-//! stronger evidence, dropped by evidence for another vehicle, a return to
-//! the origin, or a cancellation. Weaker evidence never replaces stronger.
+//! Matching a vehicle to a move, strongest first: `JourneyChangeVehicle`
+//! (it hands the journey over at once, whatever matched before); a point's
+//! `journey_id`; `JourneyStart` (`details.vehicle_reg`); the booking's
+//! `vehicle_registration`; and inference — a vehicle leaving a booked move's
+//! origin on its date while the move has no vehicle is a `probable` match,
+//! confirmed by arriving at the destination or by any stronger evidence,
+//! dropped by evidence for another vehicle, a return to the origin, or a
+//! cancellation. Weaker evidence never replaces stronger.
+//!
+//! The lifecycle (the contract's "Moves and sites"):
+//! - a move arrives only after it departed: a `MoveStart` or `JourneyStart`
+//!   for it, a booking as `in_transit`, or its vehicle seen leaving the
+//!   origin's fence while carrying it. A vehicle that enters the destination
+//!   before that (it is based there, or drops another move there first) does
+//!   not make the move `arrived`;
+//! - a site's channel sees every move of its day (dated today, to or from
+//!   it, not cancelled) from its booking ([`MoveBook::move_views`]), but a
+//!   vehicle's position only from the journey's start until 15 minutes after
+//!   arrival ([`MoveBook::sites_seeing`]);
+//! - a site that stops seeing a move (a redirect, a cancellation, a new
+//!   date) is sent its last `move` frame once, then nothing more of it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -76,12 +90,13 @@ impl MoveStatus {
 /// How a vehicle was matched to a move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchKind {
-    /// Rule 1: a point carrying one of the move's journey ids.
-    JourneyId,
-    /// Rule 2: a `JourneyStart` naming the vehicle.
-    JourneyStart,
-    /// Rule 3: a `JourneyChangeVehicle` naming the vehicle.
+    /// A `JourneyChangeVehicle` naming the vehicle: the supplier's word that
+    /// the journey is now on it, whatever matched before.
     ChangeVehicle,
+    /// A point carrying one of the move's journey ids.
+    JourneyId,
+    /// A `JourneyStart` naming the vehicle.
+    JourneyStart,
     /// The booking's `vehicle_registration`.
     Booked,
     /// Rule 4 confirmed: the probable vehicle arrived at the destination.
@@ -93,9 +108,9 @@ pub enum MatchKind {
 impl MatchKind {
     fn strength(self) -> u8 {
         match self {
+            MatchKind::ChangeVehicle => 7,
             MatchKind::JourneyId => 6,
             MatchKind::JourneyStart => 5,
-            MatchKind::ChangeVehicle => 4,
             MatchKind::Booked => 3,
             MatchKind::Inferred => 2,
             MatchKind::Probable => 1,
@@ -250,6 +265,9 @@ struct LiveMove {
     predictions: Vec<(DateTime<Utc>, f64)>,
     /// How the trip runs since it left (its fixes against the ETA model's curve).
     pace: Option<TripPace>,
+    /// The site channels its last `move` frame went to: one that no longer
+    /// sees the move gets the next frame once (a redirect's old destination).
+    shown_to: Vec<SiteId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -285,22 +303,57 @@ pub struct MoveBook {
     alerts: VecDeque<(AlertView, Vec<SiteId>)>,
 }
 
-/// The sites whose channels may see a move now.
+/// Whether a move is part of its sites' day now: booked for today, on the
+/// way (whatever its date: it is still coming), or arrived (or completed)
+/// within the grace period; never once cancelled.
+fn on_sites_day(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> bool {
+    match m.spec.status {
+        MoveStatus::Booked => m.spec.date == now.date_naive(),
+        MoveStatus::InTransit => true,
+        MoveStatus::Arrived | MoveStatus::Completed => m
+            .arrived_at
+            .or(m.finished_at)
+            .is_some_and(|a| now <= a + grace),
+        MoveStatus::Cancelled => false,
+    }
+}
+
+/// Whether the move's vehicle is only a guess (rule 4, unconfirmed): such a
+/// vehicle is never shown to a site, nor anything measured from it.
+fn is_probable(m: &LiveMove) -> bool {
+    m.vehicle.is_some() && m.matched == Some(MatchKind::Probable)
+}
+
+/// The site channels that get a move's live frames now (`move`,
+/// `departure`, `arrival`): its origin and destination while it is part of
+/// their day. None while its vehicle is only probable: the sites keep the
+/// move as last shown (booked), and snapshots show it without the guess.
 fn move_sites(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> Vec<SiteId> {
-    let both = || vec![m.spec.from_location.clone(), m.spec.to_location.clone()];
-    match (m.vehicle, m.matched) {
-        // No vehicle to hide: the move itself is the site's business.
-        (None, _) if m.spec.status != MoveStatus::Cancelled => both(),
-        (None, _) | (_, Some(MatchKind::Probable)) => Vec::new(),
-        _ => match m.spec.status {
-            MoveStatus::InTransit => both(),
-            MoveStatus::Arrived | MoveStatus::Completed
-                if m.arrived_at.is_some_and(|a| now <= a + grace) =>
-            {
-                both()
-            }
-            _ => Vec::new(),
-        },
+    if is_probable(m) || !on_sites_day(m, now, grace) {
+        return Vec::new();
+    }
+    vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
+}
+
+/// The site channels that may see the move's vehicle now (its positions,
+/// its track, the alerts that name it): the origin and destination from the
+/// journey's start (the move in transit) until the grace period after
+/// arrival. Never a booked move's vehicle, nor a probable one.
+fn vehicle_sites(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> Vec<SiteId> {
+    if m.vehicle.is_none() || is_probable(m) {
+        return Vec::new();
+    }
+    let visible = match m.spec.status {
+        MoveStatus::InTransit => true,
+        MoveStatus::Arrived | MoveStatus::Completed => {
+            m.arrived_at.is_some_and(|a| now <= a + grace)
+        }
+        MoveStatus::Booked | MoveStatus::Cancelled => false,
+    };
+    if visible {
+        vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
+    } else {
+        Vec::new()
     }
 }
 
@@ -410,6 +463,7 @@ impl MoveBook {
                         off_route_alerted: false,
                         predictions: Vec::new(),
                         pace: None,
+                        shown_to: Vec::new(),
                     },
                 );
             }
@@ -462,7 +516,7 @@ impl MoveBook {
             if let Some(m) = self.moves.get(id)
                 && m.vehicle == Some(*vehicle)
             {
-                for s in move_sites(m, now, self.config.site_grace) {
+                for s in vehicle_sites(m, now, self.config.site_grace) {
                     if !sites.contains(&s) {
                         sites.push(s);
                     }
@@ -490,7 +544,7 @@ impl MoveBook {
                 continue;
             };
             if m.vehicle != Some(*vehicle)
-                || !move_sites(m, now, self.config.site_grace)
+                || !vehicle_sites(m, now, self.config.site_grace)
                     .iter()
                     .any(|s| sites.contains(s))
             {
@@ -513,8 +567,7 @@ impl MoveBook {
         let mut out: Vec<VehicleId> = self
             .moves
             .values()
-            .filter(|m| m.vehicle.is_some())
-            .filter(|m| move_sites(m, now, self.config.site_grace).contains(site))
+            .filter(|m| vehicle_sites(m, now, self.config.site_grace).contains(site))
             .filter_map(|m| m.vehicle)
             .collect();
         out.sort();
@@ -523,16 +576,25 @@ impl MoveBook {
     }
 
     /// Live move views: every open move (`site` None, the control room), or
-    /// those a site channel may see now.
+    /// a site's day (every move to or from it that [`on_sites_day`] keeps; a
+    /// probable vehicle and what is measured from it left out).
     pub fn move_views(&self, site: Option<&SiteId>, now: DateTime<Utc>) -> Vec<MoveView> {
+        let grace = self.config.site_grace;
         let mut views: Vec<MoveView> = self
             .moves
             .values()
-            .filter(|m| match site {
-                None => !m.spec.status.is_final(),
-                Some(s) => move_sites(m, now, self.config.site_grace).contains(s),
+            .filter_map(|m| match site {
+                None => (!m.spec.status.is_final()).then(|| self.view(m)),
+                Some(s) => ((m.spec.from_location == *s || m.spec.to_location == *s)
+                    && on_sites_day(m, now, grace))
+                .then(|| {
+                    if is_probable(m) {
+                        unconfirmed_view(self.view(m))
+                    } else {
+                        self.view(m)
+                    }
+                }),
             })
-            .map(|m| self.view(m))
             .collect();
         views.sort_by(|a, b| a.move_id.cmp(&b.move_id));
         views
@@ -596,7 +658,7 @@ impl MoveBook {
                 }
             }
             let sites = match a.move_id.as_ref().and_then(|id| self.moves.get(id)) {
-                Some(m) => move_sites(m, now, self.config.site_grace),
+                Some(m) => vehicle_sites(m, now, self.config.site_grace),
                 None => self.sites_seeing(&a.vehicle, now),
             };
             self.remember_alert(a, sites);
@@ -707,8 +769,12 @@ impl MoveBook {
             if m.vehicle != Some(t.vehicle) {
                 continue;
             }
-            let open = matches!(m.spec.status, MoveStatus::Booked | MoveStatus::InTransit);
-            if open && m.spec.to_location == t.site {
+            // Only a move that has left arrives: a vehicle based at the
+            // destination, or dropping another move there first, is not
+            // bringing this one yet.
+            let departed = m.spec.status == MoveStatus::InTransit
+                || (m.matched == Some(MatchKind::Probable) && m.departed_at.is_some());
+            if departed && m.spec.to_location == t.site {
                 if m.matched == Some(MatchKind::Probable) {
                     m.matched = Some(MatchKind::Inferred);
                 }
@@ -973,7 +1039,29 @@ impl MoveBook {
                 }
             }
             EventKind::JourneyChangeVehicle => {
-                if let (Some(id), Some(v)) = (id, vehicle_reg(&e.details, "vehicle_reg")) {
+                let Some(v) = vehicle_reg(&e.details, "vehicle_reg") else {
+                    return;
+                };
+                // Named by move or journey; else the open moves the previous
+                // vehicle (or the reporting one, when it is not the new one) carries.
+                let ids = match id {
+                    Some(id) => vec![id],
+                    None => {
+                        let previous = vehicle_reg(&e.details, "previous_vehicle_reg")
+                            .or((e.vehicle != v).then_some(e.vehicle));
+                        previous.map_or_else(Vec::new, |p| {
+                            self.move_ids_of(&p)
+                                .into_iter()
+                                .filter(|m| {
+                                    self.moves.get(m).is_some_and(|m| {
+                                        m.vehicle == Some(p) && !m.spec.status.is_final()
+                                    })
+                                })
+                                .collect()
+                        })
+                    }
+                };
+                for id in ids {
                     self.assign(&id, v, MatchKind::ChangeVehicle, now, out);
                 }
             }
@@ -1199,7 +1287,7 @@ impl MoveBook {
     ) {
         let the_move = move_id.as_ref().and_then(|id| self.moves.get(id));
         let sites = match the_move {
-            Some(m) => move_sites(m, now, self.config.site_grace),
+            Some(m) => vehicle_sites(m, now, self.config.site_grace),
             None => self.sites_seeing(&vehicle, now),
         };
         let arriving = kind == "arriving_30";
@@ -1361,16 +1449,28 @@ impl MoveBook {
     /// Sends the move's frame when its status changed or its ETA moved by
     /// more than `eta_resend`; `save` also asks the engine to store it.
     fn refresh(&mut self, id: &MoveId, now: DateTime<Utc>, save: bool, out: &mut Vec<MoveOutput>) {
+        let grace = self.config.site_grace;
         let Some(m) = self.moves.get(id) else { return };
         let view = self.view(m);
-        let sites = move_sites(m, now, self.config.site_grace);
         let spec = self.spec_of(m);
-        if let Some(m) = self.moves.get_mut(id) {
-            m.sent = Some(m.estimate.map(|(at, r)| eta_at(at, r.minutes)));
+        let Some(m) = self.moves.get_mut(id) else {
+            return;
+        };
+        let seeing = move_sites(m, now, grace);
+        let mut sites = seeing.clone();
+        if !is_probable(m) {
+            // A site that saw the move and no longer does (a redirect's old
+            // destination, a cancellation) is told this once.
+            for s in std::mem::replace(&mut m.shown_to, seeing) {
+                if !sites.contains(&s) {
+                    sites.push(s);
+                }
+            }
         }
+        m.sent = Some(m.estimate.map(|(at, r)| eta_at(at, r.minutes)));
         out.push(MoveOutput::Frame {
             frame: Frame::Move(view),
-            vehicle: self.moves.get(id).and_then(|m| m.vehicle),
+            vehicle: m.vehicle,
             sites,
         });
         if save {
@@ -1491,6 +1591,19 @@ impl MoveBook {
             to_location: m.spec.to_location.clone(),
             vehicle_match: m.vehicle.and(m.matched).map(MatchKind::as_str),
         }
+    }
+}
+
+/// A move's view without its probable vehicle, nor the ETA measured from it.
+fn unconfirmed_view(view: MoveView) -> MoveView {
+    MoveView {
+        vehicle: None,
+        vehicle_match: None,
+        eta: None,
+        eta_low: None,
+        eta_high: None,
+        distance_remaining_m: None,
+        ..view
     }
 }
 

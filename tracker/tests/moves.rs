@@ -363,26 +363,11 @@ fn two_moves_on_one_van_both_arrive_at_their_own_sites() {
 }
 
 #[test]
-fn matching_by_journey_id_journey_start_and_vehicle_change_strongest_first() {
+fn matching_by_vehicle_change_journey_id_and_journey_start_strongest_first() {
     let mut b = book();
     b.upsert(spec("m1", "ORG", "DST", None), t0());
     let mut out = Vec::new();
-    // Rule 3 on a move with no vehicle.
-    b.on_event(
-        &Event {
-            journey_id: Some(JourneyId::parse("j-m1").unwrap()),
-            ..event(
-                OTHER,
-                EventKind::JourneyChangeVehicle,
-                at(0),
-                None,
-                serde_json::json!({"vehicle_reg": "xy99 zzz", "previous_vehicle_reg": "AB12CDE"}),
-            )
-        },
-        &mut out,
-    );
-    assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
-    // Rule 2 is stronger: JourneyStart names VAN.
+    // A JourneyStart names VAN.
     b.on_event(
         &event(
             OTHER,
@@ -397,7 +382,8 @@ fn matching_by_journey_id_journey_start_and_vehicle_change_strongest_first() {
     assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
     assert_eq!(b.move_ids_of(&v(VAN)), vec![mid("m1")]);
     assert!(b.move_ids_of(&v(OTHER)).is_empty());
-    // A weaker rule cannot take it back ...
+    // A change of vehicle after the start hands the journey over at once.
+    out.clear();
     b.on_event(
         &Event {
             journey_id: Some(JourneyId::parse("j-m1").unwrap()),
@@ -406,20 +392,54 @@ fn matching_by_journey_id_journey_start_and_vehicle_change_strongest_first() {
                 EventKind::JourneyChangeVehicle,
                 at(20),
                 None,
-                serde_json::json!({"vehicle_reg": OTHER}),
+                serde_json::json!({"vehicle_reg": OTHER, "previous_vehicle_reg": VAN}),
             )
         },
         &mut out,
     );
-    assert_eq!(vehicle_of(&b, "m1").0, Some(v(VAN)));
-    // ... but rule 1, the strongest, does: OTHER's points carry the journey id.
-    b.on_position(&pos(OTHER, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
-    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
+    assert_eq!(b.move_ids_of(&v(OTHER)), vec![mid("m1")]);
+    assert!(b.move_ids_of(&v(VAN)).is_empty());
     assert!(
         out.iter()
             .any(|o| matches!(o, MoveOutput::Save(s) if s.journeys[0].vehicle == Some(v(OTHER))))
     );
-    // A JourneyStart can no longer override a journey-id match.
+    // The old van's points still carrying the journey id do not take it back,
+    // and neither does a late JourneyStart naming it.
+    b.on_position(&pos(VAN, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(40),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+    // A later change (found by the previous vehicle alone) hands it back.
+    b.on_event(
+        &event(
+            OTHER,
+            EventKind::JourneyChangeVehicle,
+            at(50),
+            None,
+            serde_json::json!({"vehicle_reg": VAN, "previous_vehicle_reg": OTHER}),
+        ),
+        &mut out,
+    );
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(VAN)));
+}
+
+#[test]
+fn a_journey_id_outranks_a_journey_start_and_the_booking() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_position(&pos(OTHER, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
     b.on_event(
         &event(
             VAN,
@@ -444,11 +464,20 @@ fn inference_makes_a_probable_match_that_arrival_confirms() {
         &mut out,
     );
     assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("probable")));
-    // Shown to the control room, not to the sites, and still booked.
+    // The guess is shown to the control room; the sites keep the booked
+    // move without it (no vehicle, nothing measured from it).
     assert_eq!(status(&b, "m1"), MoveStatus::Booked);
     assert!(b.sites_seeing(&v(VAN), at(60)).is_empty());
-    assert!(b.move_views(Some(&site_id("DST")), at(60)).is_empty());
+    let site_view = b.move_views(Some(&site_id("DST")), at(60));
+    assert_eq!(site_view.len(), 1);
+    assert_eq!(site_view[0].status, "booked");
+    assert_eq!(site_view[0].vehicle, None);
+    assert_eq!(site_view[0].eta, None);
     assert_eq!(b.move_views(None, at(60)).len(), 1);
+    assert_eq!(
+        b.move_views(None, at(60))[0].vehicle_match,
+        Some("probable")
+    );
     let end = drive(&mut b, VAN, 60, 53.0, 53.5, 80.0, &mut out);
     assert!(
         b.details(&mid("m1")).unwrap().view.eta.is_some(),
@@ -895,4 +924,346 @@ fn a_gap_alert_is_stamped_when_the_gap_began_so_a_repeat_is_identical() {
         (a.kind, a.vehicle, a.move_id, a.ts),
         (b.kind, b.vehicle, b.move_id, b.ts)
     );
+}
+
+// ---- the lifecycle of the amended contract ("Moves and sites") ----------
+
+/// A `move` frame as sent: (move id, status, vehicle, to_location, the site
+/// channels it goes to).
+type SentMove = (String, &'static str, Option<VehicleId>, String, Vec<String>);
+
+/// The `move` frames in `out`.
+fn move_frames(out: &[MoveOutput]) -> Vec<SentMove> {
+    out.iter()
+        .filter_map(|o| match o {
+            MoveOutput::Frame {
+                frame: Frame::Move(m),
+                sites,
+                ..
+            } => Some((
+                m.move_id.to_string(),
+                m.status,
+                m.vehicle,
+                m.to_location.to_string(),
+                sites.iter().map(|s| s.to_string()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every site channel any frame in `out` goes to.
+fn sites_told(out: &[MoveOutput]) -> Vec<String> {
+    let mut all: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            MoveOutput::Frame { sites, .. } => Some(sites.iter().map(|s| s.to_string())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+#[test]
+fn a_van_based_at_the_destination_does_not_arrive_before_it_left_the_origin() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    // The van's first fix is in its yard at the destination.
+    b.on_position(&pos(VAN, at(0), 53.5, 0.0, None), &mut out);
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(0)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty(), "no arrival before departure");
+    assert_eq!(status(&b, "m1"), MoveStatus::Booked);
+    assert!(b.details(&mid("m1")).unwrap().arrived_at.is_none());
+    // It leaves its yard, drives to the origin and collects the move.
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Exit, at(300)),
+        &mut out,
+    );
+    let t = drive(&mut b, VAN, 300, 53.5, 53.0, 80.0, &mut out);
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Enter, at(t)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty());
+    assert_eq!(status(&b, "m1"), MoveStatus::Booked);
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(t + 1800)),
+        &mut out,
+    );
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    let end = drive(&mut b, VAN, t + 1800, 53.0, 53.5, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "DST".into())]);
+    let d = b.details(&mid("m1")).unwrap();
+    assert_eq!(d.spec.status, MoveStatus::Arrived);
+    assert_eq!(d.departed_at, Some(at(t + 1800)));
+    assert_eq!(d.arrived_at, Some(at(end)));
+}
+
+#[test]
+fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_in_turn() {
+    let mut b = book();
+    // The morning move ORG → DST, then the next one ALT → DST, same van.
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    b.upsert(spec("m2", "ALT", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(0),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    let t = drive(&mut b, VAN, 60, 53.0, 53.5, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(t)),
+        &mut out,
+    );
+    // Dropping m1 is m1's arrival only.
+    assert_eq!(arrivals(&out), vec![("m1".into(), "DST".into())]);
+    assert_eq!(status(&b, "m2"), MoveStatus::Booked);
+    assert!(b.details(&mid("m2")).unwrap().arrived_at.is_none());
+    // DST sees the van for m1's sake, not yet for m2's.
+    assert_eq!(
+        b.move_views(Some(&site_id("DST")), at(t))
+            .iter()
+            .map(|m| (m.move_id.to_string(), m.status))
+            .collect::<Vec<_>>(),
+        vec![("m1".to_owned(), "arrived"), ("m2".to_owned(), "booked")]
+    );
+    // Out to ALT, collect m2, back to DST.
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Exit, at(t + 600)),
+        &mut out,
+    );
+    let t2 = drive(&mut b, VAN, t + 600, 53.5, 52.5, 80.0, &mut out);
+    b.on_transition(
+        &crossing(VAN, "ALT", TransitionKind::Enter, at(t2)),
+        &mut out,
+    );
+    assert_eq!(status(&b, "m2"), MoveStatus::Booked);
+    b.on_transition(
+        &crossing(VAN, "ALT", TransitionKind::Exit, at(t2 + 900)),
+        &mut out,
+    );
+    assert_eq!(status(&b, "m2"), MoveStatus::InTransit);
+    let t3 = drive(&mut b, VAN, t2 + 900, 52.5, 53.5, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(t3)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m2".into(), "DST".into())]);
+}
+
+/// m1 started on VAN, half-way; then `JourneyChangeVehicle` to OTHER, with
+/// VAN's points carrying the journey id or not; OTHER then drives in.
+fn change_of_vehicle_after_the_start(with_journey_ids: bool) {
+    let (mut b, mut out) = started();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyStart,
+            at(5),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    let journey = with_journey_ids.then_some("j-m1");
+    b.on_position(&pos(VAN, at(10), 53.1, 70.0, journey), &mut out);
+    assert_eq!(
+        b.sites_seeing(&v(VAN), at(10)),
+        vec![site_id("ORG"), site_id("DST")]
+    );
+    out.clear();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::JourneyChangeVehicle,
+            at(600),
+            Some("m1"),
+            serde_json::json!({"vehicle_reg": OTHER, "previous_vehicle_reg": VAN}),
+        ),
+        &mut out,
+    );
+    // At once: no point of the new van needed.
+    assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
+    assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
+    let frames = move_frames(&out);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].2, Some(v(OTHER)));
+    assert!(frames[0].4.contains(&"DST".to_owned()));
+    // The broken-down van is nobody's business now; the replacement is.
+    assert!(b.sites_seeing(&v(VAN), at(610)).is_empty());
+    assert_eq!(
+        b.sites_seeing(&v(OTHER), at(610)),
+        vec![site_id("ORG"), site_id("DST")]
+    );
+    assert_eq!(b.vehicles_seen_by(&site_id("DST"), at(610)), vec![v(OTHER)]);
+    // The old van keeps reporting (with the journey id, if it did).
+    b.on_position(&pos(VAN, at(620), 53.1, 0.0, journey), &mut out);
+    assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
+    assert!(b.move_ids_of(&v(VAN)).is_empty());
+    // The replacement drives in and the move arrives with it.
+    let end = drive(&mut b, OTHER, 700, 53.1, 53.5, 80.0, &mut out);
+    out.clear();
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert!(arrivals(&out).is_empty(), "the old van brings nothing");
+    b.on_transition(
+        &crossing(OTHER, "DST", TransitionKind::Enter, at(end + 5)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "DST".into())]);
+    assert_eq!(status(&b, "m1"), MoveStatus::Arrived);
+}
+
+#[test]
+fn a_change_of_vehicle_after_journey_start_takes_effect_at_the_event() {
+    change_of_vehicle_after_the_start(false);
+}
+
+#[test]
+fn a_change_of_vehicle_takes_effect_at_the_event_even_when_points_carry_the_journey_id() {
+    change_of_vehicle_after_the_start(true);
+}
+
+#[test]
+fn a_redirect_tells_the_old_destination_once_then_nothing_more() {
+    let (mut b, mut out) = started();
+    b.on_position(&pos(VAN, at(10), 53.25, 70.0, None), &mut out);
+    out.clear();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveRedirect,
+            at(20),
+            Some("m1"),
+            serde_json::json!({"to_location": "ALT"}),
+        ),
+        &mut out,
+    );
+    // One move frame reaches DST, naming the new destination.
+    let to_dst: Vec<_> = move_frames(&out)
+        .into_iter()
+        .filter(|f| f.4.contains(&"DST".to_owned()))
+        .collect();
+    assert_eq!(to_dst.len(), 1, "{to_dst:?}");
+    assert_eq!(to_dst[0].3, "ALT");
+    assert_eq!(to_dst[0].1, "in_transit");
+    // From then on DST sees nothing of the move or its van.
+    assert!(b.move_views(Some(&site_id("DST")), at(30)).is_empty());
+    assert!(b.vehicles_seen_by(&site_id("DST"), at(30)).is_empty());
+    assert!(!b.sites_seeing(&v(VAN), at(30)).contains(&site_id("DST")));
+    assert!(b.site_window(&v(VAN), &[site_id("DST")], at(30)).is_none());
+    assert_eq!(b.vehicles_seen_by(&site_id("ALT"), at(30)), vec![v(VAN)]);
+    out.clear();
+    let end = drive(&mut b, VAN, 30, 53.25, 52.5, 80.0, &mut out);
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(40)),
+        &mut out,
+    );
+    b.on_transition(
+        &crossing(VAN, "ALT", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(arrivals(&out), vec![("m1".into(), "ALT".into())]);
+    assert!(
+        !sites_told(&out).contains(&"DST".to_owned()),
+        "DST was told more: {:?}",
+        sites_told(&out)
+    );
+}
+
+#[test]
+fn a_sites_day_shows_booked_moves_with_their_vehicle_but_no_position_until_they_leave() {
+    let mut b = book();
+    let out = b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    // The booking itself is news to both sites.
+    let frames = move_frames(&out);
+    assert_eq!(
+        frames.last().map(|f| f.4.clone()),
+        Some(vec!["ORG".to_owned(), "DST".to_owned()])
+    );
+    let mut tomorrow = spec("m2", "ORG", "DST", Some(OTHER));
+    tomorrow.date = date().succ_opt().unwrap();
+    b.upsert(tomorrow, t0());
+    // Incoming at DST, outgoing at ORG: today's booking, with its van.
+    for site in ["DST", "ORG"] {
+        let views = b.move_views(Some(&site_id(site)), at(0));
+        assert_eq!(views.len(), 1, "{site}: {views:?}");
+        assert_eq!(views[0].move_id, mid("m1"));
+        assert_eq!(views[0].status, "booked");
+        assert_eq!(views[0].vehicle, Some(v(VAN)));
+        assert_eq!(views[0].eta, None);
+    }
+    // But not where the van is.
+    let mut out = Vec::new();
+    b.on_position(&pos(VAN, at(10), 53.0, 0.0, None), &mut out);
+    assert!(b.sites_seeing(&v(VAN), at(10)).is_empty());
+    assert!(b.vehicles_seen_by(&site_id("DST"), at(10)).is_empty());
+    // Departed: now it is.
+    b.on_transition(
+        &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
+        &mut out,
+    );
+    assert_eq!(b.vehicles_seen_by(&site_id("DST"), at(60)), vec![v(VAN)]);
+    // Arrived: on the board 15 minutes, then gone from the day's view.
+    let end = drive(&mut b, VAN, 60, 53.0, 53.5, 80.0, &mut out);
+    b.on_transition(
+        &crossing(VAN, "DST", TransitionKind::Enter, at(end)),
+        &mut out,
+    );
+    assert_eq!(b.move_views(Some(&site_id("DST")), at(end + 899)).len(), 1);
+    assert!(
+        b.move_views(Some(&site_id("DST")), at(end + 901))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_cancellation_is_told_to_both_sites_once() {
+    let mut b = book();
+    b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
+    let mut out = Vec::new();
+    b.on_event(
+        &event(
+            VAN,
+            EventKind::MoveCancel,
+            at(30),
+            Some("m1"),
+            serde_json::json!({}),
+        ),
+        &mut out,
+    );
+    let frames = move_frames(&out);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].1, "cancelled");
+    assert_eq!(frames[0].4, vec!["ORG".to_owned(), "DST".to_owned()]);
+    assert!(b.move_views(Some(&site_id("DST")), at(40)).is_empty());
+    out.clear();
+    b.on_position(&pos(VAN, at(50), 53.2, 50.0, None), &mut out);
+    assert!(sites_told(&out).is_empty());
 }

@@ -329,7 +329,12 @@ pub(crate) async fn get_move(
             if !sites.contains(&spec.from_location) && !sites.contains(&spec.to_location) {
                 return forbidden("this token may see only moves to or from its sites");
             }
+            // The site's day shows a booked move's planned vehicle; a guess
+            // (a probable match) only the control room sees; after the
+            // grace past arrival the vehicle is no longer the site's.
+            let probable = live.as_ref().and_then(|d| d.view.vehicle_match) == Some("probable");
             vehicle_visible_to.iter().any(|s| sites.contains(s))
+                || (spec.status == MoveStatus::Booked && !probable)
         }
         Access::Supplier(s) => {
             if vehicle.is_none_or(|v| g.tracker.supplier_of(&v) != Some(*s)) {

@@ -144,12 +144,15 @@ impl Gateway {
     }
 }
 
-/// `GET /api/sites/{id}/incoming`: the site's incoming board as JSON — the
-/// moves to the site that its channel may see now (booked, in transit, and
-/// arrived within the last 15 minutes), each with its live status, ETA and
-/// interval, distance remaining, departure and arrival; and the positions of
-/// the vehicles carrying them. A site token may ask only for its own sites
-/// (403 before the site's existence is checked, so a probe learns nothing).
+/// `GET /api/sites/{id}/incoming`: the site's day as JSON, as its channel's
+/// snapshot has it — every move to or from the site dated today (booked,
+/// with its planned vehicle), in transit (with its ETA), or arrived within
+/// the last 15 minutes; each with its `direction` (`incoming` or
+/// `outgoing`), live status, ETA and interval, distance remaining, departure
+/// and arrival; and the positions of the vehicles the site may see (those
+/// carrying its moves from the journey's start). A site token may ask only
+/// for its own sites (403 before the site's existence is checked, so a probe
+/// learns nothing).
 pub(crate) async fn incoming(
     State(g): State<Gateway>,
     Path(id): Path<String>,
@@ -181,10 +184,14 @@ pub(crate) async fn incoming(
         let moves: Vec<Value> = book
             .move_views(Some(&site_id), now)
             .into_iter()
-            .filter(|m| m.to_location == site_id)
             .map(|view| {
                 let details = book.details(&view.move_id);
                 let mut v = serde_json::to_value(&view).unwrap_or_else(|_| json!({}));
+                v["direction"] = json!(if view.to_location == site_id {
+                    "incoming"
+                } else {
+                    "outgoing"
+                });
                 if let Some(d) = details {
                     v["reference"] = json!(d.spec.reference);
                     v["departed_at"] = json!(d.departed_at.map(|t| model::format_ts(&t)));
