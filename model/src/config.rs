@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::derived::NotificationKind;
 use crate::ids::{SiteId, SupplierId};
 
 /// The whole configuration.
@@ -27,6 +28,10 @@ pub struct Config {
     pub suppliers: Vec<SupplierConfig>,
     /// `[[tokens]]`
     pub tokens: Vec<TokenConfig>,
+    /// `[[webhooks]]`: notifications out.
+    pub webhooks: Vec<WebhookConfig>,
+    /// `[webhook_delivery]`: movewatch's own tuning of webhook delivery, not in the contract.
+    pub webhook_delivery: WebhookDeliveryConfig,
 }
 
 /// `[http]`: the HTTP and WebSocket listener.
@@ -205,6 +210,94 @@ impl fmt::Debug for TokenConfig {
     }
 }
 
+/// `[[webhooks]]`: where notifications go, and which.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` address the notifications are POSTed to.
+    /// It also names the webhook in the store's outbox.
+    pub url: String,
+    /// Which notifications (`arrival`, `departure`, `arriving_30`, `alert`);
+    /// every kind when absent.
+    #[serde(default = "all_kinds", deserialize_with = "notification_kinds")]
+    pub events: Vec<NotificationKind>,
+    /// Only moves to or from these sites (empty: no filter). A notification
+    /// of no move passes only webhooks without this filter.
+    #[serde(default)]
+    pub sites: Vec<SiteId>,
+    /// Signs each body: `X-Movewatch-Signature: sha256=<hex HMAC-SHA256>`. Never logged.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+impl WebhookConfig {
+    /// Whether this webhook takes `n` (its `events` and `sites` filters).
+    pub fn wants(&self, n: &crate::derived::Notification) -> bool {
+        self.events.contains(&n.kind)
+            && (self.sites.is_empty() || n.sites.iter().any(|s| self.sites.contains(s)))
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("sites", &self.sites)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn all_kinds() -> Vec<NotificationKind> {
+    NotificationKind::ALL.to_vec()
+}
+
+fn notification_kinds<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<NotificationKind>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|name| {
+            NotificationKind::parse(name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown webhook event {name:?}: expected some of arrival, departure, arriving_30, alert"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `[webhook_delivery]`: how webhooks are delivered (movewatch's own tuning).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookDeliveryConfig {
+    /// A request that has not answered in this many seconds failed.
+    pub timeout_secs: u64,
+    /// The wait before the first retry, milliseconds; it doubles each time.
+    pub first_retry_ms: u64,
+    /// The longest wait between retries, seconds.
+    pub max_retry_secs: u64,
+    /// A notification still undelivered this many hours after it was queued
+    /// is kept as failed (and logged) instead of retried.
+    pub give_up_hours: u64,
+    /// Requests in flight at once (over all webhooks and moves).
+    pub concurrency: usize,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        WebhookDeliveryConfig {
+            timeout_secs: 10,
+            first_retry_ms: 1_000,
+            max_retry_secs: 600,
+            give_up_hours: 24,
+            concurrency: 16,
+        }
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -286,6 +379,45 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        let mut urls = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let rest = w
+                .url
+                .strip_prefix("https://")
+                .or_else(|| w.url.strip_prefix("http://"));
+            match rest {
+                Some(r)
+                    if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+                }
+                _ => {
+                    return invalid(format!(
+                        "webhooks[{i}]: url {:?} must be an http:// or https:// address",
+                        w.url
+                    ));
+                }
+            }
+            if w.events.is_empty() {
+                return invalid(format!(
+                    "webhooks[{i}]: events = [] sends nothing; leave it out for every event"
+                ));
+            }
+            if !urls.insert(w.url.as_str()) {
+                return invalid(format!(
+                    "webhooks[{i}]: url {:?} is configured twice (it names the webhook's queue)",
+                    w.url
+                ));
+            }
+        }
+        let d = &self.webhook_delivery;
+        if d.timeout_secs == 0
+            || d.first_retry_ms == 0
+            || d.max_retry_secs == 0
+            || d.concurrency == 0
+        {
+            return invalid(
+                "[webhook_delivery] timeout_secs, first_retry_ms, max_retry_secs and concurrency must be at least 1".into(),
+            );
         }
         if let Some(url) = &self.mqtt.url {
             parse_mqtt_url(url).map_err(ConfigError::Invalid)?;
@@ -372,6 +504,45 @@ supplier = "geoamey"
         assert!(
             !format!("{c:?}").contains("site-token-lei"),
             "tokens must never be printed"
+        );
+    }
+
+    #[test]
+    fn webhooks_parse_and_check() {
+        let c = Config::from_toml(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9000/hook\"\n[[webhooks]]\nurl = \"https://x.example/h\"\nevents = [\"arrival\", \"arriving_30\"]\nsites = [\"LEI\"]\nsecret = \"s3cret-value\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.webhooks[0].events, NotificationKind::ALL.to_vec());
+        assert!(c.webhooks[0].sites.is_empty());
+        assert_eq!(
+            c.webhooks[1].events,
+            vec![NotificationKind::Arrival, NotificationKind::Arriving30]
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret-value"),
+            "secrets are redacted"
+        );
+        let e = Config::from_toml(
+            "[[webhooks]]\nurl = \"http://h/\"\nevents = [\"arrivals\"]\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown webhook event \"arrivals\""), "{e}");
+        for bad in ["ftp://h/x", "http://", "127.0.0.1:9000/hook", "http:// x"] {
+            let e = Config::from_toml(&format!("[[webhooks]]\nurl = {bad:?}\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must be an http:// or https://"), "{bad}: {e}");
+        }
+        let twice = "[[webhooks]]\nurl = \"http://h/a\"\n[[webhooks]]\nurl = \"http://h/a\"\n";
+        assert!(
+            Config::from_toml(twice, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
         );
     }
 

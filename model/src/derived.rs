@@ -163,7 +163,7 @@ impl Notification {
         }
         if let Some(s) = &self.site {
             id.push(':');
-            id.push_str(s.as_ref());
+            id.push_str(s.as_str());
         }
         id
     }
@@ -176,6 +176,63 @@ impl Notification {
             (None, Some(v)) => format!("vehicle:{v}"),
             (None, None) => String::from("none"),
         }
+    }
+}
+
+impl Notification {
+    /// The webhook body: the contract's `{"id", "type", "occurred_at",
+    /// "move_id"?, "vehicle"?, "site"?, "detail"?, "basm_event"?}`, plus
+    /// `kind` (an alert's kind) and `expected_at` (`arriving_30`). Times are
+    /// RFC 3339 UTC. Rendered once, when the notification is put in the
+    /// outbox, and stored: every retry sends these exact bytes (which the
+    /// signature covers). Keys come out sorted, so the same notification
+    /// always renders the same text.
+    pub fn body(&self) -> String {
+        use serde_json::{Map, Value, json};
+        let mut body = Map::new();
+        body.insert("id".into(), Value::from(self.id()));
+        body.insert("type".into(), Value::from(self.kind.as_str()));
+        body.insert(
+            "occurred_at".into(),
+            Value::from(crate::format_ts(&self.occurred_at)),
+        );
+        if let Some(m) = &self.move_id {
+            body.insert("move_id".into(), Value::from(m.to_string()));
+        }
+        if let Some(v) = &self.vehicle {
+            body.insert("vehicle".into(), Value::from(v.to_string()));
+        }
+        if let Some(s) = &self.site {
+            body.insert("site".into(), Value::from(s.to_string()));
+        }
+        if let Some(k) = &self.alert_kind {
+            body.insert("kind".into(), Value::from(k.as_str()));
+        }
+        if let Some(d) = &self.detail {
+            body.insert("detail".into(), Value::from(d.as_str()));
+        }
+        if let Some(e) = &self.expected_at {
+            body.insert("expected_at".into(), Value::from(crate::format_ts(e)));
+        }
+        let basm = match (self.kind, &self.move_id) {
+            (NotificationKind::Arrival, Some(m)) => Some(json!({
+                "event_type": "JourneyArriveAtOuterGate",
+                "occurred_at": crate::format_ts(&self.occurred_at),
+                "move_id": m.to_string(),
+                "details": {"location": self.site.as_ref().map(|s| s.to_string())},
+            })),
+            (NotificationKind::Arriving30, Some(m)) => Some(json!({
+                "event_type": "MoveNotifyPremisesOfDropOffEta",
+                "occurred_at": crate::format_ts(&self.occurred_at),
+                "move_id": m.to_string(),
+                "details": {"expected_at": self.expected_at.as_ref().map(crate::format_ts)},
+            })),
+            _ => None,
+        };
+        if let Some(b) = basm {
+            body.insert("basm_event".into(), b);
+        }
+        Value::Object(body).to_string()
     }
 }
 

@@ -147,6 +147,8 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
     }
     metrics::gauge!("movewatch_tracked_vehicles").set(0.0);
     metrics::gauge!("movewatch_ws_clients").set(0.0);
+    metrics::gauge!("movewatch_webhook_pending").set(0.0);
+    metrics::counter!("movewatch_webhook_failures_total").increment(0);
     *slot = Some(handle.clone());
     Ok(handle)
 }
@@ -365,7 +367,9 @@ impl Engine {
 
         let store = store::Store::open(&config.store.url)
             .await
-            .with_context(|| format!("cannot open the store at {}", config.store.url))?;
+            .with_context(|| format!("cannot open the store at {}", config.store.url))?
+            // Notifications are queued for the webhooks with what caused them.
+            .with_webhooks(&config.webhooks);
         // Fences the control room replaced while running, over the files' ones.
         let mut fences = fences;
         let replaced = apply_stored_fences(&store, &mut fences).await?;
@@ -506,6 +510,17 @@ impl Engine {
                 ..Default::default()
             },
         );
+
+        // Webhooks: delivered from the store's outbox by their own task, which
+        // intake never waits on; aborted at shutdown, undelivered rows stay stored.
+        let webhooks = if config.webhooks.is_empty() {
+            None
+        } else {
+            Some(notify::spawn_dispatcher(
+                store.clone(),
+                notify::DeliveryConfig::new(&config.webhooks, &config.webhook_delivery),
+            )?)
+        };
 
         let hub = Hub::new();
         let pipeline = {
@@ -652,7 +667,7 @@ impl Engine {
             pipeline,
             writer,
             server,
-            background: vec![maintenance, ticker],
+            background: [maintenance, ticker].into_iter().chain(webhooks).collect(),
         })
     }
 

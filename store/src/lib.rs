@@ -15,6 +15,7 @@
 //! messages. [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of
 //! time and applies retention.
 
+mod outbox;
 mod pg_layout;
 mod postgres;
 mod records;
@@ -22,6 +23,7 @@ mod sqlite;
 mod writer;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -29,6 +31,7 @@ use model::{
     CommitOutcome, DeadLetter, IngestBatch, MoveId, Position, Reason, SiteId, SupplierId, VehicleId,
 };
 
+pub use outbox::{OutboxCounts, OutboxRow};
 pub use pg_layout::{
     Layout, PARTITIONS_AHEAD, PARTITIONS_BEHIND, choose_layout, native_partition_ddl,
     native_positions_ddl, partition_day, partition_name, partitions_to_create, partitions_to_drop,
@@ -69,6 +72,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// The webhooks' filters and the signal poked when rows are queued.
+    outbox: Arc<outbox::Outbox>,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +135,50 @@ pub enum BackendKind {
     Postgres(Layout),
 }
 
+/// Runs `$body` with `$pool` bound to whichever backend's pool the store has
+/// (SQL that is the same on both backends, written once).
+macro_rules! with_pool {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => {
+                let $pool = &s.pool;
+                $body
+            }
+            Backend::Postgres(s) => {
+                let $pool = &s.pool;
+                $body
+            }
+        }
+    };
+}
+
+/// Reads an [`OutboxRow`] selected as `seq, hook, event_id, order_key,
+/// occurred_at, body, created_at, attempts, last_error[, delivered_at, failed_at]`.
+macro_rules! outbox_row {
+    ($r:expr, $full:expr) => {{
+        let r = $r;
+        let opt_time = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
+            if !$full {
+                return Ok(None);
+            }
+            r.try_get::<Option<i64>, _>(i)?.map(from_micros).transpose()
+        };
+        Ok::<_, StoreError>(OutboxRow {
+            seq: r.try_get(0)?,
+            hook: r.try_get(1)?,
+            event_id: r.try_get(2)?,
+            order_key: r.try_get(3)?,
+            occurred_at: from_micros(r.try_get(4)?)?,
+            body: r.try_get(5)?,
+            created_at: from_micros(r.try_get(6)?)?,
+            attempts: u32::try_from(r.try_get::<i64, _>(7)?).unwrap_or(u32::MAX),
+            last_error: r.try_get(8)?,
+            delivered_at: opt_time(9)?,
+            failed_at: opt_time(10)?,
+        })
+    }};
+}
+
 /// Runs `$call` on whichever backend the store has.
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
@@ -148,6 +197,7 @@ impl Store {
         if url.starts_with("sqlite:") {
             return Ok(Store {
                 backend: Backend::Sqlite(sqlite::SqliteStore::open(url).await?),
+                outbox: Arc::default(),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -155,6 +205,7 @@ impl Store {
             pg.maintain(Utc::now()).await?;
             return Ok(Store {
                 backend: Backend::Postgres(pg),
+                outbox: Arc::default(),
             });
         }
         Err(StoreError::UnsupportedUrl(url.to_owned()))
@@ -171,7 +222,149 @@ impl Store {
     /// Writes batches in one transaction. Returns, per batch, which of its
     /// positions were duplicates (and were dead-lettered as such).
     pub async fn write(&self, batches: &[IngestBatch]) -> Result<Vec<CommitOutcome>, StoreError> {
-        dispatch!(self, s => s.write(batches).await)
+        let hooks = &self.outbox.hooks;
+        let outcomes = dispatch!(self, s => s.write(batches, hooks).await)?;
+        if self
+            .outbox
+            .queues_any(batches.iter().flat_map(|b| b.derived.notifications.iter()))
+        {
+            self.outbox.signal.notify_one();
+        }
+        Ok(outcomes)
+    }
+
+    /// This store, queueing each committed notification for every webhook of
+    /// `hooks` whose `events` and `sites` filters take it (in the same
+    /// transaction). With none, notifications are not queued.
+    pub fn with_webhooks(self, hooks: &[model::config::WebhookConfig]) -> Store {
+        Store {
+            backend: self.backend,
+            outbox: Arc::new(outbox::Outbox {
+                hooks: hooks.to_vec(),
+                signal: self.outbox.signal.clone(),
+            }),
+        }
+    }
+
+    /// Poked after every commit that queued webhook rows (delivery waits on it).
+    pub fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox.signal.clone()
+    }
+
+    /// The outbox rows to send now (at most `limit`, longest due first): each
+    /// is the oldest undelivered, not given up row of its (webhook, order key)
+    /// and due by `now`. A row behind an undelivered one of its move is not
+    /// listed until that one is delivered (or given up).
+    pub async fn outbox_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        use sqlx::Row;
+        with_pool!(self, pool => {
+            let rows = sqlx::query(outbox::DUE)
+                .bind(to_micros(&now))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| outbox_row!(r, false)).collect()
+        })
+    }
+
+    /// Every outbox row of the webhook `hook` (its url), delivered or not, by
+    /// order key then queue order.
+    pub async fn outbox_rows(&self, hook: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        use sqlx::Row;
+        with_pool!(self, pool => {
+            let rows = sqlx::query(outbox::ROWS_OF)
+                .bind(hook)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| outbox_row!(r, true)).collect()
+        })
+    }
+
+    /// Marks a row delivered (a 2xx came) after `attempts` attempts.
+    pub async fn outbox_delivered(
+        &self,
+        seq: i64,
+        at: DateTime<Utc>,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(outbox::DELIVERED)
+                .bind(seq)
+                .bind(to_micros(&at))
+                .bind(i64::from(attempts))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Records a failed attempt: `attempts` so far, the next one not before `next_at`.
+    pub async fn outbox_retry(
+        &self,
+        seq: i64,
+        attempts: u32,
+        next_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(outbox::RETRY)
+                .bind(seq)
+                .bind(i64::from(attempts))
+                .bind(to_micros(&next_at))
+                .bind(outbox::error_text(error))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives a row up (its retry window is over): it is kept, with its last
+    /// error, and no longer holds back the rows behind it.
+    pub async fn outbox_failed(
+        &self,
+        seq: i64,
+        at: DateTime<Utc>,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(outbox::FAILED)
+                .bind(seq)
+                .bind(to_micros(&at))
+                .bind(i64::from(attempts))
+                .bind(outbox::error_text(error))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Removes rows delivered before `before`; returns how many.
+    pub async fn outbox_prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query(outbox::PRUNE)
+                .bind(to_micros(&before))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// How many outbox rows wait, failed, and were delivered.
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        use sqlx::Row;
+        with_pool!(self, pool => {
+            let r = sqlx::query(outbox::COUNTS).fetch_one(pool).await?;
+            Ok(OutboxCounts {
+                waiting: r.try_get(0)?,
+                failed: r.try_get(1)?,
+                delivered: r.try_get(2)?,
+            })
+        })
     }
 
     /// Whether the database answers.
@@ -314,7 +507,12 @@ impl Store {
     /// transaction. A repeated arrival or alert is ignored; a batch's own
     /// [`IngestBatch::derived`] is written by [`Store::write`] with its points.
     pub async fn write_derived(&self, derived: &Derived) -> Result<(), StoreError> {
-        dispatch!(self, s => s.write_derived(derived).await)
+        let hooks = &self.outbox.hooks;
+        dispatch!(self, s => s.write_derived(derived, hooks).await)?;
+        if self.outbox.queues_any(derived.notifications.iter()) {
+            self.outbox.signal.notify_one();
+        }
+        Ok(())
     }
 
     /// Alerts raised at or after `since`, oldest first, at most `limit`.

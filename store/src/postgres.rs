@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use model::config::WebhookConfig;
 use model::{
     CommitOutcome, DeadLetter, IngestBatch, JourneyId, MoveId, PointFlags, Position, Reason,
     SiteId, SupplierId, VehicleId,
@@ -54,7 +55,7 @@ const COPY_POSITIONS: &str = "COPY positions (supplier, tracking_id, vehicle, ts
 
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     layout: Layout,
     /// Whether the next write probes for stored keys before copying.
     probe_next: Arc<AtomicBool>,
@@ -241,6 +242,7 @@ impl PgStore {
     pub(crate) async fn write(
         &self,
         batches: &[IngestBatch],
+        hooks: &[WebhookConfig],
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut probe = self.probe_next.load(Ordering::Relaxed);
@@ -320,6 +322,7 @@ impl PgStore {
             q.build().execute(&mut *tx).await?;
         }
         write_derived_in(&mut tx, batches.iter().map(|b| &b.derived)).await?;
+        crate::outbox::queue_notifications!(tx, hooks, batches.iter().map(|b| &b.derived));
 
         tx.commit().await?;
         Ok(outcomes)
@@ -470,9 +473,14 @@ impl PgStore {
 
     /// Move changes, arrivals and alerts outside a points' batch (the alert
     /// ticker, `PUT /api/moves`), in one transaction.
-    pub(crate) async fn write_derived(&self, d: &Derived) -> Result<(), StoreError> {
+    pub(crate) async fn write_derived(
+        &self,
+        d: &Derived,
+        hooks: &[WebhookConfig],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         write_derived_in(&mut tx, std::iter::once(d)).await?;
+        crate::outbox::queue_notifications!(tx, hooks, std::iter::once(d));
         tx.commit().await?;
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use model::config::WebhookConfig;
 use model::{
     CommitOutcome, DeadLetter, IngestBatch, JourneyId, MoveId, PointFlags, Position, Reason,
     SiteId, SupplierId, VehicleId,
@@ -32,7 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -65,6 +66,7 @@ impl SqliteStore {
     pub(crate) async fn write(
         &self,
         batches: &[IngestBatch],
+        hooks: &[WebhookConfig],
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut tx = self.pool.begin().await?;
@@ -144,6 +146,7 @@ impl SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         write_derived_in(&mut tx, batches.iter().map(|b| &b.derived)).await?;
+        crate::outbox::queue_notifications!(tx, hooks, batches.iter().map(|b| &b.derived));
 
         tx.commit().await?;
         Ok(outcomes)
@@ -311,9 +314,14 @@ impl SqliteStore {
 
     /// Move changes, arrivals and alerts outside a points' batch (the alert
     /// ticker, `PUT /api/moves`), in one transaction.
-    pub(crate) async fn write_derived(&self, d: &Derived) -> Result<(), StoreError> {
+    pub(crate) async fn write_derived(
+        &self,
+        d: &Derived,
+        hooks: &[WebhookConfig],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         write_derived_in(&mut tx, std::iter::once(d)).await?;
+        crate::outbox::queue_notifications!(tx, hooks, std::iter::once(d));
         tx.commit().await?;
         Ok(())
     }
