@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ids::{SiteId, SupplierId};
+use crate::ids::{SiteId, SupplierId, VehicleId};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -25,6 +25,10 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `[[suppliers]]`
     pub suppliers: Vec<SupplierConfig>,
+    /// `[fleet]`: the vehicle register's files and its mode.
+    pub fleet: FleetConfig,
+    /// `[[vehicles]]`: register entries in the config itself.
+    pub vehicles: Vec<VehicleConfig>,
     /// `[[tokens]]`
     pub tokens: Vec<TokenConfig>,
 }
@@ -139,6 +143,29 @@ impl Default for IngestConfig {
             shutdown_timeout_secs: 10,
         }
     }
+}
+
+/// `[fleet]`: which supplier runs which vehicle (with `[[vehicles]]` and
+/// `PUT /api/vehicles/{vehicle}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// CSV files with `registration,supplier` columns (read by header name).
+    pub files: Vec<PathBuf>,
+    /// Development and demos only: a first report for a vehicle in no
+    /// register entry claims it for the reporting supplier (and the claim is
+    /// stored). Off (strict): such a report is rejected `unknown_vehicle`.
+    pub claim_on_first_report: bool,
+}
+
+/// `[[vehicles]]`: one register entry.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleConfig {
+    /// The vehicle (normalised: upper case, no spaces).
+    pub registration: VehicleId,
+    /// The supplier that runs it.
+    pub supplier: SupplierId,
 }
 
 /// `[[suppliers]]`
@@ -285,6 +312,23 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+        }
+        let mut owners = std::collections::HashMap::new();
+        for (i, v) in self.vehicles.iter().enumerate() {
+            if !self.suppliers.is_empty() && !ids.contains(&v.supplier) {
+                return invalid(format!(
+                    "vehicles[{i}]: supplier {} is not in [[suppliers]]",
+                    v.supplier
+                ));
+            }
+            if let Some(before) = owners.insert(v.registration, v.supplier)
+                && before != v.supplier
+            {
+                return invalid(format!(
+                    "vehicles[{i}]: {} is registered to both {before} and {}",
+                    v.registration, v.supplier
+                ));
             }
         }
         if let Some(url) = &self.mqtt.url {

@@ -20,11 +20,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// The control-room token every test config carries.
 pub const TOKEN: &str = "test-control-room-token";
 
-/// A config on free ports with the store in `dir`, no suppliers (open mode).
+/// A config on ports the OS picks (read back from `Engine::http_addr` and
+/// `Engine::mqtt_addr`) with the store in `dir`, no suppliers (open mode),
+/// and `[fleet] claim_on_first_report` on: most tests are about something
+/// other than the vehicle register (`security.rs` is about it, and turns
+/// it off).
 pub fn config(dir: &Path, external_mqtt: Option<&str>) -> Config {
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.listen = free_port();
+    c.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    c.fleet.claim_on_first_report = true;
     c.mqtt.url = external_mqtt.map(str::to_owned);
     // A fresh session per run: Mosquitto keeps persistent sessions across tests.
     c.mqtt.client_id = format!("movewatch-test-{}", random_token(8));
@@ -48,7 +53,9 @@ pub fn with_supplier(config: &mut Config, id: &str) {
     });
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, released at once: only for a server that
+/// cannot take port 0 and report what it bound (a test's Mosquitto, a child
+/// engine's HTTP). Never for the embedded broker: it binds port 0 itself.
 pub fn free_port() -> SocketAddr {
     ingest::broker::free_port("127.0.0.1".parse().unwrap()).unwrap()
 }
@@ -72,7 +79,9 @@ pub async fn publisher_at(
     port: u16,
     credentials: Option<(&str, &str)>,
 ) -> (AsyncClient, tokio::sync::watch::Receiver<PublisherState>) {
-    let mut options = MqttOptions::new(format!("test-publisher-{}", random_token(8)), host, port);
+    // A device's client id starts with its supplier (the username).
+    let owner = credentials.map_or("test-publisher", |(user, _)| user);
+    let mut options = MqttOptions::new(format!("{owner}-test-{}", random_token(8)), host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
