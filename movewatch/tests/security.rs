@@ -406,8 +406,7 @@ async fn claim_on_first_report_claims_once_and_keeps_the_claim() {
     engine.stop();
 }
 
-/// A device connection with this client id and login: the CONNACK's
-/// refusal as text, or `None` once connected.
+/// [`device_at`] the engine's device-facing broker address.
 async fn connect_as(
     engine: &Engine,
     client_id: &str,
@@ -417,42 +416,7 @@ async fn connect_as(
     tokio::sync::watch::Receiver<PublisherState>,
     Option<String>,
 ) {
-    let mut options =
-        rumqttc::MqttOptions::new(client_id, engine.mqtt_addr.0.clone(), engine.mqtt_addr.1);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_credentials(login.0, login.1);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
-    let (tx, mut state) = tokio::sync::watch::channel(PublisherState::default());
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    tx.send_modify(|s| s.connected = true)
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                    tx.send_modify(|s| s.acked += 1)
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tx.send_modify(|s| {
-                        s.connected = false;
-                        s.error = Some(e.to_string());
-                    });
-                    return;
-                }
-            }
-        }
-    });
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(10),
-        state.wait_for(|s| s.connected || s.error.is_some()),
-    )
-    .await
-    .expect("an answer to CONNECT")
-    .unwrap()
-    .clone();
-    (client, state, outcome.error)
+    device_at(&engine.mqtt_addr.0, engine.mqtt_addr.1, client_id, login).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
