@@ -420,6 +420,33 @@ supplier = "geoamey"
     }
 
     #[test]
+    fn the_vehicle_register_is_strict_by_default_and_checked() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert!(!c.fleet.claim_on_first_report, "strict by default");
+        let text = r#"
+[fleet]
+files = ["fleet.csv"]
+claim_on_first_report = true
+[[suppliers]]
+id = "geoamey"
+[[vehicles]]
+registration = "ab12 cde"
+supplier = "geoamey"
+"#;
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.vehicles[0].registration.as_str(), "AB12CDE");
+        assert!(c.fleet.claim_on_first_report);
+        let unknown = text.replace("supplier = \"geoamey\"", "supplier = \"serco\"");
+        let e = Config::from_toml(&unknown, "t").unwrap_err().to_string();
+        assert!(e.contains("vehicles[0]") && e.contains("serco"), "{e}");
+        let twice = format!(
+            "{text}[[vehicles]]\nregistration = \"AB12CDE\"\nsupplier = \"other\"\n[[suppliers]]\nid = \"other\"\n"
+        );
+        let e = Config::from_toml(&twice, "t").unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         assert!(
             Config::from_toml("[http]\nlisten = 5", "t")
