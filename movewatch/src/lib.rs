@@ -380,16 +380,17 @@ impl Engine {
             .await
             .context("cannot read live state back from the store")?;
         let registered = register::load_register(&config, &store, &suppliers).await?;
+        let claims = register::spawn_claim_writer(store.clone(), &suppliers);
         if suppliers.claims_on_first_report() {
             tracing::warn!(
                 "[fleet] claim_on_first_report is on: the first report for an unregistered vehicle claims it (development and demos only)"
             );
-            // Vehicles reported before claims were stored are theirs still.
+            // Vehicles reported before claims were stored are theirs still
+            // (and their claims are stored now).
             for p in &restored {
                 let _ = suppliers.check_vehicle(p.vehicle, p.supplier);
             }
         }
-        let claims = register::spawn_claim_writer(store.clone(), &suppliers);
         tracker.restore(restored.iter().cloned());
         // Vehicles inside a site when the engine stopped are inside it still:
         // their next fix there is no new arrival.
