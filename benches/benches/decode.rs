@@ -50,7 +50,7 @@ fn decode(c: &mut Criterion) {
     });
 
     // The whole intake step per MQTT message, as the poll task runs it.
-    let suppliers = ingest::Suppliers::from_config(&[]);
+    let suppliers = ingest::Suppliers::from_config(&[]).claiming_on_first_report(true);
     let topic = "movewatch/v1/geoamey/AB12CDE/positions";
     group.bench_function("intake: 1000 single-point messages", |b| {
         b.iter(|| {

@@ -197,8 +197,10 @@ async fn engine(
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().expect("addr");
-    c.mqtt.listen = ingest::broker::free_port("127.0.0.1".parse().expect("ip")).expect("port");
+    c.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
     c.mqtt.url = mqtt_url;
+    // The bench's vans are in no register: the first report claims each.
+    c.fleet.claim_on_first_report = true;
     c.mqtt.client_id = format!("p1-engine-{}", movewatch::random_token(6));
     c.store.url = store_url.unwrap_or_else(|| format!("sqlite://{}/p1.db", dir.path().display()));
     c.sites.files = vec![concat!(env!("CARGO_MANIFEST_DIR"), "/../data/sites.csv").into()];
@@ -330,9 +332,10 @@ async fn main() {
 
     // Embedded broker: (a) a standalone embedded broker as the engine starts it; (b) the engine's own.
     let broker = ingest::broker::start_embedded_broker(ingest::broker::EmbeddedBrokerConfig {
-        listen: ingest::broker::free_port("127.0.0.1".parse().expect("ip")).expect("port"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
         users: Default::default(),
         max_inflight: 1000,
+        engine_client_id: "movewatch-engine".into(),
     })
     .expect("embedded broker");
     let run = movewatch::random_token(6);

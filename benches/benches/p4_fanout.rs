@@ -141,6 +141,8 @@ fn child() {
         c.mqtt.listen = var("P4_CHILD_MQTT").parse().expect("mqtt addr");
         c.mqtt.url = std::env::var("P4_MQTT_URL").ok();
         c.mqtt.client_id = format!("p4-engine-{}", movewatch::random_token(6));
+        // The bench's vans are in no register: the first report claims each.
+        c.fleet.claim_on_first_report = true;
         c.store.url = var("P4_CHILD_STORE");
         c.sites.files = vec![SITES_CSV.into()];
         c.tokens.push(TokenConfig {

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(supplier) = SupplierId::parse("geoamey") else {
         return;
     };
-    let suppliers = ingest::Suppliers::from_config(&[]);
+    let suppliers = ingest::Suppliers::from_config(&[]).claiming_on_first_report(true);
     let (commit, _committed) = model::CommitToken::new();
     if let Ok((batch, indices, rejections)) =
         ingest::batch_from_http(data, supplier, &suppliers, commit)

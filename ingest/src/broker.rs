@@ -10,7 +10,8 @@ use crate::IngestError;
 /// Settings of the embedded broker.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBrokerConfig {
-    /// Where it listens.
+    /// Where it listens for devices (port 0: one the OS picks; the running
+    /// broker's [`EmbeddedBroker::addr`] says which).
     pub listen: SocketAddr,
     /// username → password; empty means anonymous access.
     pub users: HashMap<String, String>,
@@ -18,6 +19,8 @@ pub struct EmbeddedBrokerConfig {
     /// the broker sends each subscriber unacknowledged is fixed at 1000 in
     /// the patched rumqttd, vendor/rumqttd/PATCHED.md.)
     pub max_inflight: usize,
+    /// The engine's own client id, refused on the public port.
+    pub engine_client_id: String,
 }
 
 /// The username the engine itself uses on the embedded broker. The dot is
@@ -27,11 +30,11 @@ pub const ENGINE_USER: &str = "movewatch.engine";
 /// A running embedded broker. It runs on its own threads until the process ends.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedBroker {
-    /// The address devices connect to.
+    /// The address devices connect to: the topic guard.
     pub addr: SocketAddr,
     /// The address the engine's own client connects to: the broker itself,
-    /// which is behind the topic guard on a private loopback port when
-    /// suppliers have passwords, and `addr` otherwise.
+    /// on a private loopback port behind the topic guard. Its session (the
+    /// engine's client id) cannot be reached from `addr`.
     pub engine_addr: SocketAddr,
 }
 
@@ -40,33 +43,30 @@ pub fn port_is_free(addr: SocketAddr) -> bool {
     TcpListener::bind(addr).is_ok()
 }
 
-/// A free port on the given IP, chosen by the OS.
+/// A free port on the given IP, chosen by the OS and released at once: for
+/// a server that cannot take a bound listener (a test's Mosquitto). The
+/// embedded broker takes port 0 instead and reports what it bound.
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<SocketAddr> {
     TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr()
 }
 
-/// Starts the embedded broker. Fails with [`IngestError::PortInUse`] when
-/// the address is taken (checked before starting, since rumqttd only logs it).
+/// Starts the embedded broker: binds the public address (for the topic
+/// guard, [`crate::guard`]) and a private loopback one (for rumqttd, where
+/// the engine connects) before it returns, so both accept connections at
+/// once; nothing sleeps or probes. Fails with [`IngestError::PortInUse`]
+/// when the public address is taken.
 ///
-/// With `users` set, every user except [`ENGINE_USER`] is a supplier: the
-/// broker then listens on a private loopback port and the topic guard
-/// ([`crate::guard`]) on `listen` keeps each supplier under
-/// `movewatch/v1/{id}/`. Must be called inside a Tokio runtime.
+/// With `users` set, every user except [`ENGINE_USER`] is a supplier, and
+/// the guard keeps each one to its own client ids (`{id}-…`) and to
+/// `movewatch/v1/{id}/`. With no users (development) anyone may connect,
+/// but never with the engine's client id. Must be called inside a Tokio
+/// runtime.
 pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBroker, IngestError> {
-    let public =
-        std::net::TcpListener::bind(config.listen).map_err(|_| IngestError::PortInUse {
-            addr: config.listen,
-        })?;
-    if config.users.is_empty() {
-        drop(public);
-        let addr = start_rumqttd(config.listen, &config)?;
-        return Ok(EmbeddedBroker {
-            addr,
-            engine_addr: addr,
-        });
-    }
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let internal = free_port(loopback.ip()).map_err(|e| IngestError::Broker(e.to_string()))?;
+    let public = TcpListener::bind(config.listen).map_err(|_| IngestError::PortInUse {
+        addr: config.listen,
+    })?;
+    let internal = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| IngestError::Broker(format!("cannot bind the private port: {e}")))?;
     let engine_addr = start_rumqttd(internal, &config)?;
     public
         .set_nonblocking(true)
@@ -76,25 +76,35 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     let addr = listener
         .local_addr()
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    let suppliers = config
-        .users
-        .keys()
-        .filter(|u| u.as_str() != ENGINE_USER)
-        .cloned()
-        .collect();
+    let suppliers = (!config.users.is_empty()).then(|| {
+        config
+            .users
+            .iter()
+            .filter(|(u, _)| u.as_str() != ENGINE_USER)
+            .map(|(u, p)| (u.clone(), p.clone()))
+            .collect()
+    });
+    let policy = crate::guard::GuardPolicy {
+        suppliers,
+        engine_client_id: config.engine_client_id.clone(),
+    };
     tokio::spawn(crate::guard::run_guard(
         listener,
         engine_addr,
-        std::sync::Arc::new(suppliers),
+        std::sync::Arc::new(policy),
     ));
-    tracing::info!(%addr, "MQTT topic guard listening");
+    tracing::info!(%addr, %engine_addr, "embedded MQTT broker listening (topic guard on the public port)");
     Ok(EmbeddedBroker { addr, engine_addr })
 }
 
+/// Starts rumqttd on a bound listener; returns its address.
 fn start_rumqttd(
-    listen: SocketAddr,
+    listener: TcpListener,
     config: &EmbeddedBrokerConfig,
 ) -> Result<SocketAddr, IngestError> {
+    let listen = listener
+        .local_addr()
+        .map_err(|e| IngestError::Broker(e.to_string()))?;
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         // Above the contract's 256 KiB so that intake, not the broker, rejects
@@ -109,7 +119,7 @@ fn start_rumqttd(
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
+    let server_settings = ServerSettings {
         name: "movewatch-v4".into(),
         listen,
         tls: None,
@@ -127,7 +137,8 @@ fn start_rumqttd(
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        // Served by `serve_v4` on the listener bound above, not started by rumqttd.
+        v4: None,
         v5: None,
         ws: None,
         cluster: None,
@@ -136,25 +147,9 @@ fn start_rumqttd(
         prometheus: None,
         metrics: None,
     };
-    let mut broker = Broker::new(broker_config);
-    std::thread::Builder::new()
-        .name("mqtt-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
-        })
+    let broker = Broker::new(broker_config);
+    broker
+        .serve_v4(listener, server_settings)
         .map_err(|e| IngestError::Broker(e.to_string()))?;
-    // Wait until it has bound its port (binding then fails), so callers can
-    // connect at once; probing with a connection would make rumqttd log an error.
-    for _ in 0..500 {
-        if !port_is_free(listen) {
-            tracing::info!(addr = %listen, "embedded MQTT broker listening");
-            return Ok(listen);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    Err(IngestError::Broker(format!(
-        "did not start listening on {listen}"
-    )))
+    Ok(listen)
 }

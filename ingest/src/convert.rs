@@ -60,30 +60,42 @@ fn valid_indices(total: usize, rejections: &[Rejection]) -> Vec<usize> {
     (0..total).filter(|i| !rejected[*i]).collect()
 }
 
-/// Moves points whose vehicle belongs to another supplier into rejections.
-fn enforce_ownership(
-    points: &mut Vec<Position>,
+/// Moves elements (points or events) for a vehicle the register does not
+/// give to their supplier into rejections (`vehicle_owned_by_other_supplier`,
+/// `unknown_vehicle`), keeping `indices` (payload index of each kept element)
+/// in step.
+fn enforce_ownership<T>(
+    items: &mut Vec<T>,
     rejections: &mut Vec<Rejection>,
     suppliers: &crate::Suppliers,
     indices: &mut Vec<usize>,
+    owner_of: impl Fn(&T) -> (model::VehicleId, SupplierId),
+    raw_of: impl Fn(&T) -> String,
 ) {
-    let mut kept = Vec::with_capacity(points.len());
-    let mut kept_indices = Vec::with_capacity(points.len());
-    for (p, i) in points.drain(..).zip(indices.drain(..)) {
-        if suppliers.claim(p.vehicle, p.supplier) {
-            kept.push(p);
-            kept_indices.push(i);
-        } else {
-            rejections.push(Rejection {
+    let mut kept = Vec::with_capacity(items.len());
+    let mut kept_indices = Vec::with_capacity(items.len());
+    for (item, i) in items.drain(..).zip(indices.drain(..)) {
+        let (vehicle, supplier) = owner_of(&item);
+        match suppliers.check_vehicle(vehicle, supplier) {
+            Ok(()) => {
+                kept.push(item);
+                kept_indices.push(i);
+            }
+            Err((reason, detail)) => rejections.push(Rejection {
                 index: i,
-                reason: Reason::VehicleOwnedByOtherSupplier,
-                detail: format!("vehicle {} is reported by another supplier", p.vehicle),
-                raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
-            });
+                reason,
+                detail,
+                raw: truncate_raw(&raw_of(&item)),
+            }),
         }
     }
-    *points = kept;
+    *items = kept;
     *indices = kept_indices;
+}
+
+/// A point as the device's JSON, for a dead letter.
+fn position_text(p: &Position) -> String {
+    serde_json::to_string(&p.to_wire()).unwrap_or_default()
 }
 
 /// Decodes an MQTT message into a batch. Never fails: whatever is wrong
@@ -141,11 +153,22 @@ pub fn batch_from_mqtt(
                 &mut decoded.rejections,
                 suppliers,
                 &mut indices,
+                |p| (p.vehicle, p.supplier),
+                position_text,
             );
             batch.positions = decoded.items;
             (decoded.total, decoded.rejections)
         }),
-        MessageKind::Events => decode_events(payload, &ctx).map(|decoded| {
+        MessageKind::Events => decode_events(payload, &ctx).map(|mut decoded| {
+            let mut indices = valid_indices(decoded.total, &decoded.rejections);
+            enforce_ownership(
+                &mut decoded.items,
+                &mut decoded.rejections,
+                suppliers,
+                &mut indices,
+                |e| (e.vehicle, e.supplier),
+                |e| serde_json::to_string(e).unwrap_or_default(),
+            );
             batch.events = decoded.items;
             (decoded.total, decoded.rejections)
         }),
@@ -206,6 +229,8 @@ pub fn batch_from_http(
         &mut decoded.rejections,
         suppliers,
         &mut indices,
+        |p| (p.vehicle, p.supplier),
+        position_text,
     );
     metrics::counter!("movewatch_ingest_points_total").increment(decoded.total as u64);
     decoded.rejections.sort_by_key(|r| r.index);

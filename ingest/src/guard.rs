@@ -1,23 +1,44 @@
 //! The topic guard in front of the embedded broker.
 //!
-//! rumqttd checks usernames and passwords but has no topic ACLs, so when
-//! suppliers are configured the broker listens on a private loopback port
-//! and this guard owns the public one. It reads the client's MQTT 3.1.1
-//! packets, checks every topic the client names against
-//! `movewatch/v1/{username}/`, and forwards the bytes unchanged. The broker's
-//! replies are copied back untouched. A client that names a topic outside its
-//! prefix (publish, subscribe or will) is disconnected: with a persistent
-//! session a silently dropped QoS 1 message would look delivered to the
-//! device, so a loud refusal is the safer answer. This is what the documented
-//! Mosquitto ACL `pattern write movewatch/v1/%u/#` does on an external broker.
+//! rumqttd checks usernames and passwords but has no topic ACLs and no rule
+//! on client ids (a client with another's id takes over its persistent
+//! session), so the broker always listens on a private loopback port, where
+//! the engine's own client connects, and this guard owns the public one. It
+//! reads the client's MQTT 3.1.1 packets and forwards them unchanged; the
+//! broker's replies are copied back untouched.
+//!
+//! At CONNECT it refuses, with a CONNACK and a close: the engine's own client
+//! id (its session is reachable from the private port only), and, when
+//! suppliers have passwords, a username that is not a supplier, a wrong
+//! password (checked here in constant time), and a client id that does not
+//! start with `{username}-`. After CONNECT, a client that names a topic
+//! outside `movewatch/v1/{username}/` (publish, subscribe or will) is
+//! disconnected: with a persistent session a silently dropped QoS 1 message
+//! would look delivered to the device, so a loud refusal is the safer answer.
+//! This is what the documented Mosquitto ACL `pattern write
+//! movewatch/v1/%u/#` does on an external broker.
+//!
+//! Nothing a client sends as a username or password is ever logged: a device
+//! that swaps the two would otherwise write its password to the log.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Who may connect through the guard.
+#[derive(Debug, Clone)]
+pub struct GuardPolicy {
+    /// Supplier id → MQTT password; `None`: no authentication (development),
+    /// any username and topic, but never the engine's client id.
+    pub suppliers: Option<HashMap<String, String>>,
+    /// The engine's own client id, refused on the public port.
+    pub engine_client_id: String,
+}
 
 /// Largest client packet the guard forwards (the broker's own limit plus headers).
 const MAX_PACKET: usize = 512 * 1024 + 1024;
@@ -35,12 +56,25 @@ pub enum Refusal {
     /// Only MQTT 3.1.1 is served.
     #[error("unsupported MQTT protocol level {0} (the broker speaks 3.1.1)")]
     Protocol(u8),
-    /// The username is not a configured supplier.
-    #[error("username {0:?} is not a configured supplier")]
-    UnknownUser(String),
+    /// The username is not a configured supplier, or the password is wrong.
+    /// Neither is kept: a device that swapped them would have its password
+    /// written to the log.
+    #[error("bad username or password")]
+    BadCredentials,
     /// No username given.
     #[error("a username (the supplier id) is required")]
     NoUsername,
+    /// The engine's own client id, from the public port.
+    #[error("the engine's client id is refused on the public port")]
+    EngineClientId,
+    /// A client id that does not start with `{supplier}-`.
+    #[error("client id {client_id:?} does not start with \"{supplier}-\"")]
+    ClientId {
+        /// The client id given.
+        client_id: String,
+        /// The supplier (the authenticated username).
+        supplier: String,
+    },
     /// A topic outside the supplier's prefix.
     #[error("{action} on {topic:?} is outside movewatch/v1/{supplier}/")]
     OutsidePrefix {
@@ -56,6 +90,20 @@ pub enum Refusal {
     TooLarge(usize),
 }
 
+impl Refusal {
+    /// The CONNACK return code a refusal at CONNECT is answered with
+    /// (1: protocol version, 4: bad username or password, 5: not
+    /// authorised), or `None` for a refusal after CONNECT (a plain close).
+    pub fn connack_code(&self) -> Option<u8> {
+        match self {
+            Refusal::Protocol(_) => Some(1),
+            Refusal::BadCredentials | Refusal::NoUsername => Some(4),
+            Refusal::EngineClientId | Refusal::ClientId { .. } => Some(5),
+            _ => None,
+        }
+    }
+}
+
 /// What a client's packets have established so far.
 #[derive(Debug, Default)]
 pub struct ClientCheck {
@@ -66,18 +114,13 @@ pub struct ClientCheck {
 impl ClientCheck {
     /// Checks one complete packet (`first` header byte and `body` after the
     /// remaining length). The first packet must be CONNECT.
-    pub fn check(
-        &mut self,
-        first: u8,
-        body: &[u8],
-        suppliers: &HashSet<String>,
-    ) -> Result<(), Refusal> {
+    pub fn check(&mut self, first: u8, body: &[u8], policy: &GuardPolicy) -> Result<(), Refusal> {
         let kind = first >> 4;
         let Some(prefix) = &self.prefix else {
             if kind != CONNECT {
                 return Err(Refusal::Malformed("first packet is not CONNECT"));
             }
-            return self.connect(body, suppliers);
+            return self.connect(body, policy);
         };
         match kind {
             CONNECT => Err(Refusal::Malformed("second CONNECT")),
@@ -114,7 +157,7 @@ impl ClientCheck {
         }
     }
 
-    fn connect(&mut self, body: &[u8], suppliers: &HashSet<String>) -> Result<(), Refusal> {
+    fn connect(&mut self, body: &[u8], policy: &GuardPolicy) -> Result<(), Refusal> {
         let (protocol, rest) = read_str(body)?;
         let [level, flags, _keep_alive_hi, _keep_alive_lo, rest @ ..] = rest else {
             return Err(Refusal::Malformed("short CONNECT"));
@@ -122,7 +165,7 @@ impl ClientCheck {
         if protocol != "MQTT" || *level != 4 {
             return Err(Refusal::Protocol(*level));
         }
-        let (_client_id, mut rest) = read_str(rest)?;
+        let (client_id, mut rest) = read_str(rest)?;
         let mut will_topic = None;
         if flags & 0x04 != 0 {
             let (topic, after) = read_str(rest)?;
@@ -130,12 +173,42 @@ impl ClientCheck {
             will_topic = Some(topic);
             rest = after;
         }
+        if client_id == policy.engine_client_id {
+            return Err(Refusal::EngineClientId);
+        }
+        let Some(users) = &policy.suppliers else {
+            // Open (development): no identity to hold the client to.
+            self.prefix = Some(String::new());
+            return Ok(());
+        };
         if flags & 0x80 == 0 {
             return Err(Refusal::NoUsername);
         }
-        let (username, _) = read_str(rest)?;
-        if !suppliers.contains(username) {
-            return Err(Refusal::UnknownUser(username.to_owned()));
+        let (username, rest) = read_str(rest)?;
+        let password = if flags & 0x40 != 0 {
+            read_bytes(rest)?.0
+        } else {
+            &[]
+        };
+        // Every password is compared, so the time taken says nothing of which
+        // usernames exist.
+        let mut valid = false;
+        for (user, expected) in users {
+            let same = bool::from(expected.as_bytes().ct_eq(password));
+            valid |= same && user == username;
+        }
+        if !valid {
+            return Err(Refusal::BadCredentials);
+        }
+        if client_id
+            .strip_prefix(username)
+            .and_then(|r| r.strip_prefix('-'))
+            .is_none_or(str::is_empty)
+        {
+            return Err(Refusal::ClientId {
+                client_id: client_id.to_owned(),
+                supplier: username.to_owned(),
+            });
         }
         self.supplier = username.to_owned();
         let prefix = format!("movewatch/v1/{username}/");
@@ -186,7 +259,7 @@ pub fn frame(buf: &[u8]) -> Result<Option<(usize, usize)>, Refusal> {
 }
 
 /// Accepts clients on `listener` and relays each to the broker at `broker`.
-pub async fn run_guard(listener: TcpListener, broker: SocketAddr, suppliers: Arc<HashSet<String>>) {
+pub async fn run_guard(listener: TcpListener, broker: SocketAddr, policy: Arc<GuardPolicy>) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -196,22 +269,59 @@ pub async fn run_guard(listener: TcpListener, broker: SocketAddr, suppliers: Arc
                 continue;
             }
         };
-        let suppliers = suppliers.clone();
+        let policy = policy.clone();
         tokio::spawn(async move {
-            if let Err(refusal) = relay(client, broker, &suppliers).await {
+            if let Err(refusal) = relay(client, broker, &policy).await {
                 metrics::counter!("movewatch_mqtt_refused_total").increment(1);
-                tracing::warn!(%peer, %refusal, "MQTT client disconnected by the topic guard");
+                tracing::warn!(%peer, %refusal, "MQTT client refused by the topic guard");
             }
         });
     }
 }
 
+/// How long a client has to send its CONNECT.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the next complete packet into `buf`: `(total, header)`, or `None`
+/// when the client closed.
+async fn next_packet(
+    client: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+) -> Result<Option<(usize, usize)>, Refusal> {
+    loop {
+        if let Some(found) = frame(buf)? {
+            return Ok(Some(found));
+        }
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
 async fn relay(
-    client: TcpStream,
+    mut client: TcpStream,
     broker: SocketAddr,
-    suppliers: &HashSet<String>,
+    policy: &GuardPolicy,
 ) -> Result<(), Refusal> {
     let _ = client.set_nodelay(true);
+    let mut check = ClientCheck::default();
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // CONNECT first, checked before the broker hears of the client.
+    let Ok(first) = tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut client, &mut buf)).await
+    else {
+        return Ok(());
+    };
+    let Some((total, header)) = first? else {
+        return Ok(());
+    };
+    if let Err(refusal) = check.check(buf[0], &buf[header..total], policy) {
+        if let Some(code) = refusal.connack_code() {
+            let _ = client.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = client.shutdown().await;
+        }
+        return Err(refusal);
+    }
     let Ok(upstream) = TcpStream::connect(broker).await else {
         tracing::error!(%broker, "embedded broker unreachable from the topic guard");
         return Ok(());
@@ -224,26 +334,23 @@ async fn relay(
         let _ = tokio::io::copy(&mut broker_rx, &mut client_tx).await;
         let _ = client_tx.shutdown().await;
     });
-    let mut check = ClientCheck::default();
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let outcome = loop {
-        match frame(&buf) {
-            Err(refusal) => break Err(refusal),
-            Ok(Some((total, header))) => {
-                if let Err(refusal) = check.check(buf[0], &buf[header..total], suppliers) {
-                    break Err(refusal);
-                }
-                if broker_tx.write_all(&buf[..total]).await.is_err() {
-                    break Ok(());
-                }
-                buf.advance(total);
-            }
-            Ok(None) => match client_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break Ok(()),
-                Ok(_) => {}
-            },
+    let outcome = async {
+        if broker_tx.write_all(&buf[..total]).await.is_err() {
+            return Ok(());
         }
-    };
+        buf.advance(total);
+        loop {
+            let Some((total, header)) = next_packet(&mut client_rx, &mut buf).await? else {
+                return Ok(());
+            };
+            check.check(buf[0], &buf[header..total], policy)?;
+            if broker_tx.write_all(&buf[..total]).await.is_err() {
+                return Ok(());
+            }
+            buf.advance(total);
+        }
+    }
+    .await;
     replies.abort();
     outcome
 }
@@ -258,18 +365,18 @@ mod tests {
         v
     }
 
-    fn connect(username: Option<&str>, will: Option<&str>) -> Vec<u8> {
+    fn connect_as(client_id: &str, login: Option<(&str, &str)>, will: Option<&str>) -> Vec<u8> {
         let mut flags = 0x02;
-        let mut payload = string("device-1");
+        let mut payload = string(client_id);
         if let Some(topic) = will {
             flags |= 0x04;
             payload.extend(string(topic));
             payload.extend(string("gone"));
         }
-        if let Some(user) = username {
+        if let Some((user, password)) = login {
             flags |= 0x80 | 0x40;
             payload.extend(string(user));
-            payload.extend(string("secret"));
+            payload.extend(string(password));
         }
         let mut body = string("MQTT");
         body.extend([4, flags, 0, 30]);
@@ -277,14 +384,29 @@ mod tests {
         body
     }
 
-    fn suppliers() -> HashSet<String> {
-        ["geoamey".to_owned(), "serco".to_owned()].into()
+    fn connect(username: Option<&str>, will: Option<&str>) -> Vec<u8> {
+        let id = format!("{}-device-1", username.unwrap_or("x"));
+        let password = username.map(|u| format!("pw-{u}"));
+        connect_as(&id, username.zip(password.as_deref()), will)
+    }
+
+    fn policy() -> GuardPolicy {
+        GuardPolicy {
+            suppliers: Some(
+                [
+                    ("geoamey".to_owned(), "pw-geoamey".to_owned()),
+                    ("serco".to_owned(), "pw-serco".to_owned()),
+                ]
+                .into(),
+            ),
+            engine_client_id: "movewatch-engine".into(),
+        }
     }
 
     fn connected(user: &str) -> ClientCheck {
         let mut check = ClientCheck::default();
         assert_eq!(
-            check.check(0x10, &connect(Some(user), None), &suppliers()),
+            check.check(0x10, &connect(Some(user), None), &policy()),
             Ok(())
         );
         check
@@ -295,10 +417,10 @@ mod tests {
         let mut check = connected("geoamey");
         let mut own = string("movewatch/v1/geoamey/AB12CDE/positions");
         own.extend([0, 1, b'{', b'}']);
-        assert_eq!(check.check(0x32, &own, &suppliers()), Ok(()));
+        assert_eq!(check.check(0x32, &own, &policy()), Ok(()));
         let other = string("movewatch/v1/serco/AB12CDE/positions");
         assert!(matches!(
-            check.check(0x32, &other, &suppliers()),
+            check.check(0x32, &other, &policy()),
             Err(Refusal::OutsidePrefix {
                 action: "publish",
                 ..
@@ -312,14 +434,14 @@ mod tests {
         let mut own = vec![0, 7];
         own.extend(string("movewatch/v1/serco/#"));
         own.push(1);
-        assert_eq!(check.check(0x82, &own, &suppliers()), Ok(()));
+        assert_eq!(check.check(0x82, &own, &policy()), Ok(()));
         let mut wide = vec![0, 8];
         wide.extend(string("movewatch/v1/serco/#"));
         wide.push(1);
         wide.extend(string("movewatch/v1/#"));
         wide.push(1);
         assert!(matches!(
-            check.check(0x82, &wide, &suppliers()),
+            check.check(0x82, &wide, &policy()),
             Err(Refusal::OutsidePrefix {
                 action: "subscribe",
                 ..
@@ -329,12 +451,16 @@ mod tests {
 
     #[test]
     fn connect_needs_a_known_supplier_and_a_will_in_its_prefix() {
-        let s = suppliers();
-        let refuse = |body: Vec<u8>| ClientCheck::default().check(0x10, &body, &s);
+        let p = policy();
+        let refuse = |body: Vec<u8>| ClientCheck::default().check(0x10, &body, &p);
         assert_eq!(refuse(connect(None, None)), Err(Refusal::NoUsername));
         assert_eq!(
-            refuse(connect(Some("movewatch.engine"), None)),
-            Err(Refusal::UnknownUser("movewatch.engine".into()))
+            refuse(connect_as(
+                "movewatch.engine-1",
+                Some(("movewatch.engine", "x")),
+                None
+            )),
+            Err(Refusal::BadCredentials)
         );
         assert!(matches!(
             refuse(connect(
@@ -353,9 +479,63 @@ mod tests {
         let publish_first = string("movewatch/v1/geoamey/X/positions");
         assert!(
             ClientCheck::default()
-                .check(0x30, &publish_first, &s)
+                .check(0x30, &publish_first, &p)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn credentials_are_checked_and_never_shown() {
+        let p = policy();
+        let refuse = |body: Vec<u8>| ClientCheck::default().check(0x10, &body, &p);
+        // Another supplier's password, and a swapped username and password.
+        for login in [("geoamey", "pw-serco"), ("pw-geoamey", "geoamey")] {
+            let refusal = refuse(connect_as("geoamey-1", Some(login), None)).unwrap_err();
+            assert_eq!(refusal, Refusal::BadCredentials);
+            assert_eq!(refusal.connack_code(), Some(4));
+            assert!(!refusal.to_string().contains("pw-"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn client_ids_start_with_the_supplier_and_never_take_the_engines() {
+        let p = policy();
+        let refuse = |id: &str, user: &str| {
+            ClientCheck::default().check(
+                0x10,
+                &connect_as(id, Some((user, &format!("pw-{user}"))), None),
+                &p,
+            )
+        };
+        assert_eq!(refuse("geoamey-van7", "geoamey"), Ok(()));
+        assert_eq!(
+            refuse("movewatch-engine", "geoamey"),
+            Err(Refusal::EngineClientId)
+        );
+        for id in [
+            "serco-van7",
+            "geoamey",
+            "geoamey-",
+            "geoameyx-1",
+            "van7",
+            "",
+        ] {
+            let refusal = refuse(id, "geoamey").unwrap_err();
+            assert!(
+                matches!(refusal, Refusal::ClientId { .. }),
+                "{id}: {refusal}"
+            );
+            assert_eq!(refusal.connack_code(), Some(5));
+        }
+        // Open (development): any client id but the engine's.
+        let open = GuardPolicy {
+            suppliers: None,
+            engine_client_id: "movewatch-engine".into(),
+        };
+        let check =
+            |id: &str| ClientCheck::default().check(0x10, &connect_as(id, None, None), &open);
+        assert_eq!(check("anything"), Ok(()));
+        assert_eq!(check("movewatch-engine"), Err(Refusal::EngineClientId));
     }
 
     #[test]
@@ -371,7 +551,7 @@ mod tests {
         assert!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
         // Truncated strings never panic.
         let mut check = connected("geoamey");
-        assert!(check.check(0x30, &[0, 40, b'm'], &suppliers()).is_err());
-        assert!(check.check(0x30, &[0], &suppliers()).is_err());
+        assert!(check.check(0x30, &[0, 40, b'm'], &policy()).is_err());
+        assert!(check.check(0x30, &[0], &policy()).is_err());
     }
 }

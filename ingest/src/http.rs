@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -138,7 +139,8 @@ pub fn tracks_router(
 ) -> Router {
     Router::new()
         .route("/tracks", post(post_tracks))
-        // axum answers 413 itself past this limit.
+        // Past this limit the body extractor fails, and `post_tracks`
+        // answers 413 with a JSON body (counted as `too_large`).
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
         .with_state(TracksState {
             suppliers,
@@ -165,7 +167,7 @@ fn shutting_down() -> Response {
 async fn post_tracks(
     State(state): State<TracksState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
         return error(
@@ -184,6 +186,25 @@ async fn post_tracks(
     if *state.stopping.borrow() {
         return shutting_down();
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            metrics::counter!("movewatch_ingest_rejected_total", "reason" => Reason::TooLarge.as_str())
+                .increment(1);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::TooLarge.as_str(),
+                &format!("the body is over {MAX_PAYLOAD_BYTES} bytes"),
+            );
+        }
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("cannot read the body: {rejection}"),
+            );
+        }
+    };
     if let Err(wait) = state.buckets.take(supplier, Instant::now()) {
         metrics::counter!("movewatch_tracks_rate_limited_total").increment(1);
         return with_retry_after(

@@ -36,7 +36,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::topic::{EVENTS_FILTER, POSITIONS_FILTER};
+use model::topic::ALL_FILTER;
 use model::{CommitOutcome, CommitToken, IngestBatch};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, PubAck, QoS, Request};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -257,11 +257,11 @@ async fn poll_loop(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
                 );
-                // Subscribe on every connect: harmless when the session already has them.
-                for filter in [POSITIONS_FILTER, EVENTS_FILTER] {
-                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, filter, "cannot queue subscription");
-                    }
+                // Subscribe on every connect: harmless when the session
+                // already has it. Everything under movewatch/v1/, so that a
+                // bad topic is dead-lettered, never dropped in silence.
+                if let Err(e) = client.try_subscribe(ALL_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, filter = ALL_FILTER, "cannot queue subscription");
                 }
             }
             // Ready only once subscribed: before the SUBACK, new messages have no subscriber.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::derived::NotificationKind;
-use crate::ids::{SiteId, SupplierId};
+use crate::ids::{SiteId, SupplierId, VehicleId};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -26,6 +26,10 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `[[suppliers]]`
     pub suppliers: Vec<SupplierConfig>,
+    /// `[fleet]`: the vehicle register's files and its mode.
+    pub fleet: FleetConfig,
+    /// `[[vehicles]]`: register entries in the config itself.
+    pub vehicles: Vec<VehicleConfig>,
     /// `[[tokens]]`
     pub tokens: Vec<TokenConfig>,
     /// `[[webhooks]]`: notifications out.
@@ -144,6 +148,29 @@ impl Default for IngestConfig {
             shutdown_timeout_secs: 10,
         }
     }
+}
+
+/// `[fleet]`: which supplier runs which vehicle (with `[[vehicles]]` and
+/// `PUT /api/vehicles/{vehicle}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// CSV files with `registration,supplier` columns (read by header name).
+    pub files: Vec<PathBuf>,
+    /// Development and demos only: a first report for a vehicle in no
+    /// register entry claims it for the reporting supplier (and the claim is
+    /// stored). Off (strict): such a report is rejected `unknown_vehicle`.
+    pub claim_on_first_report: bool,
+}
+
+/// `[[vehicles]]`: one register entry.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleConfig {
+    /// The vehicle (normalised: upper case, no spaces).
+    pub registration: VehicleId,
+    /// The supplier that runs it.
+    pub supplier: SupplierId,
 }
 
 /// `[[suppliers]]`
@@ -419,6 +446,23 @@ impl Config {
                 "[webhook_delivery] timeout_secs, first_retry_ms, max_retry_secs and concurrency must be at least 1".into(),
             );
         }
+        let mut owners = std::collections::HashMap::new();
+        for (i, v) in self.vehicles.iter().enumerate() {
+            if !self.suppliers.is_empty() && !ids.contains(&v.supplier) {
+                return invalid(format!(
+                    "vehicles[{i}]: supplier {} is not in [[suppliers]]",
+                    v.supplier
+                ));
+            }
+            if let Some(before) = owners.insert(v.registration, v.supplier)
+                && before != v.supplier
+            {
+                return invalid(format!(
+                    "vehicles[{i}]: {} is registered to both {before} and {}",
+                    v.registration, v.supplier
+                ));
+            }
+        }
         if let Some(url) = &self.mqtt.url {
             parse_mqtt_url(url).map_err(ConfigError::Invalid)?;
         }
@@ -544,6 +588,33 @@ supplier = "geoamey"
                 .to_string()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn the_vehicle_register_is_strict_by_default_and_checked() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert!(!c.fleet.claim_on_first_report, "strict by default");
+        let text = r#"
+[fleet]
+files = ["fleet.csv"]
+claim_on_first_report = true
+[[suppliers]]
+id = "geoamey"
+[[vehicles]]
+registration = "ab12 cde"
+supplier = "geoamey"
+"#;
+        let c = Config::from_toml(text, "t").unwrap();
+        assert_eq!(c.vehicles[0].registration.as_str(), "AB12CDE");
+        assert!(c.fleet.claim_on_first_report);
+        let unknown = text.replace("supplier = \"geoamey\"", "supplier = \"serco\"");
+        let e = Config::from_toml(&unknown, "t").unwrap_err().to_string();
+        assert!(e.contains("vehicles[0]") && e.contains("serco"), "{e}");
+        let twice = format!(
+            "{text}[[vehicles]]\nregistration = \"AB12CDE\"\nsupplier = \"other\"\n[[suppliers]]\nid = \"other\"\n"
+        );
+        let e = Config::from_toml(&twice, "t").unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
     }
 
     #[test]

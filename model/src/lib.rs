@@ -12,6 +12,7 @@ pub mod decode;
 pub mod derived;
 pub mod event;
 pub mod fence;
+pub mod fleet;
 pub mod ids;
 pub mod point;
 pub mod reject;

@@ -26,12 +26,19 @@ pub enum Reason {
     TooLarge,
     /// A topic outside `movewatch/v1/{supplier}/{vehicle}/{positions|events}`.
     BadTopic,
-    /// The vehicle is already reported by another supplier.
+    /// The vehicle is registered to (or was claimed by) another supplier.
     VehicleOwnedByOtherSupplier,
+    /// The vehicle is in no register entry (and `[fleet]
+    /// claim_on_first_report` is off).
+    UnknownVehicle,
 }
 
 impl Reason {
-    /// Every reason, for tests and for pre-registering metric labels.
+    /// Every reason a device can provoke on an engine that lets a first
+    /// report claim a vehicle (`[fleet] claim_on_first_report`, as the
+    /// simulator's engines do), for tests and simulated faults. With a strict
+    /// register there is one more, [`Reason::UnknownVehicle`]: see
+    /// [`Reason::EVERY`].
     pub const ALL: [Reason; 11] = [
         Reason::MalformedJson,
         Reason::MissingField,
@@ -44,6 +51,23 @@ impl Reason {
         Reason::TooLarge,
         Reason::BadTopic,
         Reason::VehicleOwnedByOtherSupplier,
+    ];
+
+    /// Every reason, [`Reason::ALL`] and [`Reason::UnknownVehicle`]: for
+    /// pre-registering metric labels and reading dead letters back.
+    pub const EVERY: [Reason; 12] = [
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::InvalidValue,
+        Reason::OutOfRange,
+        Reason::FutureTimestamp,
+        Reason::VehicleMismatch,
+        Reason::UnknownSupplier,
+        Reason::Duplicate,
+        Reason::TooLarge,
+        Reason::BadTopic,
+        Reason::VehicleOwnedByOtherSupplier,
+        Reason::UnknownVehicle,
     ];
 
     /// The contract's string for this reason.
@@ -60,12 +84,13 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::BadTopic => "bad_topic",
             Reason::VehicleOwnedByOtherSupplier => "vehicle_owned_by_other_supplier",
+            Reason::UnknownVehicle => "unknown_vehicle",
         }
     }
 
     /// Parses a reason string (as stored in dead letters).
     pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+        Reason::EVERY.into_iter().find(|r| r.as_str() == s)
     }
 }
 

@@ -3,9 +3,14 @@
 use crate::ids::{SupplierId, VehicleId};
 use crate::reject::Reason;
 
-/// The filter the engine subscribes to for positions.
+/// The filter the engine subscribes to: everything under `movewatch/v1/`,
+/// so that a topic that is not one of the two below (a typo, an extra level,
+/// a trailing `/`) reaches intake and is dead-lettered `bad_topic` instead of
+/// being acknowledged by the broker and dropped for want of a subscriber.
+pub const ALL_FILTER: &str = "movewatch/v1/#";
+/// The topics of positions, as a filter.
 pub const POSITIONS_FILTER: &str = "movewatch/v1/+/+/positions";
-/// The filter the engine subscribes to for events.
+/// The topics of events, as a filter.
 pub const EVENTS_FILTER: &str = "movewatch/v1/+/+/events";
 
 /// What a topic carries.

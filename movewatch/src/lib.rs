@@ -2,6 +2,7 @@
 //! `main.rs` is the command line around [`Engine::start`] and [`replay::Replay`].
 
 pub mod eta_eval;
+pub mod register;
 pub mod replay;
 
 use std::net::SocketAddr;
@@ -141,7 +142,7 @@ fn prometheus() -> anyhow::Result<PrometheusHandle> {
     // Pre-register every series so /metrics shows them before the first point.
     metrics::counter!("movewatch_ingest_points_total").increment(0);
     metrics::counter!("movewatch_store_points_total").increment(0);
-    for reason in model::Reason::ALL {
+    for reason in model::Reason::EVERY {
         metrics::counter!("movewatch_ingest_rejected_total", "reason" => reason.as_str())
             .increment(0);
     }
@@ -360,7 +361,10 @@ impl Engine {
         let metrics = prometheus()?;
         let fences = load_fences(&config)?;
         let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
-        let suppliers = Arc::new(Suppliers::from_config(&config.suppliers));
+        let suppliers = Arc::new(
+            Suppliers::from_config(&config.suppliers)
+                .claiming_on_first_report(config.fleet.claim_on_first_report),
+        );
         if suppliers.is_open() {
             tracing::warn!("no [[suppliers]] configured: accepting points from any supplier");
         }
@@ -379,8 +383,17 @@ impl Engine {
             .latest_positions()
             .await
             .context("cannot read live state back from the store")?;
-        for p in &restored {
-            suppliers.claim(p.vehicle, p.supplier);
+        let registered = register::load_register(&config, &store, &suppliers).await?;
+        let claims = register::spawn_claim_writer(store.clone(), &suppliers);
+        if suppliers.claims_on_first_report() {
+            tracing::warn!(
+                "[fleet] claim_on_first_report is on: the first report for an unregistered vehicle claims it (development and demos only)"
+            );
+            // Vehicles reported before claims were stored are theirs still
+            // (and their claims are stored now).
+            for p in &restored {
+                let _ = suppliers.check_vehicle(p.vehicle, p.supplier);
+            }
         }
         tracker.restore(restored.iter().cloned());
         // Vehicles inside a site when the engine stopped are inside it still:
@@ -467,6 +480,7 @@ impl Engine {
                         listen: config.mqtt.listen,
                         users,
                         max_inflight: 1000,
+                        engine_client_id: config.mqtt.client_id.clone(),
                     })?;
                     (
                         broker.addr.ip().to_string(),
@@ -615,10 +629,13 @@ impl Engine {
             ingest_tx.clone(),
         )?;
 
+        let auth = Arc::new(Auth::from_config(&config.tokens));
+        let register_routes =
+            ws_gateway::register::router(auth.clone(), suppliers.clone(), store.clone());
         let gateway = Gateway {
             tracker: tracker.clone(),
             hub: hub.clone(),
-            auth: Arc::new(Auth::from_config(&config.tokens)),
+            auth: auth.clone(),
             sites: sites.clone(),
             geofence: geofence.clone(),
             moves: moves.clone(),
@@ -629,12 +646,15 @@ impl Engine {
             },
             metrics,
         };
-        let app = ws_gateway::router(gateway).merge(ingest::http::tracks_router(
-            suppliers,
-            ingest_tx,
-            ingest::http::RateLimit::from_config(&config.ingest),
-            stopping_rx,
-        ));
+        let app =
+            ws_gateway::router(gateway)
+                .merge(register_routes)
+                .merge(ingest::http::tracks_router(
+                    suppliers,
+                    ingest_tx,
+                    ingest::http::RateLimit::from_config(&config.ingest),
+                    stopping_rx,
+                ));
         let (http_done, http_done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             // With the peer's address (a benchmark's send observer tells clients apart by it).
@@ -649,7 +669,7 @@ impl Engine {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), inside_fences = inside, replaced_fences = replaced, "movewatch engine started");
+        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), registered, inside_fences = inside, replaced_fences = replaced, "movewatch engine started");
         Ok(Engine {
             http_addr,
             mqtt_addr: (mqtt_host, mqtt_port),
@@ -667,7 +687,10 @@ impl Engine {
             pipeline,
             writer,
             server,
-            background: [maintenance, ticker].into_iter().chain(webhooks).collect(),
+            background: [maintenance, ticker, claims]
+                .into_iter()
+                .chain(webhooks)
+                .collect(),
         })
     }
 

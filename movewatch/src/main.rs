@@ -558,6 +558,7 @@ async fn demo(
     config.mqtt.listen = usable_addr(mqtt_listen, "MQTT")?;
     config.http.listen = usable_addr(http_listen, "HTTP")?;
     config.store.url = format!("sqlite://{}", data_dir.join("movewatch-demo.db").display());
+    config.fleet.claim_on_first_report = true;
     let mut passwords = HashMap::new();
     for id in ["geoamey", "serco"] {
         let password = random_token(24);

@@ -336,7 +336,7 @@ async fn publish_with_retries(
     pause: Duration,
 ) -> Vec<SentPoint> {
     let mut options = MqttOptions::new(
-        format!("fault-publisher-{}", movewatch::random_token(6)),
+        format!("geoamey-fault-publisher-{}", movewatch::random_token(6)),
         "127.0.0.1",
         port,
     );

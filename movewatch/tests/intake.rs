@@ -451,3 +451,22 @@ async fn the_embedded_broker_keeps_a_supplier_under_its_own_prefix() {
     assert_eq!(latest[0].vehicle.as_str(), "H0NEST1");
     engine.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_listens_before_start_returns_and_a_taken_port_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    // Listening already: a device connects at once, without waiting for the engine.
+    let addr = format!("{}:{}", engine.mqtt_addr.0, engine.mqtt_addr.1);
+    tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The same port again: refused with an error naming it, not a log line.
+    let mut c = config(dir.path(), None);
+    c.mqtt.listen = addr.parse().unwrap();
+    c.store.url = format!("sqlite://{}/other.db", dir.path().display());
+    let err = Engine::start(c)
+        .await
+        .err()
+        .expect("a taken port is an error");
+    assert!(err.to_string().contains(&addr), "{err}");
+    engine.stop();
+}

@@ -1,5 +1,7 @@
 //! The engine against a test-owned Mosquitto with the documented production
-//! settings (docs/PROTOCOL.md): the supplier ACL holds, a SIGKILL of the
+//! settings (docs/PROTOCOL.md): the supplier ACL holds; with the isolating
+//! configuration no device takes the engine's session or another supplier's,
+//! reads nothing, and a bad topic is dead-lettered; a SIGKILL of the
 //! engine in the middle of a 50,000-point QoS 1 stream loses nothing and
 //! stores nothing twice, and a burst far past the broker's window is stored
 //! whole.
@@ -266,5 +268,131 @@ async fn a_burst_of_100k_single_point_messages_is_stored_whole() {
     let counts = engine.store.counts().await.unwrap();
     assert_eq!(counts.positions, MESSAGES as i64);
     assert_eq!(counts.dead_letters, 0, "nothing repeated or refused");
+    engine.stop();
+}
+
+/// docs/PROTOCOL.md, "Mosquitto: suppliers isolated from each other": one
+/// login per device used as its client id, writes only under its supplier's
+/// prefix, no reads. Devices try the engine's client id and another
+/// supplier's device id, and read everything; nothing of the engine's session
+/// or of serco's is taken, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_isolating_configuration_keeps_sessions_and_data_apart() {
+    let broker = Mosquitto::start_isolated(&[
+        ("geoamey-van1", "geoamey", "pw-g1"),
+        ("geoamey-van2", "geoamey", "pw-g2"),
+        ("serco-van1", "serco", "pw-s1"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = engine_config(dir.path(), &broker);
+    c.fleet.claim_on_first_report = false;
+    for (v, s) in [("GA11AAA", "geoamey"), ("SE11RCO", "serco")] {
+        c.vehicles.push(model::config::VehicleConfig {
+            registration: v.parse().unwrap(),
+            supplier: s.parse().unwrap(),
+        });
+    }
+    let engine_id = c.mqtt.client_id.clone();
+    let engine = Engine::start(c).await.unwrap();
+    wait_subscribed(&engine).await;
+    let port = broker.port;
+
+    let (serco, serco_state, refused) =
+        device_at("127.0.0.1", port, "serco-van1", ("serco-van1", "pw-s1")).await;
+    assert_eq!(refused, None);
+    let serco_point = |i: i64| point(&format!("s-{i}"), "SE11RCO", 30 - i, 53.8, -1.5).to_string();
+    for i in 1..=5 {
+        serco
+            .publish(
+                "movewatch/v1/serco/SE11RCO/positions",
+                QoS::AtLeastOnce,
+                false,
+                serco_point(i),
+            )
+            .await
+            .unwrap();
+    }
+    // geoamey's devices take the engine's client id and serco's device id,
+    // and one reads everything it can.
+    let (_a, _, refused) =
+        device_at("127.0.0.1", port, &engine_id, ("geoamey-van1", "pw-g1")).await;
+    assert_eq!(refused, None, "renamed to its login, not refused");
+    let (_b, _, _) = device_at(
+        "127.0.0.1",
+        port,
+        "movewatch-engine",
+        ("geoamey-van1", "pw-g1"),
+    )
+    .await;
+    let (spy, spy_state, refused) =
+        device_at("127.0.0.1", port, "serco-van1", ("geoamey-van2", "pw-g2")).await;
+    assert_eq!(refused, None);
+    spy.subscribe("movewatch/v1/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(engine.mqtt_connected(), "the engine lost its session");
+    assert!(
+        serco_state.borrow().connected,
+        "serco's device was kicked off"
+    );
+    for i in 6..=20 {
+        serco
+            .publish(
+                "movewatch/v1/serco/SE11RCO/positions",
+                QoS::AtLeastOnce,
+                false,
+                serco_point(i),
+            )
+            .await
+            .unwrap();
+    }
+    // geoamey: its own van, serco's van under its own prefix, and bad topics.
+    let (geoamey, _, _) =
+        device_at("127.0.0.1", port, "geoamey-van1", ("geoamey-van1", "pw-g1")).await;
+    let sends = [
+        ("movewatch/v1/geoamey/GA11AAA/positions", "GA11AAA"),
+        ("movewatch/v1/geoamey/SE11RCO/positions", "SE11RCO"),
+        ("movewatch/v1/geoamey/GA11AAA/position", "GA11AAA"),
+        ("movewatch/v1/geoamey/GA11AAA/positions/", "GA11AAA"),
+    ];
+    for (i, (t, v)) in sends.iter().enumerate() {
+        geoamey
+            .publish(
+                *t,
+                QoS::AtLeastOnce,
+                false,
+                point(&format!("g-{i}"), v, 5, 53.8, -1.5).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    wait_for(30, "serco's 20 points and geoamey's one", || async {
+        let serco = stored_ids(&engine.store, ["SE11RCO".to_owned()], since).await;
+        let geoamey = stored_ids(&engine.store, ["GA11AAA".to_owned()], since).await;
+        (serco.len() == 20 && geoamey.len() == 1).then_some(())
+    })
+    .await;
+    let letters = wait_for_dead_letters(&engine, 3).await;
+    assert_eq!(
+        letters,
+        vec![
+            (Reason::BadTopic, 2),
+            (Reason::VehicleOwnedByOtherSupplier, 1)
+        ]
+    );
+    assert_eq!(
+        serco_state.borrow().acked,
+        20,
+        "every serco message acknowledged"
+    );
+    assert!(serco_state.borrow().connected);
+    assert_eq!(
+        spy_state.borrow().received,
+        0,
+        "a device read another's data"
+    );
+    assert!(engine.mqtt_connected());
     engine.stop();
 }

@@ -211,7 +211,7 @@ async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_onl
 
         // After a restart the ETA's curves relearn the journey from its stored fixes
         // (on a fresh MQTT port: the embedded broker's may not be released yet).
-        config.mqtt.listen = free_port();
+        config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         let engine = Engine::start(config).await.unwrap();
         {
             let book = engine.moves.lock();

@@ -99,7 +99,7 @@ async fn the_engine_on_postgres_stores_and_restores() {
 
     // A restart reads live state back from PostgreSQL.
     c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.listen = free_port();
+    c.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     let engine = Engine::start(c).await.unwrap();
     let restored = engine
         .tracker

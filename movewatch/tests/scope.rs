@@ -396,11 +396,12 @@ async fn every_route_and_channel_is_scoped_by_role() {
         assert_eq!(vehicles_of(&snap), ["WD15VAN"]);
         let snap = first_reply(&engine, GEOAMEY, "vehicle:WD15VAN").await;
         assert_eq!(vehicles_of(&snap), ["WD15VAN"]);
-        let snap = first_reply(&engine, SERCO, "vehicle:WD15VAN").await;
+        // Another supplier's van: forbidden, and nothing of it.
+        let refused = first_reply(&engine, SERCO, "vehicle:WD15VAN").await;
         assert_eq!(
-            vehicles_of(&snap),
-            Vec::<String>::new(),
-            "another supplier's van"
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "another supplier's van: {refused}"
         );
 
         // Live frames: each client gets only its scope's.
@@ -409,7 +410,7 @@ async fn every_route_and_channel_is_scoped_by_role() {
         let mut hli_ws = subscribe(&engine, HLI, "site:HLI").await;
         let mut serco_ws = subscribe(&engine, SERCO, "vehicle:WD15VAN").await;
         for ws in [&mut fleet, &mut lei_ws, &mut hli_ws, &mut serco_ws] {
-            frames_until(ws, 5, |f| f["type"] == "snapshot").await;
+            frames_until(ws, 5, |f| f["type"] == "snapshot" || f["type"] == "error").await;
         }
         // Unsubscribing stops the frames.
         let mut gone = subscribe(&engine, LEI, "site:LEI").await;

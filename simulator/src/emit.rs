@@ -656,6 +656,8 @@ impl Device {
                     one(point(&ts, &foreign, lat.into())),
                 )
             }
+            // Needs a strict register; the simulator's engines claim on first report.
+            Reason::UnknownVehicle => return None,
         };
         Some(self.out(topic, body, Kind::Malformed(reason)))
     }

@@ -39,7 +39,7 @@ pub use pg_layout::{
 };
 pub use records::{
     AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, SiteFenceRecord,
-    TransitionKind,
+    TransitionKind, VehicleRecord,
 };
 pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
 
@@ -533,6 +533,28 @@ impl Store {
     /// Every stored replaced fence, by site: applied over the sites files' fences on start.
     pub async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
         dispatch!(self, s => s.site_fences().await)
+    }
+
+    /// Sets a vehicle register entry, replacing any earlier one (config,
+    /// fleet files, `PUT /api/vehicles/{vehicle}`).
+    pub async fn put_vehicle(&self, v: &VehicleRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_vehicle(v, true).await).map(drop)
+    }
+
+    /// Stores a first-report claim unless the vehicle already has an entry;
+    /// true if it was stored.
+    pub async fn claim_vehicle(&self, v: &VehicleRecord) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.put_vehicle(v, false).await)
+    }
+
+    /// The whole vehicle register, by vehicle.
+    pub async fn vehicle_register(&self) -> Result<Vec<VehicleRecord>, StoreError> {
+        dispatch!(self, s => s.vehicle_register(None).await)
+    }
+
+    /// One vehicle's register entry.
+    pub async fn vehicle(&self, vehicle: &VehicleId) -> Result<Option<VehicleRecord>, StoreError> {
+        Ok(dispatch!(self, s => s.vehicle_register(Some(vehicle)).await)?.pop())
     }
 
     /// Records a completed leg for ETA learning (a repeat is ignored).

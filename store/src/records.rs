@@ -22,6 +22,20 @@ pub(crate) fn kind(raw: &str) -> Result<TransitionKind, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("fence transition kind {raw:?}")))
 }
 
+/// A vehicle register entry as stored: which supplier runs the vehicle,
+/// where the entry came from (`config`, `file`, `api`, `claim`) and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VehicleRecord {
+    /// The vehicle.
+    pub vehicle: model::VehicleId,
+    /// The supplier that runs it.
+    pub supplier: model::SupplierId,
+    /// `config`, `file`, `api` or `claim`.
+    pub source: String,
+    /// When the entry was last set.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// A site's fence as replaced by the control room (`PUT /api/sites/{id}/fence`):
 /// on start it is applied over the fence loaded from the sites files.
 #[derive(Debug, Clone, PartialEq)]

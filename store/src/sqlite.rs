@@ -19,7 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::records::{
     self, AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord,
-    SiteFenceRecord,
+    SiteFenceRecord, VehicleRecord,
 };
 use crate::{Counts, PositionCursor, RetentionReport, StoreError, from_micros, to_micros};
 
@@ -543,6 +543,62 @@ impl SqliteStore {
                     site: records::id(SiteId::parse, r.try_get(0)?)?,
                     fence: r.try_get(1)?,
                     updated_at: from_micros(r.try_get(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn put_vehicle(
+        &self,
+        v: &VehicleRecord,
+        replace: bool,
+    ) -> Result<bool, StoreError> {
+        let sql = if replace {
+            "INSERT INTO vehicle_register (vehicle, supplier, source, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (vehicle) DO UPDATE SET supplier = excluded.supplier,
+                 source = excluded.source, updated_at = excluded.updated_at"
+        } else {
+            "INSERT INTO vehicle_register (vehicle, supplier, source, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (vehicle) DO NOTHING"
+        };
+        let done = sqlx::query(sql)
+            .bind(v.vehicle.as_str())
+            .bind(v.supplier.as_str())
+            .bind(v.source.as_str())
+            .bind(to_micros(&v.updated_at))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn vehicle_register(
+        &self,
+        only: Option<&VehicleId>,
+    ) -> Result<Vec<VehicleRecord>, StoreError> {
+        let rows = match only {
+            Some(v) => {
+                sqlx::query(
+                    "SELECT vehicle, supplier, source, updated_at FROM vehicle_register WHERE vehicle = ?",
+                )
+                .bind(v.as_str())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT vehicle, supplier, source, updated_at FROM vehicle_register ORDER BY vehicle",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(VehicleRecord {
+                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
+                    supplier: records::id(SupplierId::parse, r.try_get(1)?)?,
+                    source: r.try_get(2)?,
+                    updated_at: from_micros(r.try_get(3)?)?,
                 })
             })
             .collect()

@@ -13,7 +13,7 @@ use model::{
 };
 use movewatch_store::{
     AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, PositionCursor,
-    SiteFenceRecord, TransitionKind, WriterConfig, spawn_writer,
+    SiteFenceRecord, TransitionKind, VehicleRecord, WriterConfig, spawn_writer,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -58,6 +58,7 @@ conformance!(
     fence_transitions_commit_with_their_batch,
     latest_fence_transition_per_vehicle_and_site,
     site_fences_are_replaced_per_site_and_survive_reopen,
+    the_vehicle_register_is_set_claimed_and_read_back,
     arrivals_round_trip_newest_first,
     derived_records_commit_with_their_batch_once,
     open_moves_are_the_unfinished_ones,
@@ -514,6 +515,55 @@ async fn latest_fence_transition_per_vehicle_and_site(db: &TestDb) {
             t("XY99ZZZ", "LEI", TransitionKind::Enter, 10),
         ]
     );
+}
+
+async fn the_vehicle_register_is_set_claimed_and_read_back(db: &TestDb) {
+    let entry = |v: &str, s: &str, source: &str, minute: i64| VehicleRecord {
+        vehicle: v.parse().unwrap(),
+        supplier: s.parse().unwrap(),
+        source: source.into(),
+        updated_at: at(minute),
+    };
+    {
+        let store = db.open().await;
+        assert_eq!(store.vehicle_register().await.unwrap(), vec![]);
+        store
+            .put_vehicle(&entry("SE11RCO", "serco", "config", 1))
+            .await
+            .unwrap();
+        // A claim does not displace an entry; a put does.
+        assert!(
+            !store
+                .claim_vehicle(&entry("SE11RCO", "geoamey", "claim", 2))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_vehicle(&entry("GA11AAA", "geoamey", "claim", 3))
+                .await
+                .unwrap()
+        );
+        store
+            .put_vehicle(&entry("GA11AAA", "serco", "api", 4))
+            .await
+            .unwrap();
+    }
+    let store = db.open().await;
+    assert_eq!(
+        store.vehicle_register().await.unwrap(),
+        vec![
+            entry("GA11AAA", "serco", "api", 4),
+            entry("SE11RCO", "serco", "config", 1),
+        ]
+    );
+    let one: model::VehicleId = "SE11RCO".parse().unwrap();
+    assert_eq!(
+        store.vehicle(&one).await.unwrap(),
+        Some(entry("SE11RCO", "serco", "config", 1))
+    );
+    let none: model::VehicleId = "NO11NE".parse().unwrap();
+    assert_eq!(store.vehicle(&none).await.unwrap(), None);
 }
 
 async fn site_fences_are_replaced_per_site_and_survive_reopen(db: &TestDb) {

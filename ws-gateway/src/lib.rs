@@ -19,6 +19,7 @@ mod hub;
 pub mod moves;
 pub mod outbox;
 mod pages;
+pub mod register;
 mod sites;
 mod ws;
 

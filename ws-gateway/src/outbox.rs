@@ -41,7 +41,13 @@ pub const NO_PONG: CloseReason = CloseReason {
     reason: "no pong: two pings went unanswered",
 };
 
-/// The server is shutting down (graceful shutdown).
+/// A client message over 16 KiB (1009, message too big).
+pub const TOO_LARGE: CloseReason = CloseReason {
+    code: 1009,
+    reason: "message too big: a client message may be at most 16 KiB",
+};
+
+/// Sent when the engine shuts down (1001, going away).
 pub const SHUTTING_DOWN: CloseReason = CloseReason {
     code: 1001,
     reason: "server shutting down",

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use model::wire::{Channel, ClientMessage, ErrorView, Frame, PositionView, SnapshotView};
 
 use crate::hub::{ClientRoutes, LatencyMark, SendRecorder};
-use crate::outbox::{NO_PONG, Next, Outbox, SHUTTING_DOWN};
+use crate::outbox::{NO_PONG, Next, Outbox, SHUTTING_DOWN, TOO_LARGE};
 use crate::{Access, Gateway};
 
 /// The largest message a client may send.
@@ -108,6 +108,15 @@ fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
     }))
 }
 
+/// Whether a read failed because the client's message or frame was over
+/// [`MAX_CLIENT_MESSAGE`].
+fn too_large(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner().downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
 /// How often the server pings; two unanswered pings close the connection.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
 /// The most frames written at once before a flush.
@@ -146,7 +155,16 @@ async fn client(socket: WebSocket, g: Gateway, access: Access, recorder: Option<
             }
             incoming = stream.next() => {
                 match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    // Over the size limit: closed with 1009 and a reason, not a bare TCP close.
+                    Some(Err(e)) => {
+                        if too_large(e) {
+                            outbox.close(TOO_LARGE);
+                            let _ = tokio::time::timeout(SEND_TIMEOUT, &mut writer).await;
+                            return;
+                        }
+                        break;
+                    }
+                    None | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(t))) => {
                         handle_client_message(&g, &access, &mut routes, &outbox, t.as_str());
                     }
@@ -286,6 +304,18 @@ fn handle_client_message(
         return reply(error_frame(
             "forbidden",
             format!("this token may not see {channel}"),
+        ));
+    }
+    // A supplier's vehicle channel is for a vehicle it reports (as the
+    // vehicle track route): another supplier's, or one nobody has reported
+    // yet, is forbidden alike, so a probe learns nothing.
+    if subscribe
+        && let (Access::Supplier(supplier), Channel::Vehicle(vehicle)) = (access, &channel)
+        && g.tracker.supplier_of(vehicle) != Some(*supplier)
+    {
+        return reply(error_frame(
+            "forbidden",
+            format!("{channel} is not one of this supplier's vehicles"),
         ));
     }
     if !subscribe {

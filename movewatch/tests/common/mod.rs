@@ -20,11 +20,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// The control-room token every test config carries.
 pub const TOKEN: &str = "test-control-room-token";
 
-/// A config on free ports with the store in `dir`, no suppliers (open mode).
+/// A config on ports the OS picks (read back from `Engine::http_addr` and
+/// `Engine::mqtt_addr`) with the store in `dir`, no suppliers (open mode),
+/// and `[fleet] claim_on_first_report` on: most tests are about something
+/// other than the vehicle register (`security.rs` is about it, and turns
+/// it off).
 pub fn config(dir: &Path, external_mqtt: Option<&str>) -> Config {
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.listen = free_port();
+    c.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    c.fleet.claim_on_first_report = true;
     c.mqtt.url = external_mqtt.map(str::to_owned);
     // A fresh session per run: Mosquitto keeps persistent sessions across tests.
     c.mqtt.client_id = format!("movewatch-test-{}", random_token(8));
@@ -48,7 +53,9 @@ pub fn with_supplier(config: &mut Config, id: &str) {
     });
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, released at once: only for a server that
+/// cannot take port 0 and report what it bound (a test's Mosquitto, a child
+/// engine's HTTP). Never for the embedded broker: it binds port 0 itself.
 pub fn free_port() -> SocketAddr {
     ingest::broker::free_port("127.0.0.1".parse().unwrap()).unwrap()
 }
@@ -72,7 +79,9 @@ pub async fn publisher_at(
     port: u16,
     credentials: Option<(&str, &str)>,
 ) -> (AsyncClient, tokio::sync::watch::Receiver<PublisherState>) {
-    let mut options = MqttOptions::new(format!("test-publisher-{}", random_token(8)), host, port);
+    // A device's client id starts with its supplier (the username).
+    let owner = credentials.map_or("test-publisher", |(user, _)| user);
+    let mut options = MqttOptions::new(format!("{owner}-test-{}", random_token(8)), host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
@@ -107,6 +116,58 @@ pub async fn publisher_at(
     (client, state)
 }
 
+/// A device connection with this client id and login, with what it has
+/// seen; the third value is the CONNECT's refusal as text (`None`: connected).
+pub async fn device_at(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    login: (&str, &str),
+) -> (
+    AsyncClient,
+    tokio::sync::watch::Receiver<PublisherState>,
+    Option<String>,
+) {
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_credentials(login.0, login.1);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (tx, mut state) = tokio::sync::watch::channel(PublisherState::default());
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    tx.send_modify(|s| s.connected = true)
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    tx.send_modify(|s| s.acked += 1)
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) => {
+                    tx.send_modify(|s| s.received += 1)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tx.send_modify(|s| {
+                        s.connected = false;
+                        s.error = Some(e.to_string());
+                    });
+                    return;
+                }
+            }
+        }
+    });
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.connected || s.error.is_some()),
+    )
+    .await
+    .expect("an answer to CONNECT")
+    .unwrap()
+    .clone();
+    (client, state, outcome.error)
+}
+
 /// Publishes `payload` with QoS 1 on geoamey's positions topic for `vehicle`.
 pub async fn publish_positions(client: &AsyncClient, vehicle: &str, payload: impl Into<Vec<u8>>) {
     client
@@ -127,6 +188,8 @@ pub struct PublisherState {
     pub connected: bool,
     /// PUBACKs received.
     pub acked: u64,
+    /// Messages received (a subscriber; [`device_at`] only).
+    pub received: u64,
     /// Why the connection ended.
     pub error: Option<String>,
 }
@@ -325,6 +388,36 @@ impl Mosquitto {
     }
 
     fn start_with(suppliers: &[(&str, &str)], persistence: bool) -> Mosquitto {
+        let acl = format!(
+            "# Each supplier may publish only under its own prefix.\n\
+             pattern write movewatch/v1/%u/#\n\n\
+             user {ENGINE_USER}\ntopic read movewatch/v1/#\n"
+        );
+        Mosquitto::start_configured(suppliers, &acl, "", persistence)
+    }
+
+    /// The isolating configuration of docs/PROTOCOL.md ("Mosquitto: suppliers
+    /// isolated from each other"): one login per device, `{supplier}-{device}`,
+    /// used as the client id (`use_username_as_clientid`), each allowed to
+    /// write only under its supplier's prefix and to read nothing; the engine
+    /// alone reads. `devices`: (login, supplier, password).
+    pub fn start_isolated(devices: &[(&str, &str, &str)]) -> Mosquitto {
+        let mut acl = format!("user {ENGINE_USER}\ntopic read movewatch/v1/#\n");
+        for (login, supplier, _) in devices {
+            acl.push_str(&format!(
+                "\nuser {login}\ntopic write movewatch/v1/{supplier}/#\n"
+            ));
+        }
+        let users: Vec<(&str, &str)> = devices.iter().map(|(l, _, p)| (*l, *p)).collect();
+        Mosquitto::start_configured(&users, &acl, "use_username_as_clientid true\n", false)
+    }
+
+    fn start_configured(
+        suppliers: &[(&str, &str)],
+        acl_text: &str,
+        extra: &str,
+        persistence: bool,
+    ) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto started as root drops to the `mosquitto` user, which must
         // be able to read its password and ACL files and write its log.
@@ -347,15 +440,7 @@ impl Mosquitto {
                 .expect("mosquitto_passwd (Debian package mosquitto) must be installed");
             assert!(status.success(), "mosquitto_passwd failed");
         }
-        std::fs::write(
-            &acl,
-            format!(
-                "# Each supplier may publish only under its own prefix.\n\
-                 pattern write movewatch/v1/%u/#\n\n\
-                 user {ENGINE_USER}\ntopic read movewatch/v1/#\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&acl, acl_text).unwrap();
         for file in [&passwd, &acl] {
             std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
@@ -369,6 +454,7 @@ impl Mosquitto {
                  acl_file {}\n\
                  max_queued_messages 0\n\
                  max_inflight_messages 1000\n\
+                 {extra}\
                  {}\n\
                  log_dest file {}\n\
                  log_type {}\n",
@@ -650,6 +736,9 @@ password = "{ENGINE_PASSWORD}"
 url = "sqlite://{db}"
 [sites]
 files = ["{sites}"]
+[fleet]
+# The fault tests' vans are in no register: each first report claims its van.
+claim_on_first_report = true
 [[suppliers]]
 id = "geoamey"
 api_key = "key-geoamey"

@@ -155,6 +155,46 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// movewatch patch (vendor/rumqttd/PATCHED.md): serves MQTT 3.1.1 on a
+    /// listener the caller has already bound, on a thread of its own that
+    /// keeps the broker (and so its router) alive. The port is listening
+    /// before this returns, so nothing has to wait or probe for it, and a
+    /// bind failure is the caller's own error instead of a log line.
+    pub fn serve_v4(
+        self,
+        listener: std::net::TcpListener,
+        config: ServerSettings,
+    ) -> Result<thread::JoinHandle<()>, Error> {
+        listener.set_nonblocking(true)?;
+        let mut server = Server::new(config.clone(), self.router_tx.clone(), V4);
+        let handle = thread::Builder::new()
+            .name(config.name.clone())
+            .spawn(move || {
+                let _broker = self;
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(error=?e, "cannot start the server's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            error!(error=?e, "cannot use the bound listener");
+                            return;
+                        }
+                    };
+                    server.serve(listener, LinkType::Remote).await;
+                });
+            })?;
+        Ok(handle)
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -381,6 +421,12 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
+        self.serve(listener, link_type).await;
+        Ok(())
+    }
+
+    /// movewatch patch: `start` on a listener already bound.
+    pub async fn serve(&mut self, listener: TcpListener, link_type: LinkType) {
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
