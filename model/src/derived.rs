@@ -163,7 +163,7 @@ impl Notification {
         }
         if let Some(s) = &self.site {
             id.push(':');
-            id.push_str(&s.to_string());
+            id.push_str(s.as_str());
         }
         id
     }
