@@ -73,6 +73,8 @@ async fn a_seeded_day_matches_its_ground_truth() {
         measure: true,
         database_url: Some(store_url),
         progress: false,
+        registration_prefix: None,
+        focus_site: None,
     };
     let summary = tokio::time::timeout(Duration::from_secs(240), simulator::run_day(run, &sites))
         .await
@@ -246,6 +248,8 @@ async fn moves_are_skipped_gracefully_without_the_moves_route() {
             measure: false,
             database_url: None,
             progress: false,
+            registration_prefix: None,
+            focus_site: None,
         },
         &sites,
     )
