@@ -367,7 +367,7 @@ fn mqtt_pool(
                 options.set_credentials(supplier.as_str(), pw.clone());
             }
             let credentials = match password {
-                Some(_) => format!("username {supplier:?} with the --password given for it"),
+                Some(_) => format!("username \"{supplier}\" with the --password given for it"),
                 None => format!("no username or password (no --password {supplier}=… given)"),
             };
             // Bounded: a full request queue makes `publish` wait (back-pressure
