@@ -564,6 +564,16 @@ pub fn rejected_from_metrics(text: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// An unlabelled counter's value from a Prometheus text page (0 if absent).
+pub fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse::<f64>().ok()
+        })
+        .map_or(0, |v| v.max(0.0) as u64)
+}
+
 /// `after − before`, by reason.
 pub fn delta(
     before: &BTreeMap<String, u64>,
@@ -619,6 +629,7 @@ mod tests {
             movewatch_ingest_rejected_total{reason=\"out_of_range\"} 3\n\
             movewatch_ingest_rejected_total{reason=\"vehicle_owned_by_other_supplier\"} 40\n\
             movewatch_ingest_points_total 1000\n";
+        assert_eq!(counter(page, "movewatch_ingest_points_total"), 1000);
         let before = BTreeMap::from([("vehicle_owned_by_other_supplier".to_owned(), 10)]);
         let observed = delta(&before, &rejected_from_metrics(page));
         assert_eq!(

@@ -511,6 +511,39 @@ async fn engine_answers(api: &str) -> Result<(), String> {
 
 /// The engine's `movewatch_ingest_rejected_total{reason}` now.
 async fn rejected_now(api: &str) -> Result<BTreeMap<String, u64>, String> {
+    metrics_now(api)
+        .await
+        .map(|text| crate::report::rejected_from_metrics(&text))
+}
+
+/// The engine's rejections once it has taken in everything sent: the
+/// broker acknowledges a message when it has it, not when the engine has
+/// read it, so this waits until the engine's intake counters stop moving
+/// (half a second apart, three times in a row; at most 60 s).
+async fn rejected_when_settled(api: &str) -> Result<BTreeMap<String, u64>, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut last, mut still) = (None, 0);
+    loop {
+        let text = metrics_now(api).await?;
+        let now = (
+            crate::report::counter(&text, "movewatch_ingest_points_total"),
+            crate::report::rejected_from_metrics(&text),
+        );
+        still = if last.as_ref() == Some(&now) {
+            still + 1
+        } else {
+            0
+        };
+        if still >= 3 || tokio::time::Instant::now() > deadline {
+            return Ok(now.1);
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The engine's `/metrics` page.
+async fn metrics_now(api: &str) -> Result<String, String> {
     let mut client = Client::new(api);
     match tokio::time::timeout(
         Duration::from_secs(5),
@@ -518,9 +551,7 @@ async fn rejected_now(api: &str) -> Result<BTreeMap<String, u64>, String> {
     )
     .await
     {
-        Ok(Ok(r)) if r.status == 200 => Ok(crate::report::rejected_from_metrics(
-            &String::from_utf8_lossy(&r.body),
-        )),
+        Ok(Ok(r)) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
         Ok(Ok(r)) => Err(format!("GET /metrics answered {}", r.status)),
         Ok(Err(e)) => Err(format!("GET /metrics: {e}")),
         Err(_) => Err("GET /metrics timed out".into()),
@@ -1163,9 +1194,13 @@ impl RejectionWatch {
             let (Some(api), Some(before)) = (&self.api, &self.before) else {
                 return None;
             };
-            // While the run goes on, the engine may not have seen what was
-            // just sent; at the end, every message was acknowledged.
-            let after = rejected_now(api).await.ok()?;
+            // While the run goes on, the engine may not have read what was
+            // just sent (observed lags expected); at the end, wait for it.
+            let after = if last {
+                rejected_when_settled(api).await.ok()?
+            } else {
+                rejected_now(api).await.ok()?
+            };
             crate::report::Rejections::new(
                 "metrics",
                 crate::report::delta(before, &after),
