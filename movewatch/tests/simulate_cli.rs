@@ -143,6 +143,22 @@ async fn an_http_run_is_reported_as_http_and_ends() {
     let engine = Engine::start(config).await.unwrap();
     wait_subscribed(&engine).await;
     let http = format!("http://{}", engine.http_addr);
+    // Other traffic on the fleet channel all along (as the demo's own fleet
+    // makes): the measuring WebSocket must still stop when the run ends.
+    let client = publisher(&engine, Some(("geoamey", "pw-geoamey"))).await;
+    let traffic = tokio::spawn(async move {
+        for n in 0.. {
+            let p = point(
+                &format!("other-{n}"),
+                "OT12HER",
+                0,
+                53.0,
+                -1.5 + n as f64 * 1e-4,
+            );
+            publish_positions(&client, "OT12HER", p.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     let args = [
         "--http",
         "--http-url",
@@ -159,8 +175,9 @@ async fn an_http_run_is_reported_as_http_and_ends() {
         "--interval",
         "30s",
         "--duration",
-        "2h",
-        "--load",
+        "1h",
+        "--speed",
+        "600",
         "--malformed-rate",
         "0.01",
         "--quiet",
@@ -170,6 +187,7 @@ async fn an_http_run_is_reported_as_http_and_ends() {
         .await
         .unwrap();
     let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    traffic.abort();
     assert!(out.status.success(), "{stdout}\n{err}");
     assert!(stdout.contains("HTTP (POST /tracks)"), "{stdout}");
     assert!(stdout.contains("accepted (202 replies)"), "{stdout}");

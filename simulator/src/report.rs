@@ -117,7 +117,17 @@ impl WsSubscriber {
                 last_match: None,
             };
             let mut second: Vec<Histogram<u64>> = Vec::new();
+            // Once asked to stop: read what is in flight until the socket has
+            // been quiet for 200 ms, but never longer than 2 s (an engine
+            // with other traffic, such as the demo's own fleet, is never quiet).
+            let mut stop_at: Option<Instant> = None;
             loop {
+                if stop_at.is_none() && stopping.load(Ordering::Relaxed) {
+                    stop_at = Some(Instant::now());
+                }
+                if stop_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                    break;
+                }
                 let next = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
                 let msg = match next {
                     Err(_) => {
@@ -299,7 +309,7 @@ impl LoadReport {
         row("vans", self.vehicles.to_string());
         row("points sent", self.points_sent.to_string());
         row(
-            if http { "requests" } else { "messages" },
+            if http { "elements posted" } else { "messages" },
             self.messages.to_string(),
         );
         row(

@@ -173,6 +173,8 @@ struct Sink {
     mqtt: HashMap<SupplierId, Vec<AsyncClient>>,
     http: Option<mpsc::Sender<(SupplierId, Vec<u8>, u64)>>,
     http_batch: HashMap<SupplierId, (Vec<String>, u64)>,
+    /// When the oldest element waiting in `http_batch` was queued.
+    http_since: Option<Instant>,
     published: u64,
     log: Option<Arc<SendLog>>,
     expected_ids: Option<HashSet<String>>,
@@ -221,6 +223,7 @@ impl Sink {
                 return Ok(());
             };
             let n = items.len() as u64;
+            self.http_since.get_or_insert_with(Instant::now);
             let entry = self.http_batch.entry(out.supplier).or_default();
             entry.0.extend(items);
             entry.1 += n;
@@ -247,6 +250,7 @@ impl Sink {
 
     async fn flush_http(&mut self) -> Result<(), SimError> {
         if let Some(tx) = &self.http {
+            self.http_since = None;
             let batches: Vec<_> = self.http_batch.drain().collect();
             for (supplier, (items, _)) in batches {
                 if items.is_empty() {
@@ -809,6 +813,7 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
         mqtt: HashMap::new(),
         http: None,
         http_batch: HashMap::new(),
+        http_since: None,
         published: 0,
         log: None,
         expected_ids: config.database_url.as_ref().map(|_| HashSet::new()),
@@ -928,17 +933,34 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
             let engine = addr.clone();
             http_workers.push(tokio::spawn(async move {
                 let mut failing_since: Option<tokio::time::Instant> = None;
+                let (mut limited_warned, mut warned) = (false, false);
                 while let Ok((supplier, body, _)) = recv(&rx).await {
                     if fatal.get().is_some() {
                         continue; // drain: the run is stopping
                     }
                     let key = keys.get(supplier.as_str()).cloned().unwrap_or_default();
-                    let r = client
+                    let mut r = client
                         .request("POST", "/tracks", &[("X-API-Key", &key), ("Content-Type", "application/json")], &body)
                         .await;
+                    // Rate limited: back-pressure, not loss. Wait and send the
+                    // same body again (for up to ANSWER_WITHIN).
+                    let limited_since = tokio::time::Instant::now();
+                    while matches!(&r, Ok(x) if x.status == 429)
+                        && limited_since.elapsed() < ANSWER_WITHIN
+                        && fatal.get().is_none()
+                    {
+                        if !limited_warned {
+                            tracing::warn!("POST /tracks rate limited (429); slowing down");
+                            limited_warned = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        r = client
+                            .request("POST", "/tracks", &[("X-API-Key", &key), ("Content-Type", "application/json")], &body)
+                            .await;
+                    }
                     let failure = match r {
                         Ok(r) if r.status == 202 => {
-                            failing_since = None;
+                            (failing_since, warned) = (None, false);
                             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                             acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
                             if let (Some(list), Ok(mut map)) = (v["rejected"].as_array(), rejected.lock()) {
@@ -969,8 +991,10 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
                              ({failure}); stopping",
                             ANSWER_WITHIN.as_secs()
                         ));
-                    } else {
+                    } else if !warned {
+                        // Once: a failing engine is reported by the stop above.
                         tracing::warn!("{failure}");
+                        warned = true;
                     }
                 }
             }));
@@ -1039,6 +1063,16 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
                 for l in lines.drain(..) {
                     write_line(w, &l, &config.truth)?;
                 }
+            }
+            // Paced: fixes are posted within a second of being taken, not
+            // held to the end of the interval (at most one request a second
+            // per supplier, well under the engine's default rate limit).
+            if config.pace != Pace::Load
+                && sink
+                    .http_since
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                sink.flush_http().await?;
             }
         }
         sink.flush_http().await?;
