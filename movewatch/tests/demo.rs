@@ -189,6 +189,7 @@ async fn the_demo_shows_moves_to_leeds_within_a_minute_and_its_simulate_line_wor
     let i = args.iter().position(|a| a == "--duration").unwrap();
     args[i + 1] = "20s".into();
     args.push("--quiet".into());
+    let simulated = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_movewatch"))
             .arg("simulate")
@@ -206,6 +207,12 @@ async fn the_demo_shows_moves_to_leeds_within_a_minute_and_its_simulate_line_wor
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{so}\n{se}");
+    // A 20 s run ends soon after, though the demo's fleet never goes quiet.
+    assert!(
+        simulated.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        simulated.elapsed()
+    );
     assert!(so.contains("moves registered:"), "{so}");
     assert!(so.contains("unexpected:                   none"), "{so}");
     assert!(!se.contains("warning"), "{se}");

@@ -61,7 +61,8 @@ pub enum SimError {
     Io(String, std::io::Error),
 }
 
-/// The demo's simulator settings (kept for `movewatch demo`).
+/// A simple real-time fleet's settings (no moves registered; `movewatch demo`
+/// now runs [`run_day`] itself, with moves).
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// How many vans.

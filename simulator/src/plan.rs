@@ -331,7 +331,8 @@ pub struct MovePlan {
     pub to_location: String,
     /// The day, `YYYY-MM-DD`.
     pub date: String,
-    /// Always `booked` when registered.
+    /// `booked`; `in_transit` when registered by a run whose first fix
+    /// comes after the move's pick-up.
     pub status: &'static str,
     /// Its journeys (one per van leg).
     pub journeys: Vec<JourneyPlan>,

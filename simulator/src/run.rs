@@ -522,10 +522,16 @@ async fn rejected_now(api: &str) -> Result<BTreeMap<String, u64>, String> {
 
 /// The engine's rejections once it has taken in everything sent: the
 /// broker acknowledges a message when it has it, not when the engine has
-/// read it, so this waits until the engine's intake counters stop moving
-/// (half a second apart, three times in a row; at most 60 s).
-async fn rejected_when_settled(api: &str) -> Result<BTreeMap<String, u64>, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// read it. Settled when the rejections have not moved for three polls half
+/// a second apart and either every provoked reason is counted in full or the
+/// engine's intake is idle (an engine with other traffic, such as the demo's
+/// fleet, is never idle); at most 20 s.
+async fn rejected_when_settled(
+    api: &str,
+    before: &BTreeMap<String, u64>,
+    expected: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (mut last, mut still) = (None, 0);
     loop {
         let text = metrics_now(api).await?;
@@ -533,12 +539,16 @@ async fn rejected_when_settled(api: &str) -> Result<BTreeMap<String, u64>, Strin
             crate::report::counter(&text, "movewatch_ingest_points_total"),
             crate::report::rejected_from_metrics(&text),
         );
-        still = if last.as_ref() == Some(&now) {
-            still + 1
-        } else {
-            0
+        let (same_rejections, idle) = match &last {
+            Some((points, rejected)) => (*rejected == now.1, *points == now.0),
+            None => (false, false),
         };
-        if still >= 3 || tokio::time::Instant::now() > deadline {
+        still = if same_rejections { still + 1 } else { 0 };
+        let observed = crate::report::delta(before, &now.1);
+        let complete = expected
+            .iter()
+            .all(|(reason, n)| observed.get(reason).copied().unwrap_or(0) >= *n);
+        if (still >= 3 && (complete || idle)) || tokio::time::Instant::now() > deadline {
             return Ok(now.1);
         }
         last = Some(now);
@@ -564,7 +574,30 @@ async fn metrics_now(api: &str) -> Result<String, String> {
 
 /// Registers every move with `PUT /api/moves/{id}`; stops (warning once) if
 /// the engine does not have the route (404/405) or refuses the token.
-async fn register_moves(api: &str, token: &str, plan: &DayPlan) -> Result<usize, String> {
+/// Moves already picked up (not completed) when the run's first fix is taken
+/// at virtual time `t0`: registered `in_transit`, since they departed.
+fn started_at(plan: &DayPlan, t0: f64) -> HashSet<String> {
+    let mut started = HashSet::new();
+    for v in &plan.vans {
+        let before = &v.happenings[..v.happenings.partition_point(|h| h.t < t0)];
+        for i in crate::emit::started_before(before) {
+            if let crate::plan::Happening::Event {
+                move_id: Some(m), ..
+            } = &before[i].what
+            {
+                started.insert(m.clone());
+            }
+        }
+    }
+    started
+}
+
+async fn register_moves(
+    api: &str,
+    token: &str,
+    plan: &DayPlan,
+    started: &HashSet<String>,
+) -> Result<usize, String> {
     let skip = Arc::new(AtomicBool::new(false));
     let why = Arc::new(std::sync::Mutex::new(None::<String>));
     let done = Arc::new(AtomicU64::new(0));
@@ -623,7 +656,13 @@ async fn register_moves(api: &str, token: &str, plan: &DayPlan) -> Result<usize,
         if skip.load(Ordering::Relaxed) {
             break;
         }
-        let body = serde_json::to_vec(m).unwrap_or_default();
+        let body = if started.contains(&m.id) {
+            let mut m = m.clone();
+            m.status = "in_transit";
+            serde_json::to_vec(&m).unwrap_or_default()
+        } else {
+            serde_json::to_vec(m).unwrap_or_default()
+        };
         if tx.send((m.id.clone(), body)).await.is_err() {
             break;
         }
@@ -866,7 +905,9 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
     let api = config.api.clone().filter(|_| engine.is_ok());
 
     let moves_registered = match (&api, &config.token, config.register_moves) {
-        (Some(api), Some(token), true) => register_moves(api, token, &plan).await,
+        (Some(api), Some(token), true) => {
+            register_moves(api, token, &plan, &started_at(&plan, config.day_start_s)).await
+        }
         (None, Some(_), true) => Err(format!(
             "moves not registered: {}",
             engine.as_ref().err().cloned().unwrap_or_default()
@@ -1231,7 +1272,7 @@ impl RejectionWatch {
             // While the run goes on, the engine may not have read what was
             // just sent (observed lags expected); at the end, wait for it.
             let after = if last {
-                rejected_when_settled(api).await.ok()?
+                rejected_when_settled(api, before, expected).await.ok()?
             } else {
                 rejected_now(api).await.ok()?
             };
