@@ -95,6 +95,37 @@ async fn refused_credentials_stop_the_run_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connack_refusal_from_mosquitto_stops_the_run_with_a_reason() {
+    // A Mosquitto with a password file answers a wrong password with a
+    // CONNACK refusal (not a closed connection).
+    let broker = Mosquitto::start(&[("geoamey", "right"), ("serco", "right")]);
+    let args: Vec<String> = [
+        "--mqtt-url",
+        &broker.url(),
+        "--password",
+        "geoamey=wrong",
+        "--password",
+        "serco=wrong",
+        "--vehicles",
+        "4",
+        "--duration",
+        "10m",
+        "--quiet",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (out, took) = tokio::task::spawn_blocking(move || simulate(args, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert!(err.contains("refused") && err.contains("CONNACK"), "{err}");
+    assert!(err.lines().count() < 20, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_stops_the_run_within_ten_seconds() {
     let (mqtt, http) = (free_port(), free_port());
     let mqtt = format!("mqtt://127.0.0.1:{}", mqtt.port());
