@@ -205,6 +205,13 @@ struct SimulateArgs {
     /// Of vans carrying a move: one breakdown (PersonMoveVehicleBrokeDown).
     #[arg(long)]
     breakdown_rate: Option<f64>,
+    /// Every van's registration starts with this (0–4 of A-Z, 0-9); the rest
+    /// comes from the seed and the start time, so runs do not share plates.
+    #[arg(long)]
+    registration_prefix: Option<String>,
+    /// A site (id) several moves go to, some on the road at the first fix.
+    #[arg(long)]
+    focus_site: Option<String>,
 }
 
 fn parse_hhmm(s: &str) -> Result<f64, String> {
@@ -296,16 +303,25 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             measure,
             database_url: a.database_url,
             progress: !a.quiet,
+            registration_prefix: a.registration_prefix.clone(),
+            focus_site: a.focus_site.clone(),
         },
         &sites,
     )
     .await?;
     println!(
-        "sent {} points, {} events, {} messages from {} vans ({} .. {})",
+        "sent {} points, {} events, {} {} from {} vans {} .. {} ({} .. {})",
         summary.points,
         summary.events,
         summary.messages,
+        if summary.transport == "http" {
+            "POST /tracks elements"
+        } else {
+            "MQTT messages"
+        },
         a.vehicles,
+        summary.registrations.0,
+        summary.registrations.1,
         model::format_ts(&summary.span.0),
         model::format_ts(&summary.span.1)
     );
@@ -317,8 +333,15 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     if !summary.expected_dead_letters.is_empty() {
         println!("expected dead letters: {:?}", summary.expected_dead_letters);
     }
-    if !summary.http_rejected.is_empty() {
-        println!("POST /tracks rejections: {:?}", summary.http_rejected);
+    match (&summary.rejections, &summary.rejections_unchecked) {
+        (Some(r), _) => {
+            println!("rejections:\n{}", r.table().trim_end());
+            for w in r.warnings() {
+                eprintln!("warning: {w}");
+            }
+        }
+        (None, Some(why)) => println!("rejections not checked: {why}"),
+        (None, None) => {}
     }
     if let Some(t) = &a.truth {
         println!("ground truth: {}", t.display());
@@ -547,6 +570,14 @@ fn usable_addr(wanted: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
     Ok(free)
 }
 
+/// The demo's day: it starts at 08:00 in the planned day, when the morning's
+/// court runs and transfers are on the road (the vans left from 06:30).
+const DEMO_DAY_START_S: f64 = 8.0 * 3600.0;
+/// The demo fleet's registrations start with this, and the `simulate` line it
+/// prints uses [`SIMULATE_PREFIX`]: the two can never share a vehicle.
+const DEMO_PREFIX: &str = "DM";
+const SIMULATE_PREFIX: &str = "SM";
+
 async fn demo(
     vehicles: usize,
     http_listen: SocketAddr,
@@ -557,7 +588,22 @@ async fn demo(
     let mut config = Config::default();
     config.mqtt.listen = usable_addr(mqtt_listen, "MQTT")?;
     config.http.listen = usable_addr(http_listen, "HTTP")?;
-    config.store.url = format!("sqlite://{}", data_dir.join("movewatch-demo.db").display());
+    // Each demo starts from an empty store: moves and vans of an earlier demo
+    // would sit on the boards with nobody driving them.
+    let db = data_dir.join("movewatch-demo.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot reset the demo store {path:?}"));
+            }
+        }
+    }
+    config.store.url = format!("sqlite://{}", db.display());
+    // The demo's vans are nobody's until they report (development and demos only).
     config.fleet.claim_on_first_report = true;
     let mut passwords = HashMap::new();
     for id in ["geoamey", "serco"] {
@@ -588,45 +634,87 @@ async fn demo(
 
     let sites = load_sites(&config)?;
     let engine = Engine::start(config.clone()).await?;
+    let http = engine.http_addr;
+    let (mqtt_host, mqtt_port) = engine.mqtt_addr.clone();
     println!();
     println!(
         "movewatch demo is running: embedded broker, embedded store, {vehicles} simulated vans"
     );
-    println!(
-        "  control room:        http://{}/control?token={control_token}",
-        engine.http_addr
-    );
+    println!("  control room:        http://{http}/control?token={control_token}");
     println!("  control-room token:  {control_token}");
-    println!(
-        "  HMP Leeds board:     http://{}/site/LEI?token={site_token}",
-        engine.http_addr
-    );
+    println!("  HMP Leeds board:     http://{http}/site/LEI?token={site_token}");
     println!("  site token (LEI):    {site_token}");
-    println!(
-        "  MQTT broker:         mqtt://{}:{}",
-        engine.mqtt_addr.0, engine.mqtt_addr.1
-    );
+    println!("  MQTT broker:         mqtt://{mqtt_host}:{mqtt_port}");
     for s in &config.suppliers {
         println!(
-            "  supplier {:<8}      POST /tracks key {}",
+            "  supplier {:<9}   MQTT username {} password {}  POST /tracks key {}",
             s.id.as_str(),
+            s.id.as_str(),
+            s.mqtt_password.as_deref().unwrap_or(""),
             s.api_key.as_deref().unwrap_or("")
         );
     }
-    println!("  store:               {}", config.store.url);
+    println!(
+        "  store:               {} (emptied at start)",
+        config.store.url
+    );
+    println!(
+        "The day starts at 08:00 (fix times are real time): the morning's vans are on the road, \
+         several bound for HMP Leeds, the first due there within 5 minutes."
+    );
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "movewatch".into());
+    let mut line = format!(
+        "{exe} simulate --mqtt-url mqtt://{mqtt_host}:{mqtt_port} --http-url http://{http} \
+         --token {control_token}"
+    );
+    for s in &config.suppliers {
+        if let Some(pw) = &s.mqtt_password {
+            line.push_str(&format!(" --password {}={pw}", s.id.as_str()));
+        }
+    }
+    line.push_str(&format!(
+        " --registration-prefix {SIMULATE_PREFIX} --seed 7 --vehicles 20 --interval 5s \
+         --duration 15m --day-start 08:00"
+    ));
+    println!(
+        "A second simulated fleet for this demo (another terminal; its vans are {SIMULATE_PREFIX}…, the demo's {DEMO_PREFIX}…):"
+    );
+    println!("  {line}");
     println!("Press Ctrl-C to stop.");
 
-    let sim = simulator::SimConfig {
+    let run = simulator::RunConfig {
         vehicles,
+        seed: 2026,
         interval,
         duration: None,
-        host: engine.mqtt_addr.0.clone(),
-        port: engine.mqtt_addr.1,
-        passwords,
-        seed: 2026,
-        vans_per_connection: 100,
+        pace: simulator::Pace::RealTime,
+        start: None,
+        day_start_s: DEMO_DAY_START_S,
+        transport: simulator::Transport::Mqtt {
+            host: mqtt_host,
+            port: mqtt_port,
+            passwords,
+            connections: vehicles.div_ceil(100).max(1),
+        },
+        api: Some(http.to_string()),
+        token: Some(control_token),
+        faults: simulator::emit::FaultConfig {
+            noise: true,
+            ..Default::default()
+        },
+        truth: None,
+        register_moves: true,
+        measure: false,
+        database_url: None,
+        progress: false,
+        registration_prefix: Some(DEMO_PREFIX.into()),
+        focus_site: Some("LEI".into()),
     };
-    let simulation = tokio::spawn(async move { simulator::run(sim, &sites).await });
+    let simulation = tokio::spawn(async move { simulator::run_day(run, &sites).await });
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         r = simulation => { r??; }

@@ -73,6 +73,8 @@ async fn a_seeded_day_matches_its_ground_truth() {
         measure: true,
         database_url: Some(store_url),
         progress: false,
+        registration_prefix: None,
+        focus_site: None,
     };
     let summary = tokio::time::timeout(Duration::from_secs(240), simulator::run_day(run, &sites))
         .await
@@ -97,6 +99,13 @@ async fn a_seeded_day_matches_its_ground_truth() {
     );
     let counts = engine.store.counts().await.unwrap();
     assert_eq!(counts.events, summary.events as i64, "events stored");
+    // The run's own rejection report: every rejection was provoked on purpose.
+    let rejections = summary.rejections.clone().expect("rejections checked");
+    assert_eq!(
+        rejections.observed, summary.expected_dead_letters,
+        "{rejections:?}"
+    );
+    assert!(rejections.unexpected.is_empty(), "{rejections:?}");
 
     // The load report: nothing lost, nothing twice, latencies measured.
     let report = summary.report.clone().unwrap();
@@ -246,6 +255,8 @@ async fn moves_are_skipped_gracefully_without_the_moves_route() {
             measure: false,
             database_url: None,
             progress: false,
+            registration_prefix: None,
+            focus_site: None,
         },
         &sites,
     )

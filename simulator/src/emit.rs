@@ -249,6 +249,8 @@ pub struct Device {
     resend: Option<(String, String)>,
     last_element: Option<(String, String)>,
     next_happening: usize,
+    /// Start events (indices into the plan's happenings) of moves on board at the first fix.
+    catch_up: Vec<usize>,
     seq: u64,
     fixes: u64,
     malformed_turn: usize,
@@ -312,6 +314,7 @@ impl Device {
                 a + (b - a) * rng.random_range(0.2..0.8)
             });
         let next_happening = ctx.plan.happenings.partition_point(|h| h.t < ctx.window.0);
+        let catch_up = started_before(&ctx.plan.happenings[..next_happening]);
         Device {
             index,
             vehicle: ctx.plan.vehicle,
@@ -327,11 +330,51 @@ impl Device {
             resend: None,
             last_element: None,
             next_happening,
+            catch_up,
             seq: 0,
             fixes: 0,
             malformed_turn: index as usize,
             id_prefix: format!("{}{}-", ctx.id_prefix, ctx.plan.vehicle),
         }
+    }
+
+    /// The message and truth line of a BaSM event happening at `ms` (true time).
+    fn event(&self, what: &Happening, ms: i64) -> Option<(Outgoing, TruthLine)> {
+        let Happening::Event {
+            event_type,
+            move_id,
+            journey_id,
+            details,
+        } = what
+        else {
+            return None;
+        };
+        let mut ev = serde_json::json!({
+            "event_type": event_type,
+            "occurred_at": ts_text(ms + self.skew_ms),
+            "details": details,
+        });
+        if let Some(m) = move_id {
+            ev["move_id"] = m.clone().into();
+        }
+        if let Some(j) = journey_id {
+            ev["journey_id"] = j.clone().into();
+        }
+        let o = self.out(
+            self.topic("events"),
+            Body::Elements {
+                items: vec![ev.to_string()],
+                array: false,
+            },
+            Kind::Event,
+        );
+        let line = TruthLine::Event {
+            vehicle: self.vehicle.to_string(),
+            event_type,
+            move_id: move_id.clone(),
+            ts: ts_text(ms),
+        };
+        Some((o, line))
     }
 
     fn topic(&self, kind: &str) -> String {
@@ -361,6 +404,20 @@ impl Device {
         let faults = ctx.faults;
         let vehicle = self.vehicle.to_string();
         let silent = self.silent_at.is_some_and(|s| t >= s);
+        // A run that starts mid-journey: the crew's start events of the moves
+        // on board were sent before the first fix; send them now.
+        for i in std::mem::take(&mut self.catch_up) {
+            if silent || ctx.http {
+                break;
+            }
+            let h = &ctx.plan.happenings[i];
+            if let Some((o, line)) = self.event(&h.what, clock.ms(h.t)) {
+                out.push(o);
+                if let Some(tr) = truth.as_deref_mut() {
+                    tr.push(line);
+                }
+            }
+        }
         // What truly happened since the last fix.
         while let Some(h) = ctx.plan.happenings.get(self.next_happening)
             && h.t <= t
@@ -380,39 +437,16 @@ impl Device {
                     move_id: move_id.clone(),
                     ts: ts_text(ms),
                 },
-                Happening::Event {
-                    event_type,
-                    move_id,
-                    journey_id,
-                    details,
-                } => {
+                Happening::Event { .. } => {
                     if silent || ctx.http {
                         continue;
                     }
-                    let mut ev = serde_json::json!({
-                        "event_type": event_type,
-                        "occurred_at": ts_text(ms + self.skew_ms),
-                        "details": details,
-                    });
-                    if let Some(m) = move_id {
-                        ev["move_id"] = m.clone().into();
-                    }
-                    if let Some(j) = journey_id {
-                        ev["journey_id"] = j.clone().into();
-                    }
-                    out.push(self.out(
-                        self.topic("events"),
-                        Body::Elements {
-                            items: vec![ev.to_string()],
-                            array: false,
-                        },
-                        Kind::Event,
-                    ));
-                    TruthLine::Event {
-                        vehicle: vehicle.clone(),
-                        event_type,
-                        move_id: move_id.clone(),
-                        ts: ts_text(ms),
+                    match self.event(&h.what, ms) {
+                        Some((o, line)) => {
+                            out.push(o);
+                            line
+                        }
+                        None => continue,
                     }
                 }
             };
@@ -677,6 +711,35 @@ impl Device {
             ));
         }
     }
+}
+
+/// The `JourneyStart` and `MoveStart` events among `before` (what happened
+/// before a run's first fix) of moves not completed by then: the van carries
+/// them when the run starts, so the engine must hear that they started.
+pub fn started_before(before: &[crate::plan::Timed]) -> Vec<usize> {
+    let completed: std::collections::HashSet<&str> = before
+        .iter()
+        .filter_map(|h| match &h.what {
+            Happening::Event {
+                event_type: "MoveComplete",
+                move_id: Some(m),
+                ..
+            } => Some(m.as_str()),
+            _ => None,
+        })
+        .collect();
+    before
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            matches!(&h.what, Happening::Event {
+                event_type: "JourneyStart" | "MoveStart",
+                move_id: Some(m),
+                ..
+            } if !completed.contains(m.as_str()))
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Two independent standard normal samples (Box–Muller).

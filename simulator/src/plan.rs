@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::route::{Route, distance_m};
-use crate::{SimError, registration, supplier_for};
+use crate::{Registrations, SimError, supplier_for};
 
 /// A van's body type, as suppliers' fleets list them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -240,6 +240,24 @@ pub struct VanPlan {
 }
 
 impl VanPlan {
+    /// Moves the whole day `dt` seconds later (earlier when negative).
+    fn shift(&mut self, dt: f64) {
+        for s in &mut self.segments {
+            match s {
+                Segment::Dwell { start, .. } => *start += dt,
+                Segment::Drive { start, knots, .. } => {
+                    *start += dt;
+                    for k in knots {
+                        k.t += dt;
+                    }
+                }
+            }
+        }
+        for h in &mut self.happenings {
+            h.t += dt;
+        }
+    }
+
     /// Where the van truly is at virtual time `t`.
     pub fn at(&self, t: f64) -> TrueFix {
         let i = self
@@ -313,7 +331,8 @@ pub struct MovePlan {
     pub to_location: String,
     /// The day, `YYYY-MM-DD`.
     pub date: String,
-    /// Always `booked` when registered.
+    /// `booked`; `in_transit` when registered by a run whose first fix
+    /// comes after the move's pick-up.
     pub status: &'static str,
     /// Its journeys (one per van leg).
     pub journeys: Vec<JourneyPlan>,
@@ -341,7 +360,40 @@ pub struct PlanConfig {
     pub date: NaiveDate,
     /// Share of vans carrying a move that break down once (0..1).
     pub breakdown_rate: f64,
+    /// The vans' registrations (van `n` is `registrations.get(n)`).
+    pub registrations: Registrations,
+    /// Several moves to one site, on the road when the run starts (the demo).
+    pub focus: Option<Focus>,
 }
+
+/// A site several of the day's moves go to, and the moment the run starts:
+/// the first vans of the fleet each bring a prisoner there from a prison
+/// 25–150 km away, timed to arrive [`Focus::ARRIVALS_MIN`] minutes after the
+/// run's first fix. At that first fix some are about to arrive, some are on
+/// the road and some have not left yet: a board that is busy from the start.
+#[derive(Debug, Clone)]
+pub struct Focus {
+    /// The site's id (e.g. `LEI`).
+    pub site: String,
+    /// Virtual time of day (seconds) of the run's first fix.
+    pub at: f64,
+}
+
+impl Focus {
+    /// When the focus moves arrive, in minutes after the run's first fix (one van each).
+    pub const ARRIVALS_MIN: [f64; 8] = [3.0, 9.0, 16.0, 26.0, 40.0, 60.0, 90.0, 150.0];
+
+    /// How many of `vehicles` vans bring a move to the focus site.
+    pub fn vans(vehicles: usize) -> usize {
+        (vehicles / 5)
+            .clamp(1, Self::ARRIVALS_MIN.len())
+            .min(vehicles)
+    }
+}
+
+/// Vans leave their depot no earlier than this (06:30, the default first fix),
+/// so a run that starts at the default time finds every van at its depot.
+pub const FIRST_LEAVE_S: f64 = 6.5 * 3600.0;
 
 /// A site index list by kind, for picking nearby sites.
 struct Catalogue<'a> {
@@ -745,12 +797,23 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
             }
         })
         .collect();
+    let focus = match &config.focus {
+        Some(f) => {
+            let i = sites
+                .iter()
+                .position(|s| s.id.as_str() == f.site)
+                .ok_or_else(|| SimError::UnknownSite(f.site.clone()))?;
+            Some((i, f.at))
+        }
+        None => None,
+    };
+    let focus_vans = focus.map_or(0, |_| Focus::vans(config.vehicles));
     let mut vans = Vec::with_capacity(config.vehicles);
     let mut moves = Vec::new();
     for n in 0..config.vehicles {
         let depot = rng.random_range(0..depots.len());
         let van_type = VanType::pick(&mut rng);
-        let vehicle = registration(n);
+        let vehicle = config.registrations.get(n);
         let van_seed: u64 = rng.random();
         let breakdown = rng.random_bool(config.breakdown_rate.clamp(0.0, 1.0));
         let day = match rng.random_range(0..100) {
@@ -759,6 +822,37 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
             45..65 => DayShape::Transfer,
             65..90 => DayShape::PoliceCourt,
             _ => DayShape::Spare,
+        };
+        // A focus van brings a prisoner to the focus site from a prison
+        // 25–150 km away, from the depot nearest that prison.
+        let focus_trip = match focus {
+            Some((f, at)) if n < focus_vans => {
+                let from = cat
+                    .near(
+                        &cat.prisons,
+                        cat.pos(f),
+                        12,
+                        (25_000.0, 150_000.0),
+                        &[f],
+                        &mut rng,
+                    )
+                    .unwrap_or(cat.prisons[0]);
+                Some((from, f, at + Focus::ARRIVALS_MIN[n] * 60.0))
+            }
+            _ => None,
+        };
+        let (depot, day) = match focus_trip {
+            Some((from, _, _)) => {
+                let nearest = (0..depots.len())
+                    .min_by(|&a, &b| {
+                        let d =
+                            |i: usize| distance_m(cat.pos(from), (depots[i].lat, depots[i].lon));
+                        d(a).total_cmp(&d(b))
+                    })
+                    .unwrap_or(depot);
+                (nearest, DayShape::Transfer)
+            }
+            None => (depot, day),
         };
         let home = (depots[depot].lat, depots[depot].lon);
         let mut b = Builder {
@@ -794,7 +888,7 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
             });
             (id, journey)
         };
-        let leave = hms(6.0, 15.0) + b.rng.random_range(0.0..75.0) * 60.0;
+        let leave = FIRST_LEAVE_S + b.rng.random_range(0.0..60.0) * 60.0;
         let deliver = |b: &mut Builder<'_>,
                        from: usize,
                        to: usize,
@@ -872,19 +966,25 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
                 b.drive(Err(home), None, None);
             }
             DayShape::Transfer => {
-                let p1 = cat
-                    .near(&cat.prisons, home, 3, (0.0, 60_000.0), &[], &mut b.rng)
-                    .unwrap_or(cat.prisons[0]);
-                let p2 = cat
-                    .near(
-                        &cat.prisons,
-                        cat.pos(p1),
-                        8,
-                        (30_000.0, 150_000.0),
-                        &[p1],
-                        &mut b.rng,
-                    )
-                    .unwrap_or(cat.prisons[1]);
+                let (p1, p2) = match focus_trip {
+                    Some((from, to, _)) => (from, to),
+                    None => {
+                        let p1 = cat
+                            .near(&cat.prisons, home, 3, (0.0, 60_000.0), &[], &mut b.rng)
+                            .unwrap_or(cat.prisons[0]);
+                        let p2 = cat
+                            .near(
+                                &cat.prisons,
+                                cat.pos(p1),
+                                8,
+                                (30_000.0, 150_000.0),
+                                &[p1],
+                                &mut b.rng,
+                            )
+                            .unwrap_or(cat.prisons[1]);
+                        (p1, p2)
+                    }
+                };
                 let m = new_move(&mut b, p1, p2);
                 b.drive(Ok(p1), None, Some(&m.0));
                 deliver(&mut b, p1, p2, &m, (20.0, 45.0));
@@ -926,7 +1026,7 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
         b.dwell_until(f64::INFINITY, StopKind::Depot);
         let mut happenings = b.happenings;
         happenings.sort_by(|a, b| a.t.total_cmp(&b.t));
-        vans.push(VanPlan {
+        let mut van = VanPlan {
             vehicle,
             supplier: depots[depot].supplier,
             depot,
@@ -934,7 +1034,21 @@ pub fn plan_day(sites: &[Site], config: &PlanConfig) -> Result<DayPlan, SimError
             day,
             segments: b.segments,
             happenings,
-        });
+        };
+        // A focus van's day is moved so that it arrives when planned.
+        if let Some((_, to, arrive)) = focus_trip {
+            let site = sites[to].id.as_str();
+            if let Some(t) = van.happenings.iter().find_map(|h| match &h.what {
+                Happening::Arrival {
+                    site: s,
+                    move_id: Some(_),
+                } if s == site => Some(h.t),
+                _ => None,
+            }) {
+                van.shift(arrive - t);
+            }
+        }
+        vans.push(van);
     }
     Ok(DayPlan {
         depots,

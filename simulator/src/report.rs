@@ -117,7 +117,17 @@ impl WsSubscriber {
                 last_match: None,
             };
             let mut second: Vec<Histogram<u64>> = Vec::new();
+            // Once asked to stop: read what is in flight until the socket has
+            // been quiet for 200 ms, but never longer than 2 s (an engine
+            // with other traffic, such as the demo's own fleet, is never quiet).
+            let mut stop_at: Option<Instant> = None;
             loop {
+                if stop_at.is_none() && stopping.load(Ordering::Relaxed) {
+                    stop_at = Some(Instant::now());
+                }
+                if stop_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                    break;
+                }
                 let next = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
                 let msg = match next {
                     Err(_) => {
@@ -212,6 +222,8 @@ struct Frame<'a> {
 /// The load report.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
+    /// How points were sent: `mqtt` or `http` (`POST /tracks`).
+    pub transport: String,
     /// Vans.
     pub vehicles: usize,
     /// Valid points sent (each should be stored once).
@@ -285,12 +297,35 @@ impl LoadReport {
     pub fn table(&self) -> String {
         let mut t = String::new();
         let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<28} {v}\n"));
+        let http = self.transport == "http";
+        row(
+            "transport",
+            if http {
+                "HTTP (POST /tracks)".to_owned()
+            } else {
+                "MQTT (QoS 1)".to_owned()
+            },
+        );
         row("vans", self.vehicles.to_string());
         row("points sent", self.points_sent.to_string());
-        row("messages", self.messages.to_string());
-        row("acknowledged", self.acknowledged.to_string());
         row(
-            "sent (to broker acks)",
+            if http { "elements posted" } else { "messages" },
+            self.messages.to_string(),
+        );
+        row(
+            if http {
+                "accepted (202 replies)"
+            } else {
+                "acknowledged (PUBACKs)"
+            },
+            self.acknowledged.to_string(),
+        );
+        row(
+            if http {
+                "sent (to 202 replies)"
+            } else {
+                "sent (to broker acks)"
+            },
             format!(
                 "{:.0} points/s over {:.1} s",
                 self.throughput_pps, self.send_seconds
@@ -404,6 +439,165 @@ impl LoadReport {
     }
 }
 
+/// What the engine rejected during a run, against what the run provoked on
+/// purpose (malformed payloads, re-sent points).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct Rejections {
+    /// Where `observed` comes from: `replies` (the `rejected` entries of this
+    /// run's `POST /tracks` 202 replies) or `metrics` (the engine's
+    /// `movewatch_ingest_rejected_total{reason}` before and after the run:
+    /// every client's, not only this run's).
+    pub source: String,
+    /// Rejections by reason.
+    pub observed: BTreeMap<String, u64>,
+    /// Rejections provoked on purpose, by reason (`--malformed-rate`, duplicates).
+    pub expected: BTreeMap<String, u64>,
+    /// Observed beyond expected, by reason: the engine refused points the run
+    /// meant to be stored.
+    pub unexpected: BTreeMap<String, u64>,
+}
+
+impl Rejections {
+    /// Compares `observed` with `expected`.
+    pub fn new(
+        source: &str,
+        observed: BTreeMap<String, u64>,
+        expected: &BTreeMap<String, u64>,
+    ) -> Rejections {
+        let unexpected = observed
+            .iter()
+            .filter_map(|(reason, &n)| {
+                let extra = n.saturating_sub(expected.get(reason).copied().unwrap_or(0));
+                (extra > 0).then(|| (reason.clone(), extra))
+            })
+            .collect();
+        Rejections {
+            source: source.to_owned(),
+            observed,
+            expected: expected.clone(),
+            unexpected,
+        }
+    }
+
+    /// Unexpected rejections in all.
+    pub fn unexpected_total(&self) -> u64 {
+        self.unexpected.values().sum()
+    }
+
+    /// One line per unexpected reason, with what it most likely means.
+    pub fn warnings(&self) -> Vec<String> {
+        self.unexpected
+            .iter()
+            .map(|(reason, n)| {
+                format!(
+                    "the engine rejected {n} unexpected {reason}: {}",
+                    hint(reason)
+                )
+            })
+            .collect()
+    }
+
+    /// Lines for the end-of-run summary.
+    pub fn table(&self) -> String {
+        let list = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_owned()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let source = if self.source == "metrics" {
+            "the engine's /metrics, all clients"
+        } else {
+            "this run's 202 replies"
+        };
+        let mut t = format!(
+            "  rejected ({source}): {}\n  provoked on purpose:          {}\n  unexpected:                   {}\n",
+            list(&self.observed),
+            list(&self.expected),
+            list(&self.unexpected)
+        );
+        for w in self.warnings() {
+            t.push_str(&format!("  warning: {w}\n"));
+        }
+        t
+    }
+}
+
+/// What an unexpected rejection reason most likely means for a simulator run.
+pub fn hint(reason: &str) -> &'static str {
+    match reason {
+        "vehicle_owned_by_other_supplier" => {
+            "a vehicle belongs to the supplier that first reported it, and these \
+             registrations were already reported by another supplier (another fleet or an \
+             earlier run): those vans freeze on the pages. Use other registrations \
+             (--registration-prefix, or another --seed)"
+        }
+        "unknown_vehicle" => {
+            "the engine's fleet register has no entry for these vans: register them \
+             ([[vehicles]], [fleet] files or PUT /api/vehicles/{vehicle}) or run the engine \
+             with [fleet] claim_on_first_report = true"
+        }
+        "unknown_supplier" => "the engine has no [[suppliers]] entry for this supplier",
+        "future_timestamp" => "fix times ahead of the engine's clock: check --start and the clocks",
+        "duplicate" => {
+            "points re-sent with the same tracking ids (a second run with the same seed and --start?)"
+        }
+        _ => "points the run meant to be stored were refused",
+    }
+}
+
+/// `movewatch_ingest_rejected_total{reason}` from a Prometheus text page.
+pub fn rejected_from_metrics(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("movewatch_ingest_rejected_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let Some(reason) = labels
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("reason=\""))
+            .and_then(|r| r.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(reason.to_owned()).or_default() += v.max(0.0) as u64;
+        }
+    }
+    out
+}
+
+/// An unlabelled counter's value from a Prometheus text page (0 if absent).
+pub fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse::<f64>().ok()
+        })
+        .map_or(0, |v| v.max(0.0) as u64)
+}
+
+/// `after − before`, by reason.
+pub fn delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, &v)| {
+            let d = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
 /// Reads every stored position in `[from, to]` and counts the given tracking
 /// ids that are missing, and ids stored more than once.
 pub async fn check_store(
@@ -433,4 +627,45 @@ pub async fn check_store(
     }
     let lost = expected.iter().filter(|id| !seen.contains(*id)).count() as u64;
     Ok((lost, dup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_read_from_metrics_and_told_apart_from_provoked_ones() {
+        let page = "# TYPE movewatch_ingest_rejected_total counter\n\
+            movewatch_ingest_rejected_total{reason=\"out_of_range\"} 3\n\
+            movewatch_ingest_rejected_total{reason=\"vehicle_owned_by_other_supplier\"} 40\n\
+            movewatch_ingest_points_total 1000\n";
+        assert_eq!(counter(page, "movewatch_ingest_points_total"), 1000);
+        let before = BTreeMap::from([("vehicle_owned_by_other_supplier".to_owned(), 10)]);
+        let observed = delta(&before, &rejected_from_metrics(page));
+        assert_eq!(
+            observed,
+            BTreeMap::from([
+                ("out_of_range".to_owned(), 3),
+                ("vehicle_owned_by_other_supplier".to_owned(), 30)
+            ])
+        );
+        let expected = BTreeMap::from([("out_of_range".to_owned(), 3)]);
+        let r = Rejections::new("metrics", observed, &expected);
+        assert_eq!(
+            r.unexpected,
+            BTreeMap::from([("vehicle_owned_by_other_supplier".to_owned(), 30)])
+        );
+        assert_eq!(r.unexpected_total(), 30);
+        let w = r.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("30 unexpected vehicle_owned_by_other_supplier"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("--registration-prefix"), "{w:?}");
+        assert!(
+            r.table()
+                .contains("provoked on purpose:          out_of_range=3")
+        );
+    }
 }

@@ -13,10 +13,11 @@ use model::{Site, SupplierId};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
+use crate::Registrations;
 use crate::SimError;
 use crate::emit::{Body, Clock, Device, DeviceContext, FaultConfig, Kind, Outgoing, TruthLine};
 use crate::http::Client;
-use crate::plan::{DayPlan, PlanConfig, plan_day};
+use crate::plan::{DayPlan, Focus, PlanConfig, plan_day};
 use crate::report::{LoadReport, SendLog, WsSubscriber, check_store};
 
 /// How fast simulated time runs.
@@ -92,7 +93,16 @@ pub struct RunConfig {
     pub database_url: Option<String>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Every registration starts with this (0–4 of A-Z0-9); the rest comes
+    /// from the seed and start time. `None`: the whole plate does.
+    pub registration_prefix: Option<String>,
+    /// A site several moves go to, on the road at the first fix (the demo's `LEI`).
+    pub focus_site: Option<String>,
 }
+
+/// How long the simulator waits for a broker or an engine to answer (at the
+/// start, or after losing it) before it stops with an error.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -113,6 +123,15 @@ pub struct RunSummary {
     pub id_prefix: String,
     /// HTTP transport: rejections the engine reported, by reason.
     pub http_rejected: BTreeMap<String, u64>,
+    /// What the engine rejected, against what the run provoked on purpose
+    /// (`None` when it could not be checked: see `rejections_unchecked`).
+    pub rejections: Option<crate::report::Rejections>,
+    /// Why rejections were not checked.
+    pub rejections_unchecked: Option<String>,
+    /// The transport: `mqtt` or `http`.
+    pub transport: &'static str,
+    /// The first and last registration of the fleet.
+    pub registrations: (String, String),
     /// The load report, when measured.
     pub report: Option<LoadReport>,
 }
@@ -123,6 +142,17 @@ pub fn plan_for(
     sites: &[Site],
     start: DateTime<Utc>,
 ) -> Result<DayPlan, SimError> {
+    let registrations =
+        Registrations::for_run(config.registration_prefix.as_deref(), config.seed, start)
+            .map_err(|e| SimError::Config(e.to_string()))?;
+    if config.vehicles as u64 > registrations.space() {
+        return Err(SimError::Config(format!(
+            "registration prefix {:?} leaves {} plates, fewer than {} vans",
+            registrations.prefix(),
+            registrations.space(),
+            config.vehicles
+        )));
+    }
     plan_day(
         sites,
         &PlanConfig {
@@ -130,6 +160,11 @@ pub fn plan_for(
             seed: config.seed,
             date: start.date_naive(),
             breakdown_rate: config.faults.breakdown_rate,
+            registrations,
+            focus: config.focus_site.clone().map(|site| Focus {
+                site,
+                at: config.day_start_s,
+            }),
         },
     )
 }
@@ -138,11 +173,14 @@ struct Sink {
     mqtt: HashMap<SupplierId, Vec<AsyncClient>>,
     http: Option<mpsc::Sender<(SupplierId, Vec<u8>, u64)>>,
     http_batch: HashMap<SupplierId, (Vec<String>, u64)>,
+    /// When the oldest element waiting in `http_batch` was queued.
+    http_since: Option<Instant>,
     published: u64,
     log: Option<Arc<SendLog>>,
     expected_ids: Option<HashSet<String>>,
     expected_live: u64,
     summary: RunSummary,
+    fatal: Fatal,
 }
 
 impl Sink {
@@ -185,15 +223,14 @@ impl Sink {
                 return Ok(());
             };
             let n = items.len() as u64;
+            self.http_since.get_or_insert_with(Instant::now);
             let entry = self.http_batch.entry(out.supplier).or_default();
             entry.0.extend(items);
             entry.1 += n;
             if entry.0.len() >= 500 {
                 let (items, _) = std::mem::take(entry);
                 let body = crate::emit::json_array(items.iter().map(String::as_str));
-                tx.send((out.supplier, body, 0))
-                    .await
-                    .map_err(|_| SimError::Report("HTTP workers stopped".into()))?;
+                self.post(tx.clone(), out.supplier, body).await?;
             }
             return Ok(());
         }
@@ -202,29 +239,110 @@ impl Sink {
             .get(&out.supplier)
             .ok_or_else(|| SimError::Report(format!("no connection for {}", out.supplier)))?;
         let client = &pool[out.van as usize % pool.len()];
-        client
-            .publish(out.topic, QoS::AtLeastOnce, false, out.body.mqtt_payload())
-            .await?;
+        // A connection that gave up never drains its queue: stop instead of waiting.
+        tokio::select! {
+            r = client.publish(out.topic, QoS::AtLeastOnce, false, out.body.mqtt_payload()) => r?,
+            why = self.fatal.wait() => return Err(SimError::Broker(why)),
+        }
         self.published += 1;
         Ok(())
     }
 
     async fn flush_http(&mut self) -> Result<(), SimError> {
         if let Some(tx) = &self.http {
-            for (supplier, (items, _)) in self.http_batch.drain() {
+            self.http_since = None;
+            let batches: Vec<_> = self.http_batch.drain().collect();
+            for (supplier, (items, _)) in batches {
                 if items.is_empty() {
                     continue;
                 }
                 let body = crate::emit::json_array(items.iter().map(String::as_str));
-                tx.send((supplier, body, 0))
-                    .await
-                    .map_err(|_| SimError::Report("HTTP workers stopped".into()))?;
+                self.post(tx.clone(), supplier, body).await?;
             }
         }
         Ok(())
     }
+
+    /// Queues a `POST /tracks` body for the workers, unless the run must stop.
+    async fn post(
+        &self,
+        tx: mpsc::Sender<(SupplierId, Vec<u8>, u64)>,
+        supplier: SupplierId,
+        body: Vec<u8>,
+    ) -> Result<(), SimError> {
+        tokio::select! {
+            r = tx.send((supplier, body, 0)) => r.map_err(|_| SimError::Report("HTTP workers stopped".into())),
+            why = self.fatal.wait() => Err(SimError::Engine(why)),
+        }
+    }
 }
 
+/// The first reason the run must stop (a refused or silent broker or engine),
+/// shared by the connections and workers that notice it.
+#[derive(Clone)]
+pub(crate) struct Fatal(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Fatal {
+    fn new() -> Fatal {
+        Fatal(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+
+    /// Records `why` unless a reason is already recorded.
+    fn set(&self, why: String) {
+        self.0.send_if_modified(|slot| {
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(why);
+            true
+        });
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves once a reason is recorded.
+    async fn wait(&self) -> String {
+        let mut rx = self.0.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                // Cannot happen while `self` holds the sender; wait forever then.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Whether an MQTT error means the broker closed the connection after the TCP
+/// connect, before any CONNACK (how rumqttd and the topic guard refuse a client).
+fn closed_by_broker(e: &rumqttc::ConnectionError) -> bool {
+    use rumqttc::{ConnectionError, StateError};
+    let io_closed = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+        )
+    };
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) => true,
+        ConnectionError::MqttState(StateError::Io(e)) => io_closed(e),
+        ConnectionError::Io(e) => io_closed(e),
+        _ => false,
+    }
+}
+
+/// One QoS 1 connection per (supplier, slot). Each connection's event loop
+/// counts PUBACKs, and stops the run (through `fatal`) when the broker
+/// refuses the credentials, never answers within [`ANSWER_WITHIN`], or is
+/// lost for longer than that: no endless reconnecting.
+#[allow(clippy::too_many_arguments)]
 fn mqtt_pool(
     host: &str,
     port: u16,
@@ -233,43 +351,110 @@ fn mqtt_pool(
     connections: usize,
     seed: u64,
     acked: Arc<AtomicU64>,
+    connected: Arc<AtomicU64>,
+    fatal: &Fatal,
 ) -> HashMap<SupplierId, Vec<AsyncClient>> {
     let run = crate::random_suffix();
     let mut pools = HashMap::new();
     for supplier in suppliers {
         let mut pool = Vec::new();
         for c in 0..connections.max(1) {
-            let mut options = MqttOptions::new(
-                format!("movewatch-sim-{seed}-{run}-{supplier}-{c}"),
-                host,
-                port,
-            );
+            // Client ids start with `{supplier}-`, as the contract asks of devices.
+            let mut options =
+                MqttOptions::new(format!("{supplier}-sim-{seed}-{run}-{c}"), host, port);
             options
                 .set_keep_alive(Duration::from_secs(30))
                 .set_max_packet_size(1024 * 1024, 1024 * 1024)
                 .set_inflight(500);
-            if let Some(pw) = passwords.get(supplier.as_str()) {
+            let password = passwords.get(supplier.as_str());
+            if let Some(pw) = password {
                 options.set_credentials(supplier.as_str(), pw.clone());
             }
+            let credentials = match password {
+                Some(_) => format!("username \"{supplier}\" with the --password given for it"),
+                None => format!("no username or password (no --password {supplier}=… given)"),
+            };
             // Bounded: a full request queue makes `publish` wait (back-pressure
             // on the simulator, nothing dropped).
             let (client, mut eventloop) = AsyncClient::new(options, 1000);
-            let acked = acked.clone();
+            let (acked, connected, fatal) = (acked.clone(), connected.clone(), fatal.clone());
+            let broker = format!("{host}:{port}");
+            let supplier = *supplier;
             tokio::spawn(async move {
+                let mut ever = false;
+                let mut down_since = Some(tokio::time::Instant::now());
+                let mut closed = 0;
+                let mut warned = false;
                 loop {
-                    match eventloop.poll().await {
+                    let e = match eventloop.poll().await {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                             acked.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
-                        Ok(_) => {}
-                        Err(e) => {
-                            if matches!(e, rumqttc::ConnectionError::RequestsDone) {
-                                return;
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                            if !ever {
+                                connected.fetch_add(1, Ordering::Relaxed);
                             }
-                            tracing::warn!(error = %e, "simulator MQTT connection lost; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            if warned {
+                                tracing::info!(%broker, "simulator reconnected to the broker");
+                            }
+                            (ever, down_since, closed, warned) = (true, None, 0, false);
+                            continue;
                         }
+                        Ok(_) => continue,
+                        Err(rumqttc::ConnectionError::RequestsDone) => return,
+                        Err(e) => e,
+                    };
+                    if fatal.get().is_some() {
+                        return;
                     }
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !ever && closed_by_broker(&e) {
+                        closed += 1;
+                    }
+                    let stop = if let rumqttc::ConnectionError::ConnectionRefused(code) = &e {
+                        Some(format!(
+                            "the MQTT broker at {broker} refused supplier {supplier}'s connection \
+                             (CONNACK {code:?}: bad username or password, or not authorised); \
+                             it was sent {credentials}. The embedded broker wants username = \
+                             supplier id and its [[suppliers]] mqtt_password (`movewatch demo` \
+                             prints them)"
+                        ))
+                    } else if closed >= 2 {
+                        Some(format!(
+                            "the MQTT broker at {broker} closed supplier {supplier}'s connection \
+                             before accepting it (no CONNACK), twice: it refuses the credentials \
+                             or the client id. It was sent {credentials}. The embedded broker \
+                             wants username = supplier id and its [[suppliers]] mqtt_password \
+                             (`movewatch demo` prints them)"
+                        ))
+                    } else if since.elapsed() >= ANSWER_WITHIN {
+                        Some(if ever {
+                            format!(
+                                "lost the MQTT broker at {broker} and could not reconnect within \
+                                 {} s ({e}); stopping",
+                                ANSWER_WITHIN.as_secs()
+                            )
+                        } else {
+                            format!(
+                                "no MQTT broker answered at {broker} within {} s ({e}): is the \
+                                 engine (`movewatch serve` or `movewatch demo`) or the broker \
+                                 running, and is --mqtt-url right?",
+                                ANSWER_WITHIN.as_secs()
+                            )
+                        })
+                    } else {
+                        None
+                    };
+                    if let Some(why) = stop {
+                        fatal.set(why);
+                        return;
+                    }
+                    if ever && !warned {
+                        tracing::warn!(%broker, error = %e, "simulator lost the broker; reconnecting for up to {} s", ANSWER_WITHIN.as_secs());
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             });
             pool.push(client);
@@ -279,9 +464,140 @@ fn mqtt_pool(
     pools
 }
 
+/// Waits until `n` connections have their CONNACK, or a connection gives up.
+async fn wait_connected(connected: &AtomicU64, n: u64, fatal: &Fatal) -> Result<(), SimError> {
+    // Each connection gives up by itself within ANSWER_WITHIN plus one
+    // connect timeout; this bound is only a backstop.
+    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN + Duration::from_secs(10);
+    loop {
+        if let Some(why) = fatal.get() {
+            return Err(SimError::Broker(why));
+        }
+        if connected.load(Ordering::Relaxed) >= n {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(SimError::Broker(format!(
+                "the MQTT broker accepted {} of {n} connections within {} s",
+                connected.load(Ordering::Relaxed),
+                ANSWER_WITHIN.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to [`ANSWER_WITHIN`]) for the engine's `GET /healthz`.
+async fn engine_answers(api: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let mut client = Client::new(api);
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request("GET", "/healthz", &[], b""),
+        )
+        .await
+        {
+            Ok(Ok(r)) if r.status == 200 => return Ok(()),
+            Ok(Ok(r)) => last = format!("GET /healthz answered {}", r.status),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "GET /healthz timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "no engine answered at http://{api} within {} s ({last}): is the engine \
+         (`movewatch serve` or `movewatch demo`) running, and is --http-url right?",
+        ANSWER_WITHIN.as_secs()
+    ))
+}
+
+/// The engine's `movewatch_ingest_rejected_total{reason}` now.
+async fn rejected_now(api: &str) -> Result<BTreeMap<String, u64>, String> {
+    metrics_now(api)
+        .await
+        .map(|text| crate::report::rejected_from_metrics(&text))
+}
+
+/// The engine's rejections once it has taken in everything sent: the
+/// broker acknowledges a message when it has it, not when the engine has
+/// read it. Settled when the rejections have not moved for three polls half
+/// a second apart and either every provoked reason is counted in full or the
+/// engine's intake is idle (an engine with other traffic, such as the demo's
+/// fleet, is never idle); at most 20 s.
+async fn rejected_when_settled(
+    api: &str,
+    before: &BTreeMap<String, u64>,
+    expected: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut last, mut still) = (None, 0);
+    loop {
+        let text = metrics_now(api).await?;
+        let now = (
+            crate::report::counter(&text, "movewatch_ingest_points_total"),
+            crate::report::rejected_from_metrics(&text),
+        );
+        let (same_rejections, idle) = match &last {
+            Some((points, rejected)) => (*rejected == now.1, *points == now.0),
+            None => (false, false),
+        };
+        still = if same_rejections { still + 1 } else { 0 };
+        let observed = crate::report::delta(before, &now.1);
+        let complete = expected
+            .iter()
+            .all(|(reason, n)| observed.get(reason).copied().unwrap_or(0) >= *n);
+        if (still >= 3 && (complete || idle)) || tokio::time::Instant::now() > deadline {
+            return Ok(now.1);
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The engine's `/metrics` page.
+async fn metrics_now(api: &str) -> Result<String, String> {
+    let mut client = Client::new(api);
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request("GET", "/metrics", &[], b""),
+    )
+    .await
+    {
+        Ok(Ok(r)) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(Ok(r)) => Err(format!("GET /metrics answered {}", r.status)),
+        Ok(Err(e)) => Err(format!("GET /metrics: {e}")),
+        Err(_) => Err("GET /metrics timed out".into()),
+    }
+}
+
 /// Registers every move with `PUT /api/moves/{id}`; stops (warning once) if
 /// the engine does not have the route (404/405) or refuses the token.
-async fn register_moves(api: &str, token: &str, plan: &DayPlan) -> Result<usize, String> {
+/// Moves already picked up (not completed) when the run's first fix is taken
+/// at virtual time `t0`: registered `in_transit`, since they departed.
+fn started_at(plan: &DayPlan, t0: f64) -> HashSet<String> {
+    let mut started = HashSet::new();
+    for v in &plan.vans {
+        let before = &v.happenings[..v.happenings.partition_point(|h| h.t < t0)];
+        for i in crate::emit::started_before(before) {
+            if let crate::plan::Happening::Event {
+                move_id: Some(m), ..
+            } = &before[i].what
+            {
+                started.insert(m.clone());
+            }
+        }
+    }
+    started
+}
+
+async fn register_moves(
+    api: &str,
+    token: &str,
+    plan: &DayPlan,
+    started: &HashSet<String>,
+) -> Result<usize, String> {
     let skip = Arc::new(AtomicBool::new(false));
     let why = Arc::new(std::sync::Mutex::new(None::<String>));
     let done = Arc::new(AtomicU64::new(0));
@@ -340,7 +656,13 @@ async fn register_moves(api: &str, token: &str, plan: &DayPlan) -> Result<usize,
         if skip.load(Ordering::Relaxed) {
             break;
         }
-        let body = serde_json::to_vec(m).unwrap_or_default();
+        let body = if started.contains(&m.id) {
+            let mut m = m.clone();
+            m.status = "in_transit";
+            serde_json::to_vec(&m).unwrap_or_default()
+        } else {
+            serde_json::to_vec(m).unwrap_or_default()
+        };
         if tx.send((m.id.clone(), body)).await.is_err() {
             break;
         }
@@ -521,13 +843,81 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
         }
     }
 
-    let moves_registered = match (&config.api, &config.token, config.register_moves) {
-        (Some(api), Some(token), true) => register_moves(api, token, &plan).await,
+    let fatal = Fatal::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let suppliers: Vec<SupplierId> = by_supplier.keys().copied().collect();
+    let http_rejected = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let mut http_workers = Vec::new();
+    let mut sink = Sink {
+        mqtt: HashMap::new(),
+        http: None,
+        http_batch: HashMap::new(),
+        http_since: None,
+        published: 0,
+        log: None,
+        expected_ids: config.database_url.as_ref().map(|_| HashSet::new()),
+        expected_live: 0,
+        summary: RunSummary::default(),
+        fatal: fatal.clone(),
+    };
+    // Connect first, and stop with a reason when nobody answers or the
+    // credentials are refused.
+    let connected = Arc::new(AtomicU64::new(0));
+    let mut connections_wanted = 0;
+    if let Transport::Mqtt {
+        host,
+        port,
+        passwords,
+        connections,
+    } = &config.transport
+    {
+        sink.mqtt = mqtt_pool(
+            host,
+            *port,
+            passwords,
+            &suppliers,
+            *connections,
+            config.seed,
+            acked.clone(),
+            connected.clone(),
+            &fatal,
+        );
+        connections_wanted = (suppliers.len() * (*connections).max(1)) as u64;
+    }
+    let wants_engine = http || config.token.is_some();
+    let (broker, engine) = tokio::join!(
+        wait_connected(&connected, connections_wanted, &fatal),
+        async {
+            match &config.api {
+                Some(api) if wants_engine => engine_answers(api).await,
+                Some(_) => Ok(()),
+                None => Err("no engine HTTP address given".to_owned()),
+            }
+        }
+    );
+    broker?;
+    if http && let Err(why) = &engine {
+        return Err(SimError::Engine(why.clone()));
+    }
+    if let (Err(why), true) = (&engine, wants_engine) {
+        tracing::warn!("{why}; moves not registered, rejections not checked");
+    }
+    let api = config.api.clone().filter(|_| engine.is_ok());
+
+    let moves_registered = match (&api, &config.token, config.register_moves) {
+        (Some(api), Some(token), true) => {
+            register_moves(api, token, &plan, &started_at(&plan, config.day_start_s)).await
+        }
+        (None, Some(_), true) => Err(format!(
+            "moves not registered: {}",
+            engine.as_ref().err().cloned().unwrap_or_default()
+        )),
         (_, _, true) => Err("no --http-url or --token: moves not registered".into()),
         _ => Err("move registration off".into()),
     };
 
     let log = config.measure.then(|| Arc::new(SendLog::default()));
+    sink.log = log.clone();
     let vans_by_reg: Arc<HashMap<String, u32>> = Arc::new(
         plan.vans
             .iter()
@@ -535,7 +925,7 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
             .map(|(i, v)| (v.vehicle.to_string(), i as u32))
             .collect(),
     );
-    let ws = match (&log, &config.api, &config.token) {
+    let ws = match (&log, &api, &config.token) {
         (Some(log), Some(api), Some(token)) => {
             Some(WsSubscriber::start(api, token, vans_by_reg.clone(), log.clone()).await?)
         }
@@ -547,74 +937,110 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
         _ => None,
     };
 
-    let acked = Arc::new(AtomicU64::new(0));
-    let suppliers: Vec<SupplierId> = by_supplier.keys().copied().collect();
-    let http_rejected = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
-    let mut http_workers = Vec::new();
-    let mut sink = Sink {
-        mqtt: HashMap::new(),
-        http: None,
-        http_batch: HashMap::new(),
-        published: 0,
-        log: log.clone(),
-        expected_ids: config.database_url.as_ref().map(|_| HashSet::new()),
-        expected_live: 0,
-        summary: RunSummary::default(),
-    };
-    match &config.transport {
-        Transport::Mqtt {
-            host,
-            port,
-            passwords,
-            connections,
-        } => {
-            sink.mqtt = mqtt_pool(
-                host,
-                *port,
-                passwords,
-                &suppliers,
-                *connections,
-                config.seed,
-                acked.clone(),
-            );
+    // Rejections: over HTTP from the replies; over MQTT from the engine's
+    // metrics before and after (when its HTTP address answers).
+    let mut unchecked = None;
+    let metrics_before = match (&api, http) {
+        (_, true) => None,
+        (Some(api), false) => match rejected_now(api).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                unchecked = Some(e);
+                None
+            }
+        },
+        (None, false) => {
+            unchecked = Some(match &engine {
+                Err(why) if wants_engine => why.clone(),
+                _ => "the engine's HTTP address is unknown (give --token and --http-url)".into(),
+            });
+            None
         }
-        Transport::Http {
-            addr,
-            keys,
-            connections,
-        } => {
-            // Bounded: when the engine is slow, the producer waits.
-            let (tx, rx) = async_channel::<(SupplierId, Vec<u8>, u64)>(connections.max(&1) * 2);
-            for _ in 0..(*connections).max(1) {
-                let rx = rx.clone();
-                let mut client = Client::new(addr);
-                let keys = keys.clone();
-                let (acked, rejected) = (acked.clone(), http_rejected.clone());
-                http_workers.push(tokio::spawn(async move {
-                    while let Ok((supplier, body, _)) = recv(&rx).await {
-                        let key = keys.get(supplier.as_str()).cloned().unwrap_or_default();
-                        match client
+    };
+
+    if let Transport::Http {
+        addr,
+        keys,
+        connections,
+    } = &config.transport
+    {
+        // Bounded: when the engine is slow, the producer waits.
+        let (tx, rx) = async_channel::<(SupplierId, Vec<u8>, u64)>(connections.max(&1) * 2);
+        for _ in 0..(*connections).max(1) {
+            let rx = rx.clone();
+            let mut client = Client::new(addr);
+            let keys = keys.clone();
+            let (acked, rejected, fatal) = (acked.clone(), http_rejected.clone(), fatal.clone());
+            let engine = addr.clone();
+            http_workers.push(tokio::spawn(async move {
+                let mut failing_since: Option<tokio::time::Instant> = None;
+                let (mut limited_warned, mut warned) = (false, false);
+                while let Ok((supplier, body, _)) = recv(&rx).await {
+                    if fatal.get().is_some() {
+                        continue; // drain: the run is stopping
+                    }
+                    let key = keys.get(supplier.as_str()).cloned().unwrap_or_default();
+                    let mut r = client
+                        .request("POST", "/tracks", &[("X-API-Key", &key), ("Content-Type", "application/json")], &body)
+                        .await;
+                    // Rate limited: back-pressure, not loss. Wait and send the
+                    // same body again (for up to ANSWER_WITHIN).
+                    let limited_since = tokio::time::Instant::now();
+                    while matches!(&r, Ok(x) if x.status == 429)
+                        && limited_since.elapsed() < ANSWER_WITHIN
+                        && fatal.get().is_none()
+                    {
+                        if !limited_warned {
+                            tracing::warn!("POST /tracks rate limited (429); slowing down");
+                            limited_warned = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        r = client
                             .request("POST", "/tracks", &[("X-API-Key", &key), ("Content-Type", "application/json")], &body)
-                            .await
-                        {
-                            Ok(r) if r.status == 202 => {
-                                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                                acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                                if let (Some(list), Ok(mut map)) = (v["rejected"].as_array(), rejected.lock()) {
-                                    for r in list {
-                                        let reason = r["reason"].as_str().unwrap_or("?").to_owned();
-                                        *map.entry(reason).or_default() += 1;
-                                    }
+                            .await;
+                    }
+                    let failure = match r {
+                        Ok(r) if r.status == 202 => {
+                            (failing_since, warned) = (None, false);
+                            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                            acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                            if let (Some(list), Ok(mut map)) = (v["rejected"].as_array(), rejected.lock()) {
+                                for r in list {
+                                    let reason = r["reason"].as_str().unwrap_or("?").to_owned();
+                                    *map.entry(reason).or_default() += 1;
                                 }
                             }
-                            Ok(r) => tracing::warn!(status = r.status, body = %String::from_utf8_lossy(&r.body), "POST /tracks refused"),
-                            Err(e) => tracing::warn!(error = %e, "POST /tracks failed"),
+                            continue;
                         }
+                        Ok(r) if r.status == 401 || r.status == 403 => {
+                            let given = if key.is_empty() { "no --api-key given for it" } else { "with the --api-key given for it" };
+                            fatal.set(format!(
+                                "the engine at http://{engine} refused supplier {supplier}'s POST /tracks \
+                                 (HTTP {}, {given}): give --api-key {supplier}=KEY with the supplier's \
+                                 api_key (`movewatch demo` prints them)",
+                                r.status
+                            ));
+                            continue;
+                        }
+                        Ok(r) => format!("POST /tracks answered {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Err(e) => format!("POST /tracks: {e}"),
+                    };
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= ANSWER_WITHIN {
+                        fatal.set(format!(
+                            "the engine at http://{engine} has failed every POST /tracks for {} s \
+                             ({failure}); stopping",
+                            ANSWER_WITHIN.as_secs()
+                        ));
+                    } else if !warned {
+                        // Once: a failing engine is reported by the stop above.
+                        tracing::warn!("{failure}");
+                        warned = true;
                     }
-                }));
-            }
-            sink.http = Some(tx);
+                }
+            }));
         }
+        sink.http = Some(tx);
     }
 
     // Vans are spread over `slices` phases of the interval, so the load is even.
@@ -638,7 +1064,24 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
     let mut out = Vec::new();
     let mut lines = Vec::new();
     let mut k = 0u64;
+    let mut watch = RejectionWatch {
+        api: api.clone().filter(|_| !http),
+        before: metrics_before.clone(),
+        http: http.then(|| http_rejected.clone()),
+        next: tokio::time::Instant::now() + ANSWER_WITHIN,
+        warned: HashSet::new(),
+    };
     while ticks.is_none_or(|n| k < n) {
+        if let Some(why) = fatal.get() {
+            return Err(if http {
+                SimError::Engine(why)
+            } else {
+                SimError::Broker(why)
+            });
+        }
+        watch
+            .check(&sink.summary.expected_dead_letters, false)
+            .await;
         for s in 0..slices {
             let offset = k as f64 * interval + s as f64 * interval / slices as f64;
             let wall = match config.pace {
@@ -661,6 +1104,16 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
                 for l in lines.drain(..) {
                     write_line(w, &l, &config.truth)?;
                 }
+            }
+            // Paced: fixes are posted within a second of being taken, not
+            // held to the end of the interval (at most one request a second
+            // per supplier, well under the engine's default rate limit).
+            if config.pace != Pace::Load
+                && sink
+                    .http_since
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                sink.flush_http().await?;
             }
         }
         sink.flush_http().await?;
@@ -694,6 +1147,9 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
     } else {
         let deadline = Instant::now() + Duration::from_secs(300);
         while acked.load(Ordering::Relaxed) < sink.published && Instant::now() < deadline {
+            if let Some(why) = fatal.get() {
+                return Err(SimError::Broker(why));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if acked.load(Ordering::Relaxed) < sink.published {
@@ -716,6 +1172,30 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
     summary.span = (start, end);
     summary.id_prefix = id_prefix;
     summary.http_rejected = http_rejected.lock().map(|m| m.clone()).unwrap_or_default();
+    if let Some(why) = fatal.get() {
+        return Err(if http {
+            SimError::Engine(why)
+        } else {
+            SimError::Broker(why)
+        });
+    }
+    summary.transport = if http { "http" } else { "mqtt" };
+    summary.registrations = (
+        plan.vans
+            .first()
+            .map(|v| v.vehicle.to_string())
+            .unwrap_or_default(),
+        plan.vans
+            .last()
+            .map(|v| v.vehicle.to_string())
+            .unwrap_or_default(),
+    );
+    summary.rejections = watch.check(&summary.expected_dead_letters, true).await;
+    summary.rejections_unchecked = match (&summary.rejections, unchecked) {
+        (Some(_), _) => None,
+        (None, Some(why)) => Some(why),
+        (None, None) => Some("the engine's /metrics could not be read".into()),
+    };
 
     if let Some(ws) = ws {
         // Let the last frames arrive.
@@ -734,6 +1214,7 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
         }
         let stats = ws.finish().await?;
         let mut report = LoadReport {
+            transport: summary.transport.into(),
             vehicles: config.vehicles,
             points_sent: summary.points,
             messages: summary.messages,
@@ -755,6 +1236,63 @@ pub async fn run_day(config: RunConfig, sites: &[Site]) -> Result<RunSummary, Si
         summary.report = Some(report);
     }
     Ok(summary)
+}
+
+/// Watches what the engine rejects while a run goes on: warns (once per
+/// reason, on stderr) as soon as rejections exceed what the run provoked.
+struct RejectionWatch {
+    /// The engine to read `/metrics` from (MQTT runs).
+    api: Option<String>,
+    /// Its rejections when the run began.
+    before: Option<BTreeMap<String, u64>>,
+    /// The rejections of this run's 202 replies (HTTP runs).
+    http: Option<Arc<std::sync::Mutex<BTreeMap<String, u64>>>>,
+    next: tokio::time::Instant,
+    warned: HashSet<String>,
+}
+
+impl RejectionWatch {
+    /// Every [`ANSWER_WITHIN`] (or now, when `last`): what was rejected so far.
+    async fn check(
+        &mut self,
+        expected: &BTreeMap<String, u64>,
+        last: bool,
+    ) -> Option<crate::report::Rejections> {
+        if !last && tokio::time::Instant::now() < self.next {
+            return None;
+        }
+        self.next = tokio::time::Instant::now() + ANSWER_WITHIN;
+        let rejections = if let Some(map) = &self.http {
+            let observed = map.lock().map(|m| m.clone()).unwrap_or_default();
+            crate::report::Rejections::new("replies", observed, expected)
+        } else {
+            let (Some(api), Some(before)) = (&self.api, &self.before) else {
+                return None;
+            };
+            // While the run goes on, the engine may not have read what was
+            // just sent (observed lags expected); at the end, wait for it.
+            let after = if last {
+                rejected_when_settled(api, before, expected).await.ok()?
+            } else {
+                rejected_now(api).await.ok()?
+            };
+            crate::report::Rejections::new(
+                "metrics",
+                crate::report::delta(before, &after),
+                expected,
+            )
+        };
+        for (reason, n) in &rejections.unexpected {
+            if self.warned.insert(reason.clone()) {
+                let w = format!(
+                    "warning: the engine rejected {n} unexpected {reason} so far: {}",
+                    crate::report::hint(reason)
+                );
+                eprintln!("{w}");
+            }
+        }
+        Some(rejections)
+    }
 }
 
 fn l_pending(log: &SendLog) -> usize {

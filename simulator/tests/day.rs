@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use model::Site;
 use movewatch_simulator::emit::FaultConfig;
-use movewatch_simulator::plan::{DayShape, Happening, VanType};
+use movewatch_simulator::emit::started_before;
+use movewatch_simulator::plan::{DayShape, FIRST_LEAVE_S, Happening, VanType};
 use movewatch_simulator::run::{RunConfig, dry_run, plan_for};
 use movewatch_simulator::{Pace, Transport, distance_m};
 
@@ -39,6 +40,8 @@ fn config(vehicles: usize, seed: u64, faults: FaultConfig) -> RunConfig {
         measure: false,
         database_url: None,
         progress: false,
+        registration_prefix: None,
+        focus_site: None,
     }
 }
 
@@ -229,4 +232,170 @@ fn faults_show_in_the_truth_and_the_messages() {
         .map(|l| l["tracking_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+}
+
+#[test]
+fn vans_begin_the_default_day_at_their_depot() {
+    // The first fix is at 06:30 by default: every van is parked at its depot
+    // then, and nothing has happened yet (no van starts on the road).
+    let sites = sites();
+    let plan = plan_for(&config(300, 5, all_faults()), &sites, start()).unwrap();
+    for v in &plan.vans {
+        let depot = &plan.depots[v.depot];
+        let f = v.at(6.5 * 3600.0);
+        assert!(
+            distance_m((f.lat, f.lon), (depot.lat, depot.lon)) < 1.0 && f.kmh == 0.0,
+            "{} is not at {} at 06:30",
+            v.vehicle,
+            depot.id
+        );
+        assert!(
+            v.happenings.iter().all(|h| h.t >= FIRST_LEAVE_S),
+            "{} did something before 06:30",
+            v.vehicle
+        );
+        // Its first drive goes to the origin of its first move.
+        let first_move = v.happenings.iter().find_map(|h| match &h.what {
+            Happening::Event {
+                event_type: "JourneyStart",
+                move_id: Some(m),
+                ..
+            } => Some(m.clone()),
+            _ => None,
+        });
+        let first_arrival = v.happenings.iter().find_map(|h| match &h.what {
+            Happening::Arrival { site, .. } => Some(site.clone()),
+            _ => None,
+        });
+        if let (Some(m), Some(site)) = (first_move, first_arrival) {
+            let m = plan.moves.iter().find(|x| x.id == m).unwrap();
+            assert_eq!(
+                m.from_location, site,
+                "{} goes first to its pick-up",
+                v.vehicle
+            );
+        }
+    }
+    // The first fixes sent are at the depots (within GPS noise).
+    let (truth, _) = dry_run(&config(40, 5, FaultConfig::default()), &sites, start()).unwrap();
+    let plan = plan_for(&config(40, 5, FaultConfig::default()), &sites, start()).unwrap();
+    let mut seen = HashSet::new();
+    for line in &truth {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        if l["type"] == "point" {
+            seen.insert(l["vehicle"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 40, "every van reports from the first fixes");
+    for v in &plan.vans {
+        assert!(seen.contains(v.vehicle.as_str()));
+    }
+}
+
+#[test]
+fn registrations_differ_between_seeds_and_runs_and_take_a_prefix() {
+    let sites = sites();
+    let regs = |c: &RunConfig, at: DateTime<Utc>| -> HashSet<String> {
+        plan_for(c, &sites, at)
+            .unwrap()
+            .vans
+            .iter()
+            .map(|v| v.vehicle.to_string())
+            .collect()
+    };
+    let base = config(100, 1, FaultConfig::default());
+    let a = regs(&base, start());
+    assert_eq!(a.len(), 100);
+    assert_eq!(a, regs(&base, start()), "same seed and start, same plates");
+    assert!(a.is_disjoint(&regs(&config(100, 2, FaultConfig::default()), start())));
+    assert!(a.is_disjoint(&regs(&base, start() + chrono::Duration::seconds(1))));
+    let mut prefixed = config(100, 1, FaultConfig::default());
+    prefixed.registration_prefix = Some("sm".into());
+    let p = regs(&prefixed, start());
+    assert_eq!(p.len(), 100);
+    assert!(
+        p.iter().all(|r| r.starts_with("SM") && r.len() == 7),
+        "{p:?}"
+    );
+    prefixed.registration_prefix = Some("TOOLONG".into());
+    assert!(plan_for(&prefixed, &sites, start()).is_err());
+}
+
+#[test]
+fn a_focus_day_has_moves_on_the_road_to_the_focus_site_from_the_first_fix() {
+    // The demo's day: 50 vans, first fix at 08:00, several moves to LEI.
+    let sites = sites();
+    let mut c = config(50, 2026, FaultConfig::default());
+    c.day_start_s = 8.0 * 3600.0;
+    c.duration = Some(Duration::from_secs(600));
+    c.focus_site = Some("LEI".into());
+    let plan = plan_for(&c, &sites, start()).unwrap();
+    let to_lei: Vec<_> = plan
+        .moves
+        .iter()
+        .filter(|m| m.to_location == "LEI")
+        .collect();
+    assert!(to_lei.len() >= 6, "{} moves to LEI", to_lei.len());
+    let t0 = c.day_start_s;
+    let mut on_the_road = 0;
+    let mut arriving_soon = 0;
+    for v in &plan.vans {
+        let before = v.happenings.partition_point(|h| h.t < t0);
+        let started = started_before(&v.happenings[..before]);
+        for &i in &started {
+            let Happening::Event {
+                move_id: Some(m), ..
+            } = &v.happenings[i].what
+            else {
+                panic!("a start event without a move");
+            };
+            if to_lei.iter().any(|x| &x.id == m) {
+                on_the_road += 1;
+            }
+        }
+        for h in &v.happenings {
+            if let Happening::Arrival {
+                site,
+                move_id: Some(_),
+            } = &h.what
+                && site == "LEI"
+                && h.t > t0
+                && h.t <= t0 + 300.0
+            {
+                arriving_soon += 1;
+            }
+        }
+    }
+    // Start events counted twice per move (JourneyStart and MoveStart).
+    assert!(
+        on_the_road / 2 >= 4,
+        "{} LEI moves started before the first fix",
+        on_the_road / 2
+    );
+    assert!(arriving_soon >= 1, "a van arrives at LEI within 5 minutes");
+    // Those moves' start events go out with the first fixes.
+    let (truth, msgs) = dry_run(&c, &sites, start()).unwrap();
+    let early: Vec<&(String, Vec<u8>)> = msgs.iter().take(200).collect();
+    for m in &to_lei {
+        let started = plan.vans.iter().any(|v| {
+            let before = v.happenings.partition_point(|h| h.t < t0);
+            started_before(&v.happenings[..before]).iter().any(|&i| {
+                matches!(&v.happenings[i].what, Happening::Event { move_id: Some(x), .. } if x == &m.id)
+            })
+        });
+        if started {
+            let sent = early.iter().any(|(topic, body)| {
+                let b = String::from_utf8_lossy(body);
+                topic.ends_with("/events") && b.contains("JourneyStart") && b.contains(&m.id)
+            });
+            assert!(sent, "JourneyStart of {} sent with the first fixes", m.id);
+        }
+    }
+    // No fix is stamped after the run's first fix plus its span.
+    let end = start() + chrono::Duration::seconds(600);
+    for line in truth.iter().filter(|l| l.contains("\"type\":\"point\"")) {
+        let l: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ts: DateTime<Utc> = l["ts"].as_str().unwrap().parse().unwrap();
+        assert!(ts <= end, "fix at {ts} after {end}");
+    }
 }
