@@ -108,6 +108,16 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+step "A device that is not ours: Eclipse Paho (python3-paho-mqtt)"
+# movewatch/tests/embedded_acks.rs drives the embedded broker with a real
+# MQTT client other than the engine's own library.
+if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+  info "paho $(/usr/bin/python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
+else
+  apt_install python3 python3-paho-mqtt
+fi
+
+# ---------------------------------------------------------------------------
 step "PostgreSQL on 127.0.0.1:5432 (user postgres, trust)"
 pg_ready() {
   PGCONNECT_TIMEOUT=3 psql -h 127.0.0.1 -p 5432 -U postgres -w -X -q -t -c 'select 1' >/dev/null 2>&1

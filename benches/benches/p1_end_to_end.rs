@@ -336,6 +336,7 @@ async fn main() {
         users: Default::default(),
         max_inflight: 1000,
         engine_client_id: "movewatch-engine".into(),
+        intake: None,
     })
     .expect("embedded broker");
     let run = movewatch::random_token(6);

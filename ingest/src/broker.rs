@@ -21,6 +21,11 @@ pub struct EmbeddedBrokerConfig {
     pub max_inflight: usize,
     /// The engine's own client id, refused on the public port.
     pub engine_client_id: String,
+    /// Where the devices' publishes go: with it, the topic guard hands them
+    /// to the engine and acknowledges each only once committed
+    /// ([`crate::guard`]); without it they go through the broker, which
+    /// acknowledges them on receipt.
+    pub intake: Option<crate::guard::DeviceIntake>,
 }
 
 /// The username the engine itself uses on the embedded broker. The dot is
@@ -87,6 +92,7 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
     let policy = crate::guard::GuardPolicy {
         suppliers,
         engine_client_id: config.engine_client_id.clone(),
+        intake: config.intake.clone(),
     };
     tokio::spawn(crate::guard::run_guard(
         listener,

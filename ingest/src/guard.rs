@@ -20,15 +20,35 @@
 //!
 //! Nothing a client sends as a username or password is ever logged: a device
 //! that swaps the two would otherwise write its password to the log.
+//!
+//! With a [`DeviceIntake`] (the engine's own embedded broker), a device's
+//! publishes do not go to the broker at all, since rumqttd acknowledges a
+//! QoS 1 message as soon as it has it in memory. Once the broker has
+//! accepted the device's CONNECT, each PUBLISH is decoded into a batch and
+//! handed to the engine's pipeline, and the guard itself writes its PUBACK,
+//! in the order the publishes came, only once the store has committed the
+//! batch (its [`CommitToken`]). A crash before the commit leaves the message
+//! unacknowledged, so the device sends it again; a slow store holds the
+//! device (at most [`MAX_PENDING`] of its messages wait for their commit,
+//! then the guard stops reading it). Everything else (CONNECT, pings,
+//! DISCONNECT) still goes through the broker, whose replies are copied back
+//! whole packet by whole packet, between the PUBACKs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use bytes::{Buf, BytesMut};
+use model::{CommitOutcome, CommitToken, IngestBatch};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::Suppliers;
 
 /// Who may connect through the guard.
 #[derive(Debug, Clone)]
@@ -38,14 +58,38 @@ pub struct GuardPolicy {
     pub suppliers: Option<HashMap<String, String>>,
     /// The engine's own client id, refused on the public port.
     pub engine_client_id: String,
+    /// Where the devices' publishes go; `None`: through the broker.
+    pub intake: Option<DeviceIntake>,
 }
+
+/// Where the guard hands the devices' publishes: the engine's pipeline.
+#[derive(Debug, Clone)]
+pub struct DeviceIntake {
+    /// The pipeline's bounded input.
+    pub out: mpsc::Sender<IngestBatch>,
+    /// The suppliers and the vehicle register, for decoding.
+    pub suppliers: Arc<Suppliers>,
+}
+
+/// The most QoS 1 messages of one device connection that wait for their
+/// commit; past it the guard stops reading the device until one is
+/// committed (TCP then slows the device), as a broker's in-flight window would.
+pub const MAX_PENDING: usize = 1_000;
+
+/// While a device's publishes go to the engine, the broker sees nothing of
+/// it and would drop it after 1.5 keep-alives; the guard pings the broker
+/// for it this often, and keeps the answers from the device.
+const BROKER_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const PINGREQ_PACKET: [u8; 2] = [0xC0, 0x00];
 
 /// Largest client packet the guard forwards (the broker's own limit plus headers).
 const MAX_PACKET: usize = 512 * 1024 + 1024;
 
 const CONNECT: u8 = 1;
+const CONNACK: u8 = 2;
 const PUBLISH: u8 = 3;
 const SUBSCRIBE: u8 = 8;
+const PINGRESP: u8 = 13;
 
 /// Why the guard closed a client's connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +132,9 @@ pub enum Refusal {
     /// Packet over the size limit.
     #[error("packet of {0} bytes is over the limit")]
     TooLarge(usize),
+    /// QoS 2 is not served (the contract's devices publish at QoS 1).
+    #[error("QoS 2 publish refused: publish at QoS 1")]
+    Qos2,
 }
 
 impl Refusal {
@@ -327,32 +374,190 @@ async fn relay(
         return Ok(());
     };
     let _ = upstream.set_nodelay(true);
-    let (mut client_rx, mut client_tx) = client.into_split();
-    let (mut broker_rx, mut broker_tx) = upstream.into_split();
-    // Replies flow back untouched; this task ends when either side closes.
-    let replies = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut broker_rx, &mut client_tx).await;
-        let _ = client_tx.shutdown().await;
-    });
+    let (mut client_rx, client_tx) = client.into_split();
+    let (broker_rx, mut broker_tx) = upstream.into_split();
+    let (accepted_tx, mut accepted) = watch::channel(None);
+    let (pending_tx, pending_rx) = mpsc::channel(MAX_PENDING);
+    let our_pings = Arc::new(AtomicU32::new(0));
+    // The broker's replies and the guard's own PUBACKs; ends when either
+    // side closes, or when a commit fails (the device then sends its
+    // unacknowledged messages again on its next connection).
+    let replies = tokio::spawn(write_replies(
+        broker_rx,
+        client_tx,
+        pending_rx,
+        accepted_tx,
+        our_pings.clone(),
+    ));
     let outcome = async {
         if broker_tx.write_all(&buf[..total]).await.is_err() {
             return Ok(());
         }
         buf.advance(total);
+        let mut last_to_broker = tokio::time::Instant::now();
         loop {
             let Some((total, header)) = next_packet(&mut client_rx, &mut buf).await? else {
                 return Ok(());
             };
             check.check(buf[0], &buf[header..total], policy)?;
-            if broker_tx.write_all(&buf[..total]).await.is_err() {
+            let to_engine = policy.intake.as_ref().filter(|_| buf[0] >> 4 == PUBLISH);
+            if let Some(intake) = to_engine {
+                let packet = &buf[..total];
+                if !take_publish(intake, packet, header, &mut accepted, &pending_tx).await? {
+                    return Ok(());
+                }
+                if last_to_broker.elapsed() >= BROKER_PING_EVERY {
+                    our_pings.fetch_add(1, Ordering::Relaxed);
+                    if broker_tx.write_all(&PINGREQ_PACKET).await.is_err() {
+                        return Ok(());
+                    }
+                    last_to_broker = tokio::time::Instant::now();
+                }
+            } else if broker_tx.write_all(&buf[..total]).await.is_err() {
                 return Ok(());
+            } else {
+                last_to_broker = tokio::time::Instant::now();
             }
             buf.advance(total);
         }
     }
     .await;
-    replies.abort();
+    // The PUBACKs of what is already handed over still go out as their
+    // commits complete; the writer ends after the last one.
+    drop(pending_tx);
+    if outcome.is_err() {
+        replies.abort();
+    }
     outcome
+}
+
+/// Whether the broker accepted the client's CONNECT: `None` until its CONNACK.
+type Accepted = watch::Receiver<Option<bool>>;
+
+/// A message handed to the engine, waiting for its commit to be acknowledged.
+type Pending = (u16, oneshot::Receiver<CommitOutcome>);
+
+/// A PUBLISH's parts: QoS, packet id (0 at QoS 0), topic and payload.
+fn parse_publish(first: u8, body: &[u8]) -> Result<(u8, u16, &str, &[u8]), Refusal> {
+    let qos = (first >> 1) & 0x03;
+    let (topic, rest) = read_str(body)?;
+    if qos == 0 {
+        return Ok((0, 0, topic, rest));
+    }
+    let [hi, lo, payload @ ..] = rest else {
+        return Err(Refusal::Malformed("PUBLISH without a packet id"));
+    };
+    Ok((qos, u16::from_be_bytes([*hi, *lo]), topic, payload))
+}
+
+/// Hands one PUBLISH to the engine once the broker has accepted the client;
+/// a QoS 1 message's commit joins the queue of PUBACKs to write.
+/// `Ok(false)` ends the connection quietly (the broker refused the client,
+/// or the engine is shutting down: the message stays unacknowledged).
+async fn take_publish(
+    intake: &DeviceIntake,
+    packet: &[u8],
+    header: usize,
+    accepted: &mut Accepted,
+    pending: &mpsc::Sender<Pending>,
+) -> Result<bool, Refusal> {
+    // A client may publish before its CONNACK: nothing counts until the
+    // broker has taken the connection.
+    match accepted.wait_for(Option::is_some).await.map(|a| *a) {
+        Ok(Some(true)) => {}
+        _ => return Ok(false),
+    }
+    let (qos, pkid, topic, payload) = parse_publish(packet[0], &packet[header..])?;
+    if qos == 2 {
+        return Err(Refusal::Qos2);
+    }
+    let (commit, committed) = CommitToken::new();
+    let batch = crate::batch_from_mqtt(topic, payload, &intake.suppliers, commit);
+    // Room for its PUBACK first: a full queue holds this device here.
+    let Ok(slot) = pending.reserve().await else {
+        return Ok(false);
+    };
+    if intake.out.send(batch).await.is_err() {
+        return Ok(false);
+    }
+    if qos == 1 {
+        slot.send((pkid, committed));
+    }
+    Ok(true)
+}
+
+/// The client's side of the connection: the broker's packets as they come
+/// (whole packets, never cut by a PUBACK), and each PUBACK once its message
+/// is committed, in the order the messages came.
+async fn write_replies(
+    mut broker_rx: OwnedReadHalf,
+    mut client_tx: OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Pending>,
+    accepted: watch::Sender<Option<bool>>,
+    our_pings: Arc<AtomicU32>,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut waiting: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
+    // Until the reader is done (then only the PUBACKs due are written) and
+    // the broker is open.
+    let mut reading = true;
+    loop {
+        if !reading && waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
+            next = pending.recv(), if reading => match next {
+                Some(p) => waiting.push_back(p),
+                None => reading = false,
+            },
+            outcome = async {
+                match waiting.front_mut() {
+                    Some((_, committed)) => committed.await,
+                    None => std::future::pending().await,
+                }
+            }, if !waiting.is_empty() => {
+                let Some((pkid, _)) = waiting.pop_front() else { break };
+                if outcome.is_err() {
+                    // Not durable: no PUBACK. The device sends it again on
+                    // its next connection, so end this one.
+                    tracing::warn!(pkid, "a device's message was not committed; closing its connection for redelivery");
+                    break;
+                }
+                let [hi, lo] = pkid.to_be_bytes();
+                if client_tx.write_all(&[0x40, 0x02, hi, lo]).await.is_err() {
+                    break;
+                }
+            }
+            read = broker_rx.read_buf(&mut buf), if reading => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    // The broker closed the connection: so does the client,
+                    // once the PUBACKs already due are out.
+                    accepted.send_if_modified(|a| {
+                        let unanswered = a.is_none();
+                        a.get_or_insert(false);
+                        unanswered
+                    });
+                    reading = false;
+                    continue;
+                }
+                while let Ok(Some((total, header))) = frame(&buf) {
+                    let kind = buf[0] >> 4;
+                    if kind == CONNACK {
+                        accepted.send_replace(Some(buf.get(header + 1) == Some(&0)));
+                    }
+                    let ours = kind == PINGRESP
+                        && our_pings
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                            .is_ok();
+                    if !ours && client_tx.write_all(&buf[..total]).await.is_err() {
+                        return;
+                    }
+                    buf.advance(total);
+                }
+            }
+        }
+    }
+    let _ = client_tx.shutdown().await;
 }
 
 #[cfg(test)]
@@ -400,6 +605,7 @@ mod tests {
                 .into(),
             ),
             engine_client_id: "movewatch-engine".into(),
+            intake: None,
         }
     }
 
@@ -531,6 +737,7 @@ mod tests {
         let open = GuardPolicy {
             suppliers: None,
             engine_client_id: "movewatch-engine".into(),
+            intake: None,
         };
         let check =
             |id: &str| ClientCheck::default().check(0x10, &connect_as(id, None, None), &open);

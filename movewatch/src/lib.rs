@@ -450,6 +450,7 @@ impl Engine {
         let estimated = book.restore_estimates();
         let moves = Moves::new(book);
 
+        let (ingest_tx, mut ingest_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
         let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) =
@@ -481,6 +482,12 @@ impl Engine {
                         users,
                         max_inflight: 1000,
                         engine_client_id: config.mqtt.client_id.clone(),
+                        // The guard hands the devices' messages to the pipeline
+                        // and acknowledges each once it is committed.
+                        intake: Some(ingest::guard::DeviceIntake {
+                            out: ingest_tx.clone(),
+                            suppliers: suppliers.clone(),
+                        }),
                     })?;
                     (
                         broker.addr.ip().to_string(),
@@ -505,7 +512,6 @@ impl Engine {
             })?;
         let http_addr = http_listener.local_addr()?;
 
-        let (ingest_tx, mut ingest_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
         let (stopping, stopping_rx) = watch::channel(false);
         let (store_tx, store_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
         let (store_healthy_tx, store_healthy) = watch::channel(true);

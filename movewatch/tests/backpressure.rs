@@ -1,7 +1,8 @@
 //! A stalled store holds back intake instead of growing memory (issue #3):
-//! while the database is locked, the engine takes in no more than the
-//! broker's in-flight window, and every message arrives once the store
-//! returns. Its own test binary, so the process-wide metrics count only this
+//! while the database is locked, the embedded broker acknowledges nothing
+//! (a PUBACK waits for the commit), so the engine takes in no more than the
+//! device's in-flight window and the device is held; every message arrives
+//! once the store returns. Its own test binary, so the process-wide metrics count only this
 //! test.
 
 mod common;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use movewatch::Engine;
 
-/// The embedded broker's in-flight window per connection (ingest::broker).
-const WINDOW: f64 = 1000.0;
+/// The test device's in-flight window (`publisher_at`: rumqttc's `set_inflight(100)`).
+const WINDOW: f64 = 100.0;
 /// Ten windows, published while the store is stalled.
 const MESSAGES: usize = 10_000;
 
@@ -47,17 +48,22 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
         .await
         .unwrap();
 
-    for i in 0..MESSAGES {
-        let vehicle = format!("BP{:03}AA", i % 100);
-        let payload = point(
-            &format!("bp-{i}"),
-            &vehicle,
-            3_000 - (i / 100) as i64,
-            52.5,
-            -1.9,
-        );
-        publish_positions(&client, &vehicle, payload.to_string()).await;
-    }
+    // The device is held once its window is unacknowledged: it publishes
+    // on its own task.
+    let publishing = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            let vehicle = format!("BP{:03}AA", i % 100);
+            let payload = point(
+                &format!("bp-{i}"),
+                &vehicle,
+                3_000 - (i / 100) as i64,
+                52.5,
+                -1.9,
+            );
+            publish_positions(&client, &vehicle, payload.to_string()).await;
+        }
+        client
+    });
 
     // Let intake run as far as it can, then check it stopped at the window.
     let mut taken = 0.0;
@@ -73,7 +79,11 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
     assert!(taken > 0.0, "intake took nothing in");
     assert!(
         taken <= WINDOW,
-        "with the store stalled the engine took in {taken} messages, more than the broker's window of {WINDOW}"
+        "with the store stalled the engine took in {taken} messages, more than the device's window of {WINDOW}"
+    );
+    assert!(
+        !publishing.is_finished(),
+        "the device is held, not acknowledged early"
     );
     assert_eq!(engine.store.counts().await.unwrap().positions, 0);
     let stored = |m: &str| counter(m, "movewatch_store_points_total");
@@ -89,6 +99,10 @@ async fn a_stalled_store_bounds_what_the_engine_takes_in() {
     // The store comes back: everything arrives, once.
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     drop(locker);
+    let _client = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("the device could send everything once the store was back")
+        .unwrap();
     assert_eq!(
         wait_for_positions(&engine, MESSAGES as i64).await,
         MESSAGES as i64
