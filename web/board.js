@@ -166,7 +166,8 @@ function render() {
       setText(c.distance, '—');
       setText(c.arrived, formatTime(arrived));
     } else {
-      const text = m.eta ? countdown(m.eta) : 'Not known';
+      // A booked move has not left: no time to count down yet.
+      const text = m.eta ? countdown(m.eta) : m.status === 'booked' ? 'Not left yet' : 'Not known';
       const interval = m.eta && m.eta_low && m.eta_high ? `between ${formatTime(m.eta_low)} and ${formatTime(m.eta_high)}` : '';
       const wanted = `${text}|${m.eta ? formatTime(m.eta) : ''}|${interval}`;
       if (c.eta.dataset.shown !== wanted) {
@@ -183,7 +184,7 @@ function render() {
         }
         c.eta.replaceChildren(...parts);
       }
-      setText(c.distance, distance(m.distance_remaining_m));
+      setText(c.distance, m.status === 'booked' && m.distance_remaining_m == null ? '—' : distance(m.distance_remaining_m));
       setText(c.arrived, m.status === 'arrived' ? 'Arrived' : 'Not yet');
     }
     frag.appendChild(r.tr);

@@ -81,6 +81,9 @@ files = ["data/sites.csv"]
 id = "${SUPPLIER}"
 api_key = "key-${secret(24)}"
 mqtt_password = "${MQTT_PASSWORD}"
+[[vehicles]]
+registration = "${VAN}"
+supplier = "${SUPPLIER}"
 [[tokens]]
 token = "${CONTROL}"
 role = "control_room"
@@ -208,7 +211,7 @@ function mqttConnect(port, user, password) {
         mqttString('MQTT'),
         Buffer.from([4, 0xc2]), // level 4; username, password, clean session
         keepAlive,
-        mqttString(`board-test-${secret(6)}`),
+        mqttString(`${user}-board-test-${secret(6)}`), // a device's client id starts with its supplier
         mqttString(user),
         mqttString(password),
       ]);

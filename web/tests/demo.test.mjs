@@ -16,6 +16,7 @@ import path from 'node:path';
 import { ARTIFACTS, BIN, REPO, launchChromium, openPage, tail } from './harness.mjs';
 
 const URL_RE = /http:\/\/127\.0\.0\.1:\d+\/control\?token=[A-Za-z0-9_-]+/;
+const BOARD_RE = /http:\/\/127\.0\.0\.1:\d+\/site\/LEI\?token=[A-Za-z0-9_-]+/;
 
 const STARTUP_MS = 60_000;
 const FLEET_MS = 30_000;
@@ -23,6 +24,8 @@ const FLEET_MS = 30_000;
 let engine = null; // child process
 let engineOutput = ''; // stdout + stderr, for diagnostics
 let pageUrl = null; // http://127.0.0.1:<port>/control?token=<token>
+let boardUrl = null; // http://127.0.0.1:<port>/site/LEI?token=<site token>
+let startedAt = 0; // when the demo was started (ms)
 let origin = null; // http://127.0.0.1:<port>
 let token = null;
 let context = null; // persistent browser context (fresh user-data-dir)
@@ -47,6 +50,7 @@ function startEngine() {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-web-test-data-'));
   tempDirs.push(dataDir);
   const args = ['demo', '--http-listen', '127.0.0.1:0', '--mqtt-listen', '127.0.0.1:0', '--data-dir', dataDir];
+  startedAt = Date.now();
   engine = spawn(BIN, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
 
   return new Promise((resolve, reject) => {
@@ -61,7 +65,9 @@ function startEngine() {
       engineOutput += chunk;
       if (engineOutput.length > 200_000) engineOutput = engineOutput.slice(-100_000);
       const m = URL_RE.exec(stdout);
-      if (m && !pageUrl) {
+      const b = BOARD_RE.exec(stdout);
+      if (b && !boardUrl) boardUrl = b[0];
+      if (m && b && !pageUrl) {
         pageUrl = m[0];
         const u = new URL(pageUrl);
         origin = u.origin;
@@ -223,6 +229,46 @@ test('a wrong token is refused', { timeout: 60_000 }, async () => {
     await page.getByLabel('Access token', { exact: true }).waitFor({ state: 'visible' });
     assert.equal(await page.locator('#vehicle-count').getAttribute('data-count'), '0');
     assert.ok(!(await page.locator('body').innerText()).includes('wrong-token-123'), 'token displayed on the page');
+  } finally {
+    await page.close();
+  }
+});
+
+test('the LEI board the demo prints shows incoming moves with ETAs within a minute', { timeout: 120_000 }, async () => {
+  const { page, errors } = await openPage(context);
+  try {
+    assert.ok(boardUrl, 'the demo printed the HMP Leeds board address');
+    await page.goto(boardUrl, { waitUntil: 'load' });
+    // A move on its way, with a countdown and a time, within 60 s of the demo's start.
+    const left = Math.max(5_000, 60_000 - (Date.now() - startedAt));
+    try {
+      await page.waitForFunction(
+        () =>
+          [...document.querySelectorAll('#board-tbody tr')].some((tr) =>
+            /^In \d+ min|^Due|^In \d+ h/.test(tr.querySelector('[data-col="eta"] .countdown')?.textContent || ''),
+          ),
+        null,
+        { timeout: left, polling: 250 },
+      );
+    } catch (err) {
+      const rows = await page.locator('#board-tbody tr').allInnerTexts().catch(() => []);
+      throw new Error(
+        `no incoming move with an ETA on LEI's board within 60 s of the demo's start; rows: ${JSON.stringify(rows)}; ` +
+          `page errors: ${JSON.stringify(errors)}; engine output:\n${tail(engineOutput)}`,
+        { cause: err },
+      );
+    }
+    const count = Number(await page.locator('#move-count').getAttribute('data-count'));
+    assert.ok(count >= 2, `expected several incoming moves, got ${count}`);
+    assert.equal(await page.locator('#connection-status').innerText(), 'Live');
+    // Every row names its van and where it comes from; none arrived before it left.
+    for (const tr of await page.locator('#board-tbody tr').all()) {
+      assert.ok((await tr.locator('[data-col="vehicle"]').innerText()).length > 0);
+      assert.ok((await tr.locator('[data-col="from"]').innerText()).length > 0);
+    }
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'demo-lei-board.png'), fullPage: true });
+    assert.deepEqual(errors, [], 'console errors or page errors');
   } finally {
     await page.close();
   }
