@@ -1,6 +1,7 @@
 //! One behaviour, two backends: every test here runs against a fresh SQLite
 //! file and a fresh PostgreSQL database on the real server at 127.0.0.1:5432.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration as StdDuration;
@@ -16,33 +17,6 @@ use movewatch_store::{
     SiteFenceRecord, TransitionKind, VehicleRecord, WriterConfig, spawn_writer,
 };
 use tokio::sync::{mpsc, watch};
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::sqlite();
-                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
-                        .await
-                        .expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::postgres().await;
-                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
-                        .await
-                        .expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 conformance!(
     duplicates_are_detected_within_and_across_transactions,

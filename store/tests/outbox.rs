@@ -3,6 +3,7 @@
 //! transaction, once per (webhook, notification), by the webhooks' filters,
 //! handed out in order per move, and kept until delivered (or given up).
 
+#[macro_use]
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
@@ -10,33 +11,6 @@ use common::{TestDb, batch, fixed, point};
 use model::config::{Config, WebhookConfig};
 use model::{Derived, MoveId, Notification, NotificationKind, SiteId, VehicleId};
 use movewatch_store::{OutboxCounts, Store};
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::sqlite();
-                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
-                        .await
-                        .expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::postgres().await;
-                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
-                        .await
-                        .expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 conformance!(
     a_notification_is_queued_with_its_batch_once_per_webhook,

@@ -147,3 +147,33 @@ pub fn batch(positions: Vec<Position>, dead_letters: Vec<DeadLetter>) -> IngestB
         commit: CommitToken::detached(),
     }
 }
+
+/// Runs each named `async fn(&TestDb)` once on a fresh SQLite file and once
+/// on a fresh PostgreSQL database, each within 60 s.
+#[allow(unused_macros)] // not every test file runs on both backends
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::sqlite();
+                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
+                        .await
+                        .expect("test timed out");
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(&db))
+                        .await
+                        .expect("test timed out");
+                }
+            )*
+        }
+    };
+}
