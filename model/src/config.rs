@@ -505,6 +505,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_names_every_key_and_loads() {
+        let text = include_str!("../../movewatch.example.toml");
+        let c = Config::from_toml(text, "movewatch.example.toml").unwrap();
+        // Its shown values are the defaults.
+        let d = Config::default();
+        assert_eq!(c.http.listen, d.http.listen);
+        assert_eq!(c.mqtt.listen, d.mqtt.listen);
+        assert_eq!(c.mqtt.client_id, d.mqtt.client_id);
+        assert_eq!(c.store.url, d.store.url);
+        assert_eq!(c.sites.files, d.sites.files);
+        assert_eq!(
+            c.ingest.shutdown_timeout_secs,
+            d.ingest.shutdown_timeout_secs
+        );
+        assert_eq!(c.fleet.claim_on_first_report, d.fleet.claim_on_first_report);
+        assert_eq!(
+            c.webhook_delivery.concurrency,
+            d.webhook_delivery.concurrency
+        );
+        // Every key of every table is in it, set or commented out.
+        let keys: &[(&str, &[&str])] = &[
+            ("[http]", &["listen"]),
+            (
+                "[mqtt]",
+                &["listen", "url", "client_id", "username", "password"],
+            ),
+            ("[store]", &["url", "retention_days"]),
+            ("[sites]", &["files"]),
+            (
+                "[ingest]",
+                &[
+                    "max_hdop",
+                    "max_implied_speed_kmh",
+                    "tracks_per_minute",
+                    "tracks_burst",
+                    "shutdown_timeout_secs",
+                ],
+            ),
+            ("[fleet]", &["files", "claim_on_first_report"]),
+            ("[[vehicles]]", &["registration", "supplier"]),
+            ("[[suppliers]]", &["id", "api_key", "mqtt_password"]),
+            ("[[tokens]]", &["token", "role", "sites", "supplier"]),
+            ("[[webhooks]]", &["url", "events", "sites", "secret"]),
+            (
+                "[webhook_delivery]",
+                &[
+                    "timeout_secs",
+                    "first_retry_ms",
+                    "max_retry_secs",
+                    "give_up_hours",
+                    "concurrency",
+                ],
+            ),
+        ];
+        for (table, names) in keys {
+            assert!(text.contains(table), "{table} missing");
+            for name in *names {
+                let named = text
+                    .lines()
+                    .map(|l| l.trim_start_matches(['#', ' ']))
+                    .any(|l| l.starts_with(&format!("{name} =")));
+                assert!(named, "{table} {name} missing");
+            }
+        }
+    }
+
+    #[test]
     fn empty_config_has_contract_defaults() {
         let c = Config::from_toml("", "t").unwrap();
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
