@@ -405,6 +405,16 @@ async fn a_sites_day_shows_booked_moves_with_their_van_but_no_position_until_it_
             })
             .collect();
         listed.sort();
+        // Names, not only codes; no supplier before the van is live.
+        let m_in = board["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["move_id"] == "m-in")
+            .unwrap();
+        assert_eq!(m_in["from_name"], "Wakefield (HMP)", "{m_in}");
+        assert_eq!(m_in["to_name"], "Leeds (HMP)", "{m_in}");
+        assert!(m_in["supplier"].is_null(), "{m_in}");
         assert_eq!(
             listed,
             [
@@ -436,6 +446,18 @@ async fn a_sites_day_shows_booked_moves_with_their_van_but_no_position_until_it_
         );
         let m = get_move(&engine, "m-in", LEI_TOKEN).await.json();
         assert_eq!(m["status"], "in_transit");
+        // Live now: the board names the supplier running the van.
+        let board = get_as(engine.http_addr, "/api/sites/LEI/incoming", Some(LEI_TOKEN))
+            .await
+            .json();
+        let m_in = board["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["move_id"] == "m-in")
+            .unwrap();
+        assert!(m_in["supplier"].is_string(), "{m_in}");
+        assert_eq!(m_in["from_name"], "Wakefield (HMP)", "{m_in}");
     })
     .await
     .expect("test timed out");

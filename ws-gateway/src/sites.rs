@@ -149,7 +149,8 @@ impl Gateway {
 /// with its planned vehicle), in transit (with its ETA), or arrived within
 /// the last 15 minutes; each with its `direction` (`incoming` or
 /// `outgoing`), live status, ETA and interval, distance remaining, departure
-/// and arrival; and the positions of the vehicles the site may see (those
+/// and arrival, the two sites' names (`from_name`, `to_name`) and the
+/// `supplier` running its vehicle (null until the vehicle is live); and the positions of the vehicles the site may see (those
 /// carrying its moves from the journey's start). A site token may ask only
 /// for its own sites (403 before the site's existence is checked, so a probe
 /// learns nothing).
@@ -192,6 +193,16 @@ pub(crate) async fn incoming(
                 } else {
                     "outgoing"
                 });
+                let name_of =
+                    |id: &SiteId| g.sites.iter().find(|s| &s.id == id).map(|s| s.name.clone());
+                v["from_name"] = json!(name_of(&view.from_location));
+                v["to_name"] = json!(name_of(&view.to_location));
+                v["supplier"] = json!(
+                    view.vehicle
+                        .as_ref()
+                        .and_then(|veh| g.tracker.supplier_of(veh))
+                        .map(|s| s.to_string())
+                );
                 if let Some(d) = details {
                     v["reference"] = json!(d.spec.reference);
                     v["departed_at"] = json!(d.departed_at.map(|t| model::format_ts(&t)));
