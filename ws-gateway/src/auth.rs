@@ -56,6 +56,23 @@ impl Access {
     }
 }
 
+/// The WebSocket subprotocol the pages ask for (and the server selects);
+/// the token travels beside it as `movewatch.token.<hex>`.
+pub const PAGE_PROTOCOL: &str = "movewatch.v1";
+const TOKEN_PROTOCOL_PREFIX: &str = "movewatch.token.";
+
+/// Lower- or upper-case hex of UTF-8 text.
+fn decode_hex(hex: &str) -> Option<String> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// The configured tokens.
 pub struct Auth {
     tokens: Vec<(Vec<u8>, Access)>,
@@ -95,7 +112,10 @@ impl Auth {
         found
     }
 
-    /// The token of a request: `Authorization: Bearer` or `?token=` (percent-decoded).
+    /// The token of a request: `Authorization: Bearer`, a WebSocket
+    /// subprotocol `movewatch.token.<hex of the token's UTF-8>` (how the pages
+    /// authenticate their WebSocket without putting the token in its URL), or
+    /// `?token=` (percent-decoded).
     pub fn token_of<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
         if let Some(bearer) = headers
             .get("authorization")
@@ -103,6 +123,16 @@ impl Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
         {
             return Some(Cow::Borrowed(bearer.trim()));
+        }
+        if let Some(token) = headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX))
+            .and_then(decode_hex)
+        {
+            return Some(Cow::Owned(token));
         }
         form_urlencoded::parse(query?.as_bytes())
             .find(|(key, _)| key == "token")
@@ -140,6 +170,18 @@ mod tests {
             Some("ab+c/d")
         );
         assert_eq!(Auth::token_of(&headers, Some("a=1")), None);
+        let mut ws = HeaderMap::new();
+        // "ab+c" as hex, beside the page protocol.
+        ws.insert(
+            "sec-websocket-protocol",
+            "movewatch.v1, movewatch.token.61622b63".parse().unwrap(),
+        );
+        assert_eq!(Auth::token_of(&ws, None).as_deref(), Some("ab+c"));
+        ws.insert(
+            "sec-websocket-protocol",
+            "movewatch.v1, movewatch.token.6".parse().unwrap(),
+        );
+        assert_eq!(Auth::token_of(&ws, None), None);
         headers.insert("authorization", "Bearer xyz".parse().unwrap());
         assert_eq!(
             Auth::token_of(&headers, Some("token=other")).as_deref(),

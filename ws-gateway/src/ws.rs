@@ -30,7 +30,10 @@ pub(crate) async fn upgrade(
 ) -> Response {
     // Benchmarks only (none is installed in service): watches this client's sends.
     let recorder = g.hub.send_recorder(peer.map(|Extension(ConnectInfo(a))| a));
-    ws.max_message_size(MAX_CLIENT_MESSAGE)
+    // The pages send their token as a subprotocol beside this one; the
+    // browser needs the server to select one it offered.
+    ws.protocols([crate::auth::PAGE_PROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         // Clients send only small subscriptions: the 128 KiB default read
         // buffer was most of a site client's memory.
