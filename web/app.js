@@ -8,7 +8,9 @@
 // The vehicle table (the text alternative to the map) is refreshed at most
 // once a second.
 
-import { forgetToken, readToken, saveToken } from '/token.js';
+import {
+  LiveConnection, authHeaders as headersFor, forgetToken, formatTime as formatTimeShared, hideNotice as hide, readToken, saveToken, setText, showNotice as show,
+} from '/common.js';
 
 
 // Fit England and Wales; Scotland may be cut off at the top.
@@ -23,8 +25,6 @@ const MAX_ALERTS = 50;
 const ALERTS_SHOWN = 10;
 const MAX_ANIM_MS = 2000;
 const JUMP_MAP_UNITS = 0.25; // ~25 km: larger moves are not animated
-const BACKOFF_MIN_MS = 1000;
-const BACKOFF_MAX_MS = 30000;
 
 const COLOURS = {
   sea: '#bcd7ea',
@@ -69,9 +69,6 @@ const alertedAt = new Map();
 
 let token = null;
 let running = false;
-let ws = null;
-let reconnectTimer = null;
-let attempts = 0;
 let uiTimer = null;
 
 let tableDirty = false;
@@ -93,6 +90,7 @@ const reducedMotion =
 const $ = (id) => document.getElementById(id);
 const el = {
   status: $('connection-status'),
+  freshness: $('freshness'),
   count: $('vehicle-count'),
   notice: $('notice'),
   tokenSection: $('token-section'),
@@ -466,17 +464,8 @@ function placeTooltip(d) {
 // ---------------------------------------------------------------------------
 // Text: count, table, alerts (at most once a second)
 
-// Formatters are costly to create: make them once.
-const TIME_FMT = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
-const DAY_FMT = new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short' });
-
-function formatTime(ts) {
-  const t = new Date(ts);
-  if (Number.isNaN(t.getTime())) return 'Not known';
-  const time = TIME_FMT.format(t);
-  if (t.toDateString() === new Date().toDateString()) return time;
-  return `${DAY_FMT.format(t)} ${time}`;
-}
+// Times on this page carry seconds (positions arrive every few seconds).
+const formatTime = (ts) => formatTimeShared(ts, { seconds: true });
 
 const fmtCoord = (v) => v.toFixed(5);
 const fmtSpeed = (v) => (v === null || v === undefined || !Number.isFinite(Number(v)) ? 'Not known' : String(Math.round(Number(v))));
@@ -539,10 +528,6 @@ function updateTable() {
     for (const v of rowOrder) frag.appendChild(rows.get(v).tr);
     el.tbody.appendChild(frag);
   }
-}
-
-function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
 }
 
 const ALERT_NAMES = {
@@ -684,16 +669,8 @@ function updateDetail() {
 // ---------------------------------------------------------------------------
 // Server frames
 
-function handleMessage(data) {
-  let msg;
-  try {
-    msg = JSON.parse(data);
-  } catch {
-    return;
-  }
-  const now = performance.now();
-  if (Array.isArray(msg)) msg.forEach((m) => handleFrame(m, now));
-  else handleFrame(msg, now);
+function handleMessage(msg) {
+  handleFrame(msg, performance.now());
   requestRedraw();
 }
 
@@ -719,9 +696,7 @@ function handleFrame(msg, now) {
       for (const m of msg.moves || []) if (m && typeof m.move_id === 'string') state.moves.set(m.move_id, m);
       detailDirty = true;
       tableDirty = true;
-      attempts = 0;
       hideNotice();
-      setConnection('Live', 'green');
       // The count at once; the table and alerts follow at the next tick.
       updateCount();
       break;
@@ -766,26 +741,26 @@ function addAlert(a) {
 // ---------------------------------------------------------------------------
 // Connection
 
+const live = new LiveConnection({
+  channel: 'fleet',
+  statusEl: el.status,
+  freshnessEl: el.freshness,
+  onFrame: handleMessage,
+  check: loadSites,
+  onRejected: () => tokenRejected(),
+  onStatus: (text) => {
+    state.connection = text;
+    updateCount();
+  },
+});
+
 function setConnection(text, colour) {
-  state.connection = text;
-  el.status.textContent = text;
-  el.status.className = `tag tag--${colour}`;
-  updateCount();
+  live.setStatus(text, colour);
 }
 
-function showNotice(text) {
-  el.notice.textContent = text;
-  el.notice.hidden = false;
-}
-
-function hideNotice() {
-  el.notice.hidden = true;
-  el.notice.textContent = '';
-}
-
-function authHeaders() {
-  return { Authorization: `Bearer ${token}` };
-}
+const showNotice = (text) => show(el.notice, text);
+const hideNotice = () => hide(el.notice);
+const authHeaders = () => headersFor(token);
 
 /** 'ok', 'rejected' or 'unknown' (network trouble). Loads the sites on success. */
 async function loadSites() {
@@ -837,62 +812,6 @@ async function loadBasemap() {
   }
 }
 
-function connect() {
-  clearTimeout(reconnectTimer);
-  reconnectTimer = null;
-  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const url = `${proto}//${location.host}/ws?token=${encodeURIComponent(token)}`;
-  let sock;
-  try {
-    sock = new WebSocket(url);
-  } catch {
-    scheduleReconnect(false);
-    return;
-  }
-  ws = sock;
-  let opened = false;
-  sock.onopen = () => {
-    if (ws !== sock) return;
-    opened = true;
-    sock.send(JSON.stringify({ type: 'subscribe', channel: 'fleet' }));
-  };
-  sock.onmessage = (ev) => {
-    if (ws !== sock) return;
-    if (typeof ev.data === 'string') handleMessage(ev.data);
-  };
-  sock.onclose = (ev) => {
-    if (ws !== sock) return;
-    ws = null;
-    if (!running) return;
-    if (ev.code === 1008) {
-      tokenRejected();
-      return;
-    }
-    scheduleReconnect(opened);
-  };
-}
-
-function scheduleReconnect(wasOpen) {
-  setConnection('Reconnecting…', 'yellow');
-  const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempts) * (0.75 + Math.random() * 0.5);
-  attempts = Math.min(attempts + 1, 10);
-  reconnectTimer = setTimeout(async () => {
-    reconnectTimer = null;
-    if (!running) return;
-    // A WebSocket refused at the handshake gives no reason; ask the HTTP API
-    // whether the token is the problem.
-    if (!wasOpen || !sitesLoaded) {
-      const check = await loadSites();
-      if (!running) return;
-      if (check === 'rejected') {
-        tokenRejected();
-        return;
-      }
-    }
-    connect();
-  }, delay);
-}
-
 async function start() {
   running = true;
   el.tokenSection.hidden = true;
@@ -907,22 +826,12 @@ async function start() {
     return;
   }
   if (!uiTimer) uiTimer = setInterval(uiTick, 1000);
-  connect();
+  live.start(token);
 }
 
 function stop() {
   running = false;
-  clearTimeout(reconnectTimer);
-  reconnectTimer = null;
-  if (ws) {
-    const s = ws;
-    ws = null;
-    try {
-      s.close(1000);
-    } catch {
-      /* already closed */
-    }
-  }
+  live.stop();
   clearInterval(uiTimer);
   uiTimer = null;
   state.vehicles.clear();
@@ -944,7 +853,7 @@ function tokenRejected() {
   stop();
   token = null;
   forgetToken();
-  setConnection('Not connected', 'red');
+  live.stop('Not connected', 'red');
   showTokenForm('Token not accepted');
 }
 

@@ -1,16 +1,20 @@
-// movewatch — a site's incoming board (/site/{id}).
+// movewatch — a site's board (/site/{id}): the site's day.
 //
-// The board comes from GET /api/sites/{id}/incoming (which also answers
-// whether this token may see the site at all: 401 → the token form, 403 → a
-// forbidden message and no data); the WebSocket channel `site:{id}` then keeps
-// it live. Works with no internet: the basemap is the engine's own
-// /data/basemap.geojson, drawn on a <canvas> here.
+// Four tables: Expected (booked to come here today, not left yet), On the way
+// (with a countdown, the estimate's range and the distance to go), Arrived
+// (the last 15 minutes) and Outgoing (moves leaving from here). Sites are
+// named, not coded: the names come from GET /api/sites/{id}/incoming (which
+// also answers whether this token may see the site at all: 401 → the token
+// form, 403 → a forbidden message and no data); the WebSocket channel
+// `site:{id}` then keeps the board live. Works with no internet: the basemap
+// is the engine's own /data/basemap.geojson, drawn on a <canvas> here.
 
-import { forgetToken, readToken, saveToken } from '/token.js';
+import {
+  LiveConnection, authHeaders, countdown, distance, forgetToken, formatTime, hideNotice, readToken, saveToken, setText, showNotice,
+} from '/common.js';
 
 const REFRESH_MS = 30_000; // re-read the board (moves leave it 15 min after arrival)
-const BACKOFF_MIN_MS = 1000;
-const BACKOFF_MAX_MS = 30000;
+const ARRIVED_KEPT_MS = 15 * 60_000;
 
 const COLOURS = {
   sea: '#bcd7ea',
@@ -25,10 +29,24 @@ const COLOURS = {
 
 const STATUS_NAMES = { booked: 'Booked', in_transit: 'On the way', arrived: 'Arrived', completed: 'Completed', cancelled: 'Cancelled' };
 
+/** The board's sections, in page order, and their columns. */
+const SECTIONS = {
+  expected: ['reference', 'from', 'vehicle', 'supplier'],
+  ontheway: ['eta', 'vehicle', 'from', 'distance', 'reference', 'supplier'],
+  arrived: ['arrived', 'vehicle', 'from', 'reference'],
+  outgoing: ['to', 'status', 'reference', 'vehicle', 'departed'],
+};
+const LABELS = {
+  reference: 'Reference', from: 'From', to: 'To', vehicle: 'Vehicle', supplier: 'Supplier', eta: 'Expected arrival',
+  distance: 'Distance to go', arrived: 'Arrived at', status: 'Status', departed: 'Departed',
+};
+/** The column that names a row (a row header, `scope="row"`). */
+const ROW_HEADER = { expected: 'reference', ontheway: 'eta', arrived: 'arrived', outgoing: 'to' };
+
 /** Exposed for tests. */
 const state = {
   site: null, // { id, name, lat, lon, ... }
-  moves: new Map(), // move id -> { move_id, status, vehicle, eta, eta_low, eta_high, distance_remaining_m, from_location, to_location, arrived_at }
+  moves: new Map(), // move id -> the REST move merged with the frames since
   vehicles: new Map(), // registration -> { vehicle, lat, lon, speed_kmh, ts }
   connection: 'Not connected',
   forbidden: false,
@@ -39,6 +57,7 @@ const $ = (id) => document.getElementById(id);
 const el = {
   heading: $('board-heading'),
   status: $('connection-status'),
+  freshness: $('freshness'),
   count: $('move-count'),
   notice: $('notice'),
   forbidden: $('forbidden'),
@@ -51,12 +70,13 @@ const el = {
   tokenError: $('token-error'),
   tokenErrorText: $('token-error-text'),
   live: $('live-section'),
-  tbody: $('board-tbody'),
-  empty: $('board-empty'),
   wrap: $('board-map-wrap'),
   canvas: $('board-map'),
   vanList: $('van-list'),
 };
+for (const key of Object.keys(SECTIONS)) {
+  el[key] = { tbody: $(`${key}-tbody`), empty: $(`${key}-empty`), count: $(`${key}-count`) };
+}
 
 const siteId = (() => {
   const m = /^\/site\/([^/]+)\/?$/.exec(location.pathname);
@@ -69,131 +89,190 @@ const siteId = (() => {
 
 let token = null;
 let running = false;
-let ws = null;
-let reconnectTimer = null;
 let refreshTimer = null;
 let tickTimer = null;
-let attempts = 0;
+let refetchTimer = null;
+const suppliersAsked = new Set(); // vans whose supplier was re-read on their first fix
 let basemap = null; // GeoJSON rings [[lon, lat], ...]
-
-// ---------------------------------------------------------------------------
-// Formatting
-
-const TIME_FMT = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', hour12: false });
-
-function formatTime(ts) {
-  const t = Date.parse(ts);
-  return Number.isFinite(t) ? TIME_FMT.format(t) : 'Not known';
-}
-
-function countdown(ts) {
-  const t = Date.parse(ts);
-  if (!Number.isFinite(t)) return 'Not known';
-  const mins = Math.round((t - Date.now()) / 60000);
-  if (mins <= 0) return 'Due now';
-  if (mins < 60) return `In ${mins} min`;
-  return `In ${Math.floor(mins / 60)} h ${String(mins % 60).padStart(2, '0')} min`;
-}
-
-function distance(m) {
-  const v = Number(m);
-  if (m === null || m === undefined || !Number.isFinite(v)) return 'Not known';
-  return v < 1000 ? `${Math.round(v)} m` : `${(v / 1000).toFixed(1)} km`;
-}
-
-function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
-}
 
 // ---------------------------------------------------------------------------
 // The board
 
-function mergeMove(m) {
+/** A site's name when the board has been told it, else its code. */
+function siteName(m, end) {
+  const code = end === 'from' ? m.from_location : m.to_location;
+  const name = end === 'from' ? m.from_name : m.to_name;
+  if (name) return name;
+  if (state.site && code === state.site.id) return state.site.name;
+  return code || 'Not known';
+}
+
+/** Re-reads the board soon (a frame named a move or a site it does not know). */
+function refetchSoon() {
+  if (refetchTimer || !running) return;
+  refetchTimer = setTimeout(async () => {
+    refetchTimer = null;
+    if (!running) return;
+    const r = await loadBoard();
+    if (r === 'rejected') tokenRejected();
+    else if (r === 'forbidden') showForbidden();
+  }, 300);
+}
+
+/**
+ * Merges a move (from REST or a frame) into the board. A cancellation, or a
+ * redirect that takes an incoming move elsewhere, is the last frame this site
+ * gets of it: the move leaves the board.
+ */
+function mergeMove(m, fromRest = false) {
   if (!m || typeof m.move_id !== 'string') return;
-  // An incoming board: moves whose destination is this site (a redirect
-  // away or a cancellation is the last frame of a move this site gets).
-  if (m.to_location !== siteId || m.status === 'cancelled') {
+  const direction = m.to_location === siteId ? 'incoming' : m.from_location === siteId ? 'outgoing' : null;
+  if (m.status === 'cancelled' || !direction) {
     state.moves.delete(m.move_id);
     return;
   }
-  const old = state.moves.get(m.move_id) || {};
-  state.moves.set(m.move_id, { ...old, ...m });
+  const old = state.moves.get(m.move_id);
+  const merged = { ...(old || {}), ...m, direction };
+  // Names learned from REST stay, unless the frame moved that end elsewhere.
+  if (!fromRest && old) {
+    if (old.to_location !== m.to_location) {
+      delete merged.to_name;
+      refetchSoon();
+    }
+    if (old.from_location !== m.from_location) {
+      delete merged.from_name;
+      refetchSoon();
+    }
+  }
+  if (!fromRest && !old) refetchSoon(); // a move we do not know: its names, reference and supplier
+  if (!fromRest && old && m.vehicle && old.vehicle !== m.vehicle) refetchSoon(); // its van's supplier
+  if (!fromRest && (m.status === 'arrived' || m.status === 'completed') && !merged.arrived_at) refetchSoon();
+  state.moves.set(m.move_id, merged);
 }
 
-const rows = new Map(); // move id -> { tr, cells }
+/** Which table a move belongs in, or null once it should leave the board. */
+function sectionOf(m, now) {
+  if (m.direction === 'outgoing') return 'outgoing';
+  if (m.status === 'arrived' || m.status === 'completed' || m.arrived_at) {
+    const at = Date.parse(m.arrived_at);
+    if (Number.isFinite(at) && now - at > ARRIVED_KEPT_MS) return null;
+    return 'arrived';
+  }
+  if (m.status === 'booked') return 'expected';
+  return 'ontheway';
+}
+
+function byTime(key) {
+  return (a, b) => {
+    const ta = Date.parse(a[key]) || Infinity;
+    const tb = Date.parse(b[key]) || Infinity;
+    return ta - tb || (a.move_id < b.move_id ? -1 : 1);
+  };
+}
+
+const ORDER = {
+  expected: (a, b) => String(a.reference || a.move_id).localeCompare(String(b.reference || b.move_id)),
+  ontheway: byTime('eta'),
+  arrived: (a, b) => -byTime('arrived_at')(a, b), // latest first
+  outgoing: (a, b) => {
+    const rank = (m) => ({ in_transit: 0, booked: 1 })[m.status] ?? 2;
+    return rank(a) - rank(b) || byTime('departed_at')(a, b);
+  },
+};
+
+const rows = new Map(); // move id -> { section, tr, cells }
+
+function fill(c, m) {
+  const known = (v, missing = 'Not known') => (v === null || v === undefined || v === '' ? missing : String(v));
+  if (c.reference) setText(c.reference, known(m.reference, m.move_id));
+  if (c.from) setText(c.from, siteName(m, 'from'));
+  if (c.to) setText(c.to, siteName(m, 'to'));
+  if (c.vehicle) setText(c.vehicle, known(m.vehicle, 'Not yet known'));
+  if (c.supplier) setText(c.supplier, known(m.supplier));
+  if (c.status) setText(c.status, STATUS_NAMES[m.status] || known(m.status));
+  if (c.departed) setText(c.departed, m.departed_at ? formatTime(m.departed_at) : 'Not left yet');
+  if (c.arrived) setText(c.arrived, formatTime(m.arrived_at));
+  if (c.distance) setText(c.distance, distance(m.distance_remaining_m));
+  if (c.eta) {
+    const text = m.eta ? countdown(m.eta) : 'Not known';
+    const range = m.eta && m.eta_low && m.eta_high ? `, between ${formatTime(m.eta_low)} and ${formatTime(m.eta_high)}` : '';
+    const at = m.eta ? `at ${formatTime(m.eta)}${range}` : '';
+    const wanted = `${text}|${at}`;
+    if (c.eta.dataset.shown !== wanted) {
+      c.eta.dataset.shown = wanted;
+      const strong = document.createElement('span');
+      strong.className = 'countdown';
+      strong.textContent = text;
+      const parts = [strong];
+      if (at) {
+        const span = document.createElement('span');
+        span.className = 'interval';
+        span.textContent = at;
+        parts.push(span);
+      }
+      const box = document.createElement('div');
+      box.append(...parts);
+      c.eta.replaceChildren(box);
+    }
+  }
+}
+
+function newRow(id, section) {
+  const tr = document.createElement('tr');
+  tr.dataset.moveId = id;
+  tr.dataset.section = section;
+  const cells = {};
+  for (const col of SECTIONS[section]) {
+    const header = ROW_HEADER[section] === col;
+    const cell = document.createElement(header ? 'th' : 'td');
+    if (header) cell.scope = 'row';
+    if (col === 'distance') cell.className = 'numeric';
+    cell.dataset.col = col;
+    cell.dataset.label = LABELS[col];
+    tr.appendChild(cell);
+    cells[col] = cell;
+  }
+  return { section, tr, cells };
+}
 
 function render() {
-  const moves = [...state.moves.values()].sort((a, b) => {
-    // Arrived last; the rest by ETA, unknown ETAs after known ones.
-    const ka = a.status === 'arrived' || a.status === 'completed' ? 1 : 0;
-    const kb = b.status === 'arrived' || b.status === 'completed' ? 1 : 0;
-    if (ka !== kb) return ka - kb;
-    const ea = Date.parse(a.eta) || Infinity;
-    const eb = Date.parse(b.eta) || Infinity;
-    return ea - eb || (a.move_id < b.move_id ? -1 : 1);
-  });
+  const now = Date.now();
+  const grouped = { expected: [], ontheway: [], arrived: [], outgoing: [] };
+  for (const m of state.moves.values()) {
+    const section = sectionOf(m, now);
+    if (section) grouped[section].push(m);
+    else state.moves.delete(m.move_id); // arrived more than 15 minutes ago
+  }
   for (const [id, r] of rows) {
-    if (!state.moves.has(id)) {
+    const m = state.moves.get(id);
+    if (!m || sectionOf(m, now) !== r.section) {
       r.tr.remove();
       rows.delete(id);
     }
   }
-  const frag = document.createDocumentFragment();
-  for (const m of moves) {
-    let r = rows.get(m.move_id);
-    if (!r) {
-      const tr = document.createElement('tr');
-      tr.dataset.moveId = m.move_id;
-      const cells = {};
-      for (const col of ['vehicle', 'from', 'status', 'eta', 'distance', 'arrived']) {
-        const cell = document.createElement(col === 'vehicle' ? 'th' : 'td');
-        if (col === 'vehicle') cell.scope = 'row';
-        if (col === 'distance') cell.className = 'numeric';
-        cell.dataset.col = col;
-        tr.appendChild(cell);
-        cells[col] = cell;
+  let total = 0;
+  for (const [section, list] of Object.entries(grouped)) {
+    list.sort(ORDER[section]);
+    const frag = document.createDocumentFragment();
+    for (const m of list) {
+      let r = rows.get(m.move_id);
+      if (!r) {
+        r = newRow(m.move_id, section);
+        rows.set(m.move_id, r);
       }
-      r = { tr, cells };
-      rows.set(m.move_id, r);
+      fill(r.cells, m);
+      frag.appendChild(r.tr);
     }
-    const c = r.cells;
-    setText(c.vehicle, m.vehicle || 'Not yet known');
-    setText(c.from, m.from_location || '');
-    setText(c.status, STATUS_NAMES[m.status] || m.status || '');
-    const arrived = m.arrived_at || (m.status === 'arrived' || m.status === 'completed' ? m.arrived_at : null);
-    if (arrived) {
-      setText(c.eta, '—');
-      setText(c.distance, '—');
-      setText(c.arrived, formatTime(arrived));
-    } else {
-      // A booked move has not left: no time to count down yet.
-      const text = m.eta ? countdown(m.eta) : m.status === 'booked' ? 'Not left yet' : 'Not known';
-      const interval = m.eta && m.eta_low && m.eta_high ? `between ${formatTime(m.eta_low)} and ${formatTime(m.eta_high)}` : '';
-      const wanted = `${text}|${m.eta ? formatTime(m.eta) : ''}|${interval}`;
-      if (c.eta.dataset.shown !== wanted) {
-        c.eta.dataset.shown = wanted;
-        const strong = document.createElement('span');
-        strong.className = 'countdown';
-        strong.textContent = text;
-        const parts = [strong];
-        if (m.eta) {
-          const at = document.createElement('span');
-          at.className = 'interval';
-          at.textContent = `at ${formatTime(m.eta)}${interval ? `, ${interval}` : ''}`;
-          parts.push(at);
-        }
-        c.eta.replaceChildren(...parts);
-      }
-      setText(c.distance, m.status === 'booked' && m.distance_remaining_m == null ? '—' : distance(m.distance_remaining_m));
-      setText(c.arrived, m.status === 'arrived' ? 'Arrived' : 'Not yet');
-    }
-    frag.appendChild(r.tr);
+    el[section].tbody.appendChild(frag);
+    el[section].empty.hidden = list.length > 0;
+    setText(el[section].count, `(${list.length})`);
+    total += list.length;
   }
-  el.tbody.appendChild(frag);
-  el.empty.hidden = moves.length > 0;
-  const n = moves.length;
-  const text = n === 0 ? 'No incoming moves' : `${n} incoming move${n === 1 ? '' : 's'}`;
-  el.count.dataset.count = String(n);
+  const incoming = grouped.expected.length + grouped.ontheway.length;
+  const text = total === 0
+    ? 'Nothing on the board'
+    : `${grouped.ontheway.length} on the way, ${grouped.expected.length} expected, ${grouped.arrived.length} arrived, ${grouped.outgoing.length} outgoing`;
+  el.count.dataset.count = String(incoming);
   setText(el.count, text);
 
   // The text alternative to the map.
@@ -274,7 +353,7 @@ function draw() {
   c.fillText(state.site.id, x0 + 8, y0 - 8);
   // Vans with their registrations.
   for (const v of state.vehicles.values()) {
-    const arrived = [...state.moves.values()].some((m) => m.vehicle === v.vehicle && m.arrived_at);
+    const arrived = [...state.moves.values()].some((m) => m.vehicle === v.vehicle && m.arrived_at && m.direction === 'incoming');
     const x = px(v.lon);
     const y = py(v.lat);
     c.beginPath();
@@ -312,15 +391,11 @@ async function loadBasemap() {
 // ---------------------------------------------------------------------------
 // Data
 
-function authHeaders() {
-  return { Authorization: `Bearer ${token}` };
-}
-
 /** 'ok', 'rejected' (401), 'forbidden' (403), 'missing' (404) or 'unknown'. */
 async function loadBoard() {
   let res;
   try {
-    res = await fetch(`/api/sites/${encodeURIComponent(siteId)}/incoming`, { headers: authHeaders(), cache: 'no-store' });
+    res = await fetch(`/api/sites/${encodeURIComponent(siteId)}/incoming`, { headers: authHeaders(token), cache: 'no-store' });
   } catch {
     return 'unknown';
   }
@@ -334,13 +409,14 @@ async function loadBoard() {
   } catch {
     return 'unknown';
   }
+  if (!running) return 'ok';
   state.site = board.site;
-  setText(el.heading, `Incoming board: ${board.site.name} (${board.site.id})`);
-  document.title = `${board.site.id} incoming board – movewatch`;
+  setText(el.heading, `Site board: ${board.site.name} (${board.site.id})`);
+  document.title = `${board.site.name} – site board – movewatch`;
   const seen = new Set();
   for (const m of board.moves || []) {
     seen.add(m.move_id);
-    mergeMove(m);
+    mergeMove(m, true);
   }
   for (const id of [...state.moves.keys()]) if (!seen.has(id)) state.moves.delete(id);
   state.vehicles.clear();
@@ -352,16 +428,28 @@ async function loadBoard() {
 function handleFrame(msg) {
   if (!msg || typeof msg !== 'object') return;
   switch (msg.type) {
-    case 'snapshot':
+    case 'snapshot': {
       state.vehicles.clear();
       for (const v of msg.vehicles || []) if (v && typeof v.vehicle === 'string') state.vehicles.set(v.vehicle, v);
-      for (const m of msg.moves || []) mergeMove(m);
-      attempts = 0;
-      hideNotice();
-      setConnection('Live', 'green');
+      const seen = new Set();
+      for (const m of msg.moves || []) {
+        if (m && typeof m.move_id === 'string') seen.add(m.move_id);
+        mergeMove(m, true); // the REST read just before has the names
+      }
+      for (const id of [...state.moves.keys()]) if (!seen.has(id)) state.moves.delete(id);
+      if ([...seen].some((id) => state.moves.has(id) && !state.moves.get(id).reference)) refetchSoon();
+      hideNotice(el.notice);
       break;
+    }
     case 'position':
-      if (typeof msg.vehicle === 'string') state.vehicles.set(msg.vehicle, msg);
+      if (typeof msg.vehicle === 'string') {
+        // A van's first fix: the engine now knows its supplier; read it once.
+        if (!state.vehicles.has(msg.vehicle) && !suppliersAsked.has(msg.vehicle)) {
+          suppliersAsked.add(msg.vehicle);
+          if ([...state.moves.values()].some((m) => m.vehicle === msg.vehicle && !m.supplier)) refetchSoon();
+        }
+        state.vehicles.set(msg.vehicle, msg);
+      }
       break;
     case 'move':
       mergeMove(msg);
@@ -378,7 +466,7 @@ function handleFrame(msg) {
       break;
     case 'error':
       if (msg.code === 'forbidden') showForbidden();
-      else showNotice(`The engine reported a problem (${msg.code || 'error'}): ${msg.message || ''}`);
+      else showNotice(el.notice, `The engine reported a problem (${msg.code || 'error'}): ${msg.message || ''}`);
       return;
     default:
       return;
@@ -389,77 +477,27 @@ function handleFrame(msg) {
 // ---------------------------------------------------------------------------
 // Connection
 
-function setConnection(text, colour) {
-  state.connection = text;
-  el.status.textContent = text;
-  el.status.className = `tag tag--${colour}`;
-}
-
-function showNotice(text) {
-  el.notice.textContent = text;
-  el.notice.hidden = false;
-}
-
-function hideNotice() {
-  el.notice.hidden = true;
-  el.notice.textContent = '';
-}
-
-function connect() {
-  clearTimeout(reconnectTimer);
-  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  let sock;
-  try {
-    sock = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(token)}`);
-  } catch {
-    scheduleReconnect();
-    return;
-  }
-  ws = sock;
-  sock.onopen = () => {
-    if (ws === sock) sock.send(JSON.stringify({ type: 'subscribe', channel: `site:${siteId}` }));
-  };
-  sock.onmessage = (ev) => {
-    if (ws !== sock || typeof ev.data !== 'string') return;
-    try {
-      handleFrame(JSON.parse(ev.data));
-    } catch {
-      /* not JSON: ignore */
-    }
-  };
-  sock.onclose = (ev) => {
-    if (ws !== sock) return;
-    ws = null;
-    if (!running) return;
-    if (ev.code === 1008) {
-      tokenRejected();
-      return;
-    }
-    scheduleReconnect();
-  };
-}
-
-function scheduleReconnect() {
-  setConnection('Reconnecting…', 'yellow');
-  const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempts) * (0.75 + Math.random() * 0.5);
-  attempts = Math.min(attempts + 1, 10);
-  reconnectTimer = setTimeout(async () => {
-    if (!running) return;
-    const check = await loadBoard();
-    if (!running) return;
-    if (check === 'rejected') return tokenRejected();
-    if (check === 'forbidden') return showForbidden();
-    connect();
-  }, delay);
-}
+const live = new LiveConnection({
+  channel: `site:${siteId}`,
+  statusEl: el.status,
+  freshnessEl: el.freshness,
+  onFrame: handleFrame,
+  check: loadBoard,
+  checkAlways: true, // re-read the board (and its names) before each reconnect
+  onRejected: () => tokenRejected(),
+  onForbidden: () => showForbidden(),
+  onStatus: (text) => {
+    state.connection = text;
+  },
+});
 
 async function start() {
   running = true;
   el.tokenSection.hidden = true;
   el.forbidden.hidden = true;
-  setConnection('Connecting…', 'grey');
+  live.setStatus('Connecting…', 'grey');
   if (!siteId) {
-    showNotice('This address names no site: use /site/{site id}, for example /site/LEI.');
+    showNotice(el.notice, 'This address names no site: use /site/{site id}, for example /site/LEI.');
     return;
   }
   const check = await loadBoard();
@@ -468,15 +506,14 @@ async function start() {
   if (check === 'forbidden') return showForbidden();
   if (check === 'missing') {
     stop();
-    setConnection('Not connected', 'grey');
-    showNotice(`There is no site ${siteId}.`);
+    showNotice(el.notice, `There is no site ${siteId}.`);
     return;
   }
   el.live.hidden = false;
   loadBasemap();
   render();
-  connect();
-  tickTimer = setInterval(render, 1000); // the countdowns
+  live.start(token);
+  tickTimer = setInterval(render, 1000); // the countdowns, and arrivals leaving after 15 min
   refreshTimer = setInterval(async () => {
     const r = await loadBoard();
     if (r === 'rejected') tokenRejected();
@@ -484,24 +521,17 @@ async function start() {
   }, REFRESH_MS);
 }
 
-function stop() {
+function stop(status = 'Not connected', colour = 'grey') {
   running = false;
-  clearTimeout(reconnectTimer);
+  live.stop(status, colour);
   clearInterval(tickTimer);
   clearInterval(refreshTimer);
-  if (ws) {
-    const s = ws;
-    ws = null;
-    try {
-      s.close(1000);
-    } catch {
-      /* already closed */
-    }
-  }
+  clearTimeout(refetchTimer);
+  refetchTimer = null;
   state.moves.clear();
   state.vehicles.clear();
   state.site = null;
-  el.tbody.replaceChildren();
+  for (const key of Object.keys(SECTIONS)) el[key].tbody.replaceChildren();
   rows.clear();
   el.vanList.replaceChildren();
   el.live.hidden = true;
@@ -509,19 +539,17 @@ function stop() {
 
 /** This token may not see this site: say so, and show nothing of it. */
 function showForbidden() {
-  stop();
+  stop('Not connected', 'red');
   state.forbidden = true;
-  setConnection('Not connected', 'red');
   el.forbiddenSite.textContent = siteId;
   el.forbidden.hidden = false;
-  el.heading.textContent = 'Incoming board';
+  el.heading.textContent = 'Site board';
 }
 
 function tokenRejected() {
-  stop();
+  stop('Not connected', 'red');
   token = null;
   forgetToken();
-  setConnection('Not connected', 'red');
   showTokenForm('Token not accepted');
 }
 

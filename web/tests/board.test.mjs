@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ARTIFACTS, BIN, REPO, launchChromium, openPage, tail } from './harness.mjs';
+import { ARTIFACTS, BIN, REPO, launchChromium, openPage, seriousA11yViolations, tail } from './harness.mjs';
 
 
 const secret = (n) => randomBytes(n).toString('base64url');
@@ -256,40 +256,99 @@ after(async () => {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 });
 
-const cell = (page, col) => page.locator(`#board-tbody tr[data-move-id="${MOVE}"] [data-col="${col}"]`);
+const row = (page, id = MOVE) => page.locator(`#board tr[data-move-id="${id}"]`);
+const cell = (page, col, id = MOVE) => page.locator(`#board tr[data-move-id="${id}"] [data-col="${col}"]`);
 
-async function waitCell(page, col, re, what, timeout = 20_000) {
+async function waitCell(page, col, re, what, timeout = 20_000, id = MOVE) {
   try {
     await page.waitForFunction(
-      ([id, c, src]) => new RegExp(src).test(document.querySelector(`#board-tbody tr[data-move-id="${id}"] [data-col="${c}"]`)?.textContent || ''),
-      [MOVE, col, re.source],
+      ([i, c, src]) => new RegExp(src).test(document.querySelector(`#board tr[data-move-id="${i}"] [data-col="${c}"]`)?.textContent || ''),
+      [id, col, re.source],
       { timeout, polling: 200 },
     );
   } catch (err) {
-    const got = await cell(page, col).textContent().catch(() => '?');
+    const got = await cell(page, col, id).textContent().catch(() => '?');
     throw new Error(`${what}: ${col} is ${JSON.stringify(got)}; engine output:\n${tail(engineOutput)}`, { cause: err });
   }
 }
 
-test('the incoming board follows a move from booking to arrival', { timeout: 180_000 }, async () => {
+/** Waits until the move's row is in `section` (or gone, for null). */
+async function waitSection(page, section, what, id = MOVE, timeout = 20_000) {
+  try {
+    await page.waitForFunction(
+      ([i, sec]) => {
+        const tr = document.querySelector(`#board tr[data-move-id="${i}"]`);
+        return sec === null ? !tr : tr?.closest('table')?.dataset.section === sec;
+      },
+      [id, section],
+      { timeout, polling: 200 },
+    );
+  } catch (err) {
+    const got = await page.evaluate((i) => document.querySelector(`#board tr[data-move-id="${i}"]`)?.closest('table')?.dataset.section ?? 'none', id);
+    throw new Error(`${what}: ${id} is in ${got}, not ${section}; engine output:\n${tail(engineOutput)}`, { cause: err });
+  }
+}
+
+const DESKTOP = { width: 1600, height: 1000 };
+const PHONE = { width: 390, height: 844 };
+
+async function fitsPhone(page, name) {
+  await page.setViewportSize(PHONE);
+  await page.waitForTimeout(300);
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= PHONE.width, `${name}: the page is ${width} px wide on a ${PHONE.width} px phone`);
+}
+
+test("the site's day: expected, on the way, arrived and outgoing, with names", { timeout: 240_000 }, async () => {
   // Booked for today (UTC), WDI → LEI, vehicle not yet known.
   const t0 = Date.now() - 16 * 60_000;
   const today = new Date(t0).toISOString().slice(0, 10);
-  const put = await api('PUT', `/api/moves/${MOVE}`, CONTROL, {
-    reference: 'BRD001', from_location: 'WDI', to_location: 'LEI', date: today, status: 'booked',
-    journeys: [{ id: 'j-board-1', from_location: 'WDI', to_location: 'LEI' }],
-  });
-  assert.equal(put.status, 200, put.body);
+  const book = async (id, reference, from, to, vehicle, status = 'booked') => {
+    const journey = { id: `j-${id}`, from_location: from, to_location: to };
+    if (vehicle) journey.vehicle_registration = vehicle;
+    const put = await api('PUT', `/api/moves/${id}`, CONTROL, {
+      reference, from_location: from, to_location: to, date: today, status, journeys: [journey],
+    });
+    assert.equal(put.status, 200, put.body);
+  };
+  await book(MOVE, 'BRD001', 'WDI', 'LEI', null);
+  await book('m-board-later', 'BRD002', 'WDI', 'LEI', 'PLN1VAN');
+  await book('m-board-out', 'OUT001', 'LEI', 'WYI', 'OUT1VAN');
+  await book('m-board-cancel', 'CAN001', 'WDI', 'LEI', null);
+  await book('m-board-redir', 'RED001', 'WDI', 'LEI', null);
 
-  const { page, errors } = await openPage(context);
+  const { page, errors, messages } = await openPage(context);
   try {
+    await page.setViewportSize(DESKTOP);
     await page.goto(`${origin}/site/LEI?token=${encodeURIComponent(LEI_TOKEN)}`, { waitUntil: 'load' });
-    await page.getByRole('heading', { level: 1, name: /Incoming board: Leeds \(HMP\) \(LEI\)/ }).waitFor({ timeout: 15_000 });
+    await page.getByRole('heading', { level: 1, name: /Site board: Leeds \(HMP\) \(LEI\)/ }).waitFor({ timeout: 15_000 });
     assert.ok(!page.url().includes(LEI_TOKEN), 'token left in the address bar');
-    await waitCell(page, 'status', /^Booked$/, 'the booked move on the board');
+
+    // Expected: booked, named, with its reference; the planned van when known.
+    await waitSection(page, 'expected', 'the booked move under Expected');
+    assert.equal(await cell(page, 'from').textContent(), 'Wakefield (HMP)');
+    assert.equal(await cell(page, 'reference').textContent(), 'BRD001');
     assert.equal(await cell(page, 'vehicle').textContent(), 'Not yet known');
-    assert.equal(await cell(page, 'from').textContent(), 'WDI');
+    assert.equal(await cell(page, 'supplier').textContent(), 'Not known');
+    assert.equal(await cell(page, 'vehicle', 'm-board-later').textContent(), 'PLN1VAN');
+    assert.match(await page.locator('#expected-caption').textContent(), /Expected today \(4\)/);
+    // Outgoing: where it goes, by name.
+    await waitSection(page, 'outgoing', 'the outgoing move', 'm-board-out');
+    assert.equal(await cell(page, 'to', 'm-board-out').textContent(), 'Wetherby (HMYOI)');
+    assert.equal(await cell(page, 'status', 'm-board-out').textContent(), 'Booked');
+    assert.equal(await cell(page, 'departed', 'm-board-out').textContent(), 'Not left yet');
+    assert.equal(await cell(page, 'reference', 'm-board-out').textContent(), 'OUT001');
+    // No site codes where names are known.
+    const places = await page.locator('#board [data-col="from"], #board [data-col="to"]').allTextContents();
+    for (const p of places) assert.ok(!/^(WDI|LEI|WYI)$/.test(p), `a code on the board: ${p}`);
     await page.waitForFunction(() => document.querySelector('#connection-status')?.textContent === 'Live', null, { timeout: 15_000 });
+
+    // A cancellation and a redirect elsewhere: both leave the board (their last frame).
+    await book('m-board-cancel', 'CAN001', 'WDI', 'LEI', null, 'cancelled');
+    await waitSection(page, null, 'the cancelled move leaving the board', 'm-board-cancel');
+    await book('m-board-redir', 'RED001', 'WDI', 'WYI', null);
+    await waitSection(page, null, 'the redirected move leaving the board', 'm-board-redir');
+    assert.match(await page.locator('#expected-caption').textContent(), /\(2\)/);
 
     // The journey starts with our van: the board shows it on the way.
     const mqtt = await mqttConnect(mqttPort, SUPPLIER, MQTT_PASSWORD);
@@ -298,8 +357,8 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
       event_type: 'JourneyStart', occurred_at: at(0), move_id: MOVE, journey_id: 'j-board-1',
       details: { vehicle_reg: 'TB12 VAN' },
     }));
+    await waitSection(page, 'ontheway', 'the move in transit');
     await waitCell(page, 'vehicle', new RegExp(`^${VAN}$`), 'the van matched by the journey start');
-    await waitCell(page, 'status', /^On the way$/, 'the move in transit');
 
     // Parked in Wakefield's yard, then out and straight to Leeds at ~60 km/h.
     const fix = (i, s, [lat, lon], speed) => JSON.stringify({
@@ -313,17 +372,20 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
     const along = (f) => [SITES.WDI[0] + (SITES.LEI[0] - SITES.WDI[0]) * f, SITES.WDI[1] + (SITES.LEI[1] - SITES.WDI[1]) * f];
     for (let i = 1; i <= 12; i++) await mqtt.publish(topic, fix(i + 1, 40 + 30 * i, along(i / steps), 60));
 
-    // Live: an ETA counting down with its interval, the distance to go, the van on the map list.
+    // Live: an ETA counting down with its interval, the distance to go, the supplier, the van on the map list.
     await waitCell(page, 'eta', /In \d+ min|Due now/, 'an ETA on the board');
     await waitCell(page, 'distance', /\d+(\.\d)? km|\d+ m/, 'a distance on the board');
-    assert.match(await cell(page, 'eta').textContent(), /between \d\d:\d\d and \d\d:\d\d/);
+    await waitCell(page, 'supplier', new RegExp(`^${SUPPLIER}$`), 'the supplier of the van');
+    assert.match(await cell(page, 'eta').textContent(), /at \d\d:\d\d, between \d\d:\d\d and \d\d:\d\d/);
+    assert.equal(await cell(page, 'from').textContent(), 'Wakefield (HMP)');
+    assert.equal(await cell(page, 'reference').textContent(), 'BRD001');
     await page.waitForFunction((van) => document.querySelector('#van-list')?.textContent.includes(van), VAN, { timeout: 10_000 });
     const km = async () => Number.parseFloat((await cell(page, 'distance').textContent()).replace(/[^\d.]/g, ''));
     const before = await km();
     for (let i = 13; i <= 20; i++) await mqtt.publish(topic, fix(i + 1, 40 + 30 * i, along(i / steps), 60));
     await page.waitForFunction(
       ([id, b]) => {
-        const t = document.querySelector(`#board-tbody tr[data-move-id="${id}"] [data-col="distance"]`)?.textContent || '';
+        const t = document.querySelector(`#board tr[data-move-id="${id}"] [data-col="distance"]`)?.textContent || '';
         const v = Number.parseFloat(t.replace(/[^\d.]/g, ''));
         return Number.isFinite(v) && (t.endsWith(' m') || v < b);
       },
@@ -332,16 +394,28 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
     );
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'board-in-transit.png') });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'board-day-desktop.png'), fullPage: true });
+    assert.deepEqual(await seriousA11yViolations(page), [], 'axe: serious or critical violations on the board');
+
+    // On a phone: no sideways scrolling, the tables become stacked rows.
+    await fitsPhone(page, 'the board');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'board-day-phone.png'), fullPage: true });
+    assert.deepEqual(await seriousA11yViolations(page), [], 'axe: serious or critical violations on the board (phone)');
+    await page.setViewportSize(DESKTOP);
 
     // Into LEI's fence: the board shows the arrival.
     for (let i = 21; i <= steps; i++) await mqtt.publish(topic, fix(i + 1, 40 + 30 * i, along(i / steps), i === steps ? 0 : 60));
     await mqtt.publish(topic, fix(99, 40 + 30 * steps + 30, SITES.LEI, 0));
     mqtt.close();
-    await waitCell(page, 'status', /^Arrived$/, 'the arrival on the board', 30_000);
+    await waitSection(page, 'arrived', 'the arrival on the board', MOVE, 30_000);
     await waitCell(page, 'arrived', /^\d\d:\d\d$/, 'the arrival time on the board');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'board-arrived.png') });
+    assert.equal(await cell(page, 'from').textContent(), 'Wakefield (HMP)');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'board-arrived.png'), fullPage: true });
 
     assert.ok(!(await page.locator('body').innerText()).includes(LEI_TOKEN), 'token displayed on the page');
+    const leaks = messages.filter((m) => m.includes(LEI_TOKEN) || m.includes(encodeURIComponent(LEI_TOKEN)));
+    assert.deepEqual(leaks, [], 'the token in a console message or a logged URL');
+    assert.ok(messages.some((m) => m.startsWith('websocket: ')), 'the board opened no WebSocket');
     assert.deepEqual(errors, [], 'console errors or page errors');
   } finally {
     await page.close();
@@ -358,6 +432,12 @@ test('the incoming board follows a move from booking to arrival', { timeout: 180
     await control.page.waitForFunction(() => Number(document.querySelector('#detail-track')?.dataset.points) > 10, null, { timeout: 10_000 });
     assert.match(await control.page.locator('#detail-moves').innerText(), new RegExp(`${MOVE}: WDI to LEI`));
     await control.page.screenshot({ path: path.join(ARTIFACTS, 'control-selected-vehicle.png') });
+    assert.deepEqual(await seriousA11yViolations(control.page), [], 'axe: serious or critical violations on /control');
+    await fitsPhone(control.page, '/control');
+    await control.page.screenshot({ path: path.join(ARTIFACTS, 'control-phone.png'), fullPage: true });
+    assert.deepEqual(await seriousA11yViolations(control.page), [], 'axe: serious or critical violations on /control (phone)');
+    const leaks = control.messages.filter((m) => m.includes(CONTROL) || m.includes(encodeURIComponent(CONTROL)));
+    assert.deepEqual(leaks, [], 'the token in a console message or a logged URL');
     assert.deepEqual(control.errors, [], 'console errors or page errors');
   } finally {
     await control.page.close();
@@ -371,7 +451,7 @@ test("a site token cannot open another site's board", { timeout: 60_000 }, async
     await page.getByRole('heading', { level: 2, name: 'You do not have access to this board' }).waitFor({ timeout: 15_000 });
     assert.equal(await page.locator('#forbidden-site').textContent(), 'LEI');
     assert.equal(await page.locator('#live-section').isVisible(), false);
-    assert.equal(await page.locator('#board-tbody tr').count(), 0);
+    assert.equal(await page.locator('#board tr[data-move-id]').count(), 0);
     const text = await page.locator('body').innerText();
     for (const leak of [VAN, MOVE, 'Leeds']) assert.ok(!text.includes(leak), `the forbidden page shows ${leak}`);
     assert.equal(await page.evaluate(() => window.movewatchBoard.moves.size + window.movewatchBoard.vehicles.size), 0);

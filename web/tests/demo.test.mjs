@@ -244,14 +244,14 @@ test('the LEI board the demo prints shows incoming moves with ETAs within a minu
     try {
       await page.waitForFunction(
         () =>
-          [...document.querySelectorAll('#board-tbody tr')].some((tr) =>
+          [...document.querySelectorAll('#ontheway-tbody tr')].some((tr) =>
             /^In \d+ min|^Due|^In \d+ h/.test(tr.querySelector('[data-col="eta"] .countdown')?.textContent || ''),
           ),
         null,
         { timeout: left, polling: 250 },
       );
     } catch (err) {
-      const rows = await page.locator('#board-tbody tr').allInnerTexts().catch(() => []);
+      const rows = await page.locator('#board tbody tr').allInnerTexts().catch(() => []);
       throw new Error(
         `no incoming move with an ETA on LEI's board within 60 s of the demo's start; rows: ${JSON.stringify(rows)}; ` +
           `page errors: ${JSON.stringify(errors)}; engine output:\n${tail(engineOutput)}`,
@@ -261,8 +261,8 @@ test('the LEI board the demo prints shows incoming moves with ETAs within a minu
     const count = Number(await page.locator('#move-count').getAttribute('data-count'));
     assert.ok(count >= 2, `expected several incoming moves, got ${count}`);
     assert.equal(await page.locator('#connection-status').innerText(), 'Live');
-    // Every row names its van and where it comes from; none arrived before it left.
-    for (const tr of await page.locator('#board-tbody tr').all()) {
+    // Every incoming row names its van and where it comes from.
+    for (const tr of await page.locator('#expected-tbody tr, #ontheway-tbody tr, #arrived-tbody tr').all()) {
       assert.ok((await tr.locator('[data-col="vehicle"]').innerText()).length > 0);
       assert.ok((await tr.locator('[data-col="from"]').innerText()).length > 0);
     }

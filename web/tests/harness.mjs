@@ -2,7 +2,7 @@
 // are, and a headless Debian Chromium driven by playwright-core (never a
 // downloaded browser), with the project's flags.
 
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,13 +47,44 @@ export function launchChromium(prefix, tempDirs) {
   });
 }
 
-/** A new tab that records console errors and uncaught page errors. */
+/**
+ * A new tab that records console errors and uncaught page errors (`errors`),
+ * and every console message and failed request's URL (`messages`, to check
+ * that no token is ever printed).
+ */
 export async function openPage(context) {
   const page = await context.newPage();
   const errors = [];
+  const messages = [];
   page.on('console', (msg) => {
+    const loc = msg.location();
+    messages.push(`${msg.type()}: ${msg.text()} @ ${loc && loc.url ? loc.url : ''}`);
     if (msg.type() === 'error') errors.push(`console.error: ${msg.text()}`);
   });
-  page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
-  return { page, errors };
+  page.on('pageerror', (err) => {
+    messages.push(`pageerror: ${err.message}`);
+    errors.push(`page error: ${err.message}`);
+  });
+  page.on('requestfailed', (req) => messages.push(`requestfailed: ${req.url()}`));
+  page.on('websocket', (ws) => messages.push(`websocket: ${ws.url()}`));
+  return { page, errors, messages };
+}
+
+const AXE = readFileSync(path.join(HERE, 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+
+/**
+ * Runs axe-core (from node_modules, nothing fetched) in the page and returns
+ * its `serious` and `critical` violations, each as "rule: target, …". The
+ * pages' CSP forbids inline scripts, so axe is evaluated over the DevTools
+ * protocol rather than added as a <script>.
+ */
+export async function seriousA11yViolations(page) {
+  await page.evaluate(AXE);
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) }));
+  });
+  return violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}: ${v.help}): ${v.targets.join(', ')}`);
 }

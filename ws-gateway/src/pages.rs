@@ -20,7 +20,7 @@ const CONTROL_HTML: &str = include_str!("../../web/control.html");
 const BOARD_HTML: &str = include_str!("../../web/board.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const BOARD_JS: &str = include_str!("../../web/board.js");
-const TOKEN_JS: &str = include_str!("../../web/token.js");
+const COMMON_JS: &str = include_str!("../../web/common.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 const BASEMAP: &str = include_str!("../../data/england-wales.geojson");
 
@@ -64,7 +64,7 @@ pub(crate) fn routes() -> Router<Gateway> {
         .route("/site/{id}", get(|| async { page(HTML, BOARD_HTML) }))
         .route("/app.js", get(|| async { page(JS, APP_JS) }))
         .route("/board.js", get(|| async { page(JS, BOARD_JS) }))
-        .route("/token.js", get(|| async { page(JS, TOKEN_JS) }))
+        .route("/common.js", get(|| async { page(JS, COMMON_JS) }))
         .route(
             "/style.css",
             get(|| async { page("text/css; charset=utf-8", STYLE_CSS) }),
