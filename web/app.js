@@ -178,6 +178,11 @@ function renderBase() {
   c.globalAlpha = 1;
 }
 
+/** A site's name (from /api/sites), or its code when the page knows no name. */
+function siteName(code) {
+  return state.sites.find((s) => s.id === code)?.name || code;
+}
+
 function siteClass(kind) {
   return kind === 'prison' || kind === 'court' || kind === 'police' ? kind : 'other';
 }
@@ -660,7 +665,7 @@ function updateDetail() {
     const left = Number.isFinite(Number(m.distance_remaining_m)) && m.distance_remaining_m !== null
       ? ` · ${(Number(m.distance_remaining_m) / 1000).toFixed(1)} km to go`
       : '';
-    row('Move', `${id}: ${m.from_location} to ${m.to_location}, ${STATUS_NAMES[m.status] || m.status}${eta}${left}`);
+    row('Move', `${id}: ${siteName(m.from_location)} to ${siteName(m.to_location)}, ${STATUS_NAMES[m.status] || m.status}${eta}${left}`);
   }
   frag.appendChild(dl);
   el.detailMoves.replaceChildren(frag);

@@ -412,6 +412,16 @@ test("the site's day: expected, on the way, arrived and outgoing, with names", {
     assert.equal(await cell(page, 'from').textContent(), 'Wakefield (HMP)');
     await page.screenshot({ path: path.join(ARTIFACTS, 'board-arrived.png'), fullPage: true });
 
+    // The page's clock moved on 16 minutes with no frame since: the board says how old its
+    // data is, and the arrival (more than 15 minutes ago now) leaves it.
+    await page.evaluate(() => {
+      const real = Date.now.bind(Date);
+      Date.now = () => real() + 16 * 60_000;
+    });
+    await page.waitForFunction(() => /^Last update 1[56] min ago$/.test(document.querySelector('#freshness')?.textContent || '')
+      && !document.querySelector('#freshness').hidden, null, { timeout: 10_000 });
+    await waitSection(page, null, 'the arrival leaving the board after 15 minutes', MOVE, 5_000);
+
     assert.ok(!(await page.locator('body').innerText()).includes(LEI_TOKEN), 'token displayed on the page');
     const leaks = messages.filter((m) => m.includes(LEI_TOKEN) || m.includes(encodeURIComponent(LEI_TOKEN)));
     assert.deepEqual(leaks, [], 'the token in a console message or a logged URL');
@@ -430,7 +440,7 @@ test("the site's day: expected, on the way, arrived and outgoing, with names", {
     await pick.click();
     await control.page.getByRole('heading', { level: 2, name: `Vehicle ${VAN}` }).waitFor({ timeout: 5_000 });
     await control.page.waitForFunction(() => Number(document.querySelector('#detail-track')?.dataset.points) > 10, null, { timeout: 10_000 });
-    assert.match(await control.page.locator('#detail-moves').innerText(), new RegExp(`${MOVE}: WDI to LEI`));
+    assert.match(await control.page.locator('#detail-moves').innerText(), new RegExp(`${MOVE}: Wakefield \\(HMP\\) to Leeds \\(HMP\\)`));
     await control.page.screenshot({ path: path.join(ARTIFACTS, 'control-selected-vehicle.png') });
     assert.deepEqual(await seriousA11yViolations(control.page), [], 'axe: serious or critical violations on /control');
     await fitsPhone(control.page, '/control');
