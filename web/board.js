@@ -490,6 +490,7 @@ const live = new LiveConnection({
     state.connection = text;
   },
 });
+state.live = live; // for tests: drop the socket to see the reconnect
 
 async function start() {
   running = true;
