@@ -643,6 +643,7 @@ impl Engine {
             hub: hub.clone(),
             auth: auth.clone(),
             sites: sites.clone(),
+            suppliers: suppliers.clone(),
             geofence: geofence.clone(),
             moves: moves.clone(),
             store: store.clone(),

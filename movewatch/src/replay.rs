@@ -117,6 +117,7 @@ impl Replay {
             hub: hub.clone(),
             auth: Arc::new(Auth::from_config(&tokens)),
             sites,
+            suppliers: Arc::new(ingest::Suppliers::from_config(&[])),
             moves,
             geofence,
             store: store.clone(),

@@ -405,7 +405,30 @@ async fn a_sites_day_shows_booked_moves_with_their_van_but_no_position_until_it_
             })
             .collect();
         listed.sort();
-        // Names, not only codes; no supplier before the van is live.
+        // The outgoing van is in the register: its supplier shows before it moves.
+        let registered = http(
+            "PUT",
+            engine.http_addr,
+            "/api/vehicles/OUT1VAN",
+            &[
+                ("Authorization", &format!("Bearer {TOKEN}")),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"supplier": "serco"}"#,
+        )
+        .await;
+        assert_eq!(registered.status, 200, "{}", registered.body);
+        let board = get_as(engine.http_addr, "/api/sites/LEI/incoming", Some(LEI_TOKEN))
+            .await
+            .json();
+        let m_out = board["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["move_id"] == "m-out")
+            .unwrap();
+        assert_eq!(m_out["supplier"], "serco", "{m_out}");
+        // Names, not only codes; no supplier before the van is live or registered.
         let m_in = board["moves"]
             .as_array()
             .unwrap()

@@ -61,6 +61,8 @@ pub struct Gateway {
     pub auth: Arc<Auth>,
     /// The loaded sites.
     pub sites: Arc<Vec<Site>>,
+    /// The suppliers and the vehicle register (who runs a planned van).
+    pub suppliers: Arc<ingest::Suppliers>,
     /// The fences (shared with the pipeline, which feeds them every live
     /// fix): `GET /api/sites` shows them, `PUT /api/sites/{id}/fence`
     /// replaces one. Locked briefly, never across an await.

@@ -150,7 +150,8 @@ impl Gateway {
 /// the last 15 minutes; each with its `direction` (`incoming` or
 /// `outgoing`), live status, ETA and interval, distance remaining, departure
 /// and arrival, the two sites' names (`from_name`, `to_name`) and the
-/// `supplier` running its vehicle (null until the vehicle is live); and the positions of the vehicles the site may see (those
+/// `supplier` running its vehicle (from its reports, else the vehicle
+/// register; null if neither knows); and the positions of the vehicles the site may see (those
 /// carrying its moves from the journey's start). A site token may ask only
 /// for its own sites (403 before the site's existence is checked, so a probe
 /// learns nothing).
@@ -197,10 +198,15 @@ pub(crate) async fn incoming(
                     |id: &SiteId| g.sites.iter().find(|s| &s.id == id).map(|s| s.name.clone());
                 v["from_name"] = json!(name_of(&view.from_location));
                 v["to_name"] = json!(name_of(&view.to_location));
+                // The van's reports say who runs it; a planned van that has
+                // not reported yet, the register.
                 v["supplier"] = json!(
                     view.vehicle
                         .as_ref()
-                        .and_then(|veh| g.tracker.supplier_of(veh))
+                        .and_then(|veh| g
+                            .tracker
+                            .supplier_of(veh)
+                            .or_else(|| g.suppliers.owner(veh)))
                         .map(|s| s.to_string())
                 );
                 if let Some(d) = details {
