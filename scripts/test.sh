@@ -182,12 +182,21 @@ fi
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 18 ] || die "Node.js $(node --version) is too old; 18 or later is needed"
 info "node $(node --version), npm $(npm --version 2>/dev/null)"
-wanted_pw="$(node -p 'require("./web/tests/package-lock.json").packages["node_modules/playwright-core"].version')"
-have_pw="$(node -p 'try { require("./web/tests/node_modules/playwright-core/package.json").version } catch { "" }')"
-if [ "$have_pw" = "$wanted_pw" ]; then
-  info "playwright-core $have_pw already installed"
+# Every package the lockfile pins, at its version (playwright-core, axe-core).
+packages_match() {
+  node -e '
+    const lock = require("./web/tests/package-lock.json").packages;
+    for (const [where, p] of Object.entries(lock)) {
+      if (!where.startsWith("node_modules/") || where.split("node_modules/").length > 2) continue;
+      let have = "";
+      try { have = require("./web/tests/" + where + "/package.json").version; } catch {}
+      if (have !== p.version) process.exit(1);
+    }'
+}
+if packages_match; then
+  info "web test packages already installed (playwright-core, axe-core)"
 else
-  info "npm ci (playwright-core $wanted_pw; no browser is downloaded)"
+  info "npm ci (playwright-core, axe-core; no browser is downloaded)"
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix web/tests --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
