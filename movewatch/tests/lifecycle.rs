@@ -97,6 +97,15 @@ impl<'a> Van<'a> {
         }
     }
 
+    /// A `JourneyStart` for move `id` (journey `j-{id}`), naming this van.
+    async fn start(&mut self, id: &str) {
+        self.event(
+            serde_json::json!({"event_type": "JourneyStart", "move_id": id,
+            "journey_id": format!("j-{id}"), "details": {"vehicle_reg": self.name}}),
+        )
+        .await;
+    }
+
     async fn event(&mut self, body: serde_json::Value) {
         let mut e = body;
         e["occurred_at"] = self.t.to_rfc3339().into();
@@ -186,11 +195,7 @@ async fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_once() {
         );
         let mut van = Van::new(&client, "WD15VAN", base(90));
         van.park(wdi, 2).await;
-        van.event(
-            serde_json::json!({"event_type": "JourneyStart", "move_id": "m-am",
-            "journey_id": "j-m-am", "details": {"vehicle_reg": "WD15VAN"}}),
-        )
-        .await;
+        van.start("m-am").await;
         van.drive(wdi, lei, 20).await;
         van.park(lei, 3).await;
         settle(&engine, van.sent).await;
@@ -239,11 +244,7 @@ async fn change_of_vehicle(with_journey_ids: bool) {
         old.journey = Some("j-m-chg".into());
     }
     old.park(wdi, 2).await;
-    old.event(
-        serde_json::json!({"event_type": "JourneyStart", "move_id": "m-chg",
-        "journey_id": "j-m-chg", "details": {"vehicle_reg": "BR0KE1"}}),
-    )
-    .await;
+    old.start("m-chg").await;
     old.drive(wdi, half, 10).await;
     old.park(half, 2).await;
     settle(&engine, old.sent).await;
@@ -323,11 +324,7 @@ async fn a_redirect_tells_the_old_destination_once_then_nothing_more() {
         let half = ((wdi.0 + lei.0) / 2.0, (wdi.1 + lei.1) / 2.0);
         let mut van = Van::new(&client, "RD15VAN", base(60));
         van.park(wdi, 2).await;
-        van.event(
-            serde_json::json!({"event_type": "JourneyStart", "move_id": "m-redir",
-            "details": {"vehicle_reg": "RD15VAN"}}),
-        )
-        .await;
+        van.start("m-redir").await;
         van.drive(wdi, half, 8).await;
         settle(&engine, van.sent).await;
         let before = frames_until(&mut lei_board, 10, |f| f["type"] == "position").await;

@@ -127,6 +127,17 @@ fn event(
     }
 }
 
+/// A `JourneyStart` for move `id`, naming the vehicle that reports it.
+fn journey_start(vehicle: &str, ts: DateTime<Utc>, id: &str) -> Event {
+    event(
+        vehicle,
+        EventKind::JourneyStart,
+        ts,
+        Some(id),
+        serde_json::json!({ "vehicle_reg": vehicle }),
+    )
+}
+
 fn crossing(vehicle: &str, site: &str, kind: TransitionKind, ts: DateTime<Utc>) -> FenceTransition {
     FenceTransition {
         vehicle: v(vehicle),
@@ -408,16 +419,7 @@ fn matching_by_vehicle_change_journey_id_and_journey_start_strongest_first() {
     // and neither does a late JourneyStart naming it.
     b.on_position(&pos(VAN, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
     assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(40),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(40), "m1"), &mut out);
     assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
     // A later change (found by the previous vehicle alone) hands it back.
     b.on_event(
@@ -440,16 +442,7 @@ fn a_journey_id_outranks_a_journey_start_and_the_booking() {
     let mut out = Vec::new();
     b.on_position(&pos(OTHER, at(30), 53.1, 60.0, Some("j-m1")), &mut out);
     assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(40),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(40), "m1"), &mut out);
     assert_eq!(vehicle_of(&b, "m1").0, Some(v(OTHER)));
 }
 
@@ -502,16 +495,7 @@ fn inference_is_confirmed_or_dropped_by_later_events() {
         &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
         &mut out,
     );
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(90),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(90), "m1"), &mut out);
     assert_eq!(vehicle_of(&b, "m1"), (Some(v(VAN)), Some("confirmed")));
     assert_eq!(status(&b, "m1"), MoveStatus::InTransit);
     assert_eq!(b.details(&mid("m1")).unwrap().departed_at, Some(at(60)));
@@ -524,16 +508,7 @@ fn inference_is_confirmed_or_dropped_by_later_events() {
         &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
         &mut out,
     );
-    b.on_event(
-        &event(
-            OTHER,
-            EventKind::JourneyStart,
-            at(90),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": OTHER}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(OTHER, at(90), "m1"), &mut out);
     assert_eq!(vehicle_of(&b, "m1"), (Some(v(OTHER)), Some("confirmed")));
     assert!(b.move_ids_of(&v(VAN)).is_empty());
     assert_eq!(b.details(&mid("m1")).unwrap().departed_at, None);
@@ -779,16 +754,7 @@ fn site_visibility_runs_from_journey_start_until_15_minutes_after_arrival() {
     assert!(b.sites_seeing(&v(VAN), at(0)).is_empty());
     assert!(b.vehicles_seen_by(&dst, at(0)).is_empty());
     let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(10),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(10), "m1"), &mut out);
     assert_eq!(
         b.sites_seeing(&v(VAN), at(10)),
         vec![site_id("ORG"), dst.clone()]
@@ -1018,16 +984,7 @@ fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_in_turn() {
     b.upsert(spec("m1", "ORG", "DST", Some(VAN)), t0());
     b.upsert(spec("m2", "ALT", "DST", Some(VAN)), t0());
     let mut out = Vec::new();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(0),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(0), "m1"), &mut out);
     b.on_transition(
         &crossing(VAN, "ORG", TransitionKind::Exit, at(60)),
         &mut out,
@@ -1079,16 +1036,7 @@ fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_in_turn() {
 /// VAN's points carrying the journey id or not; OTHER then drives in.
 fn change_of_vehicle_after_the_start(with_journey_ids: bool) {
     let (mut b, mut out) = started();
-    b.on_event(
-        &event(
-            VAN,
-            EventKind::JourneyStart,
-            at(5),
-            Some("m1"),
-            serde_json::json!({"vehicle_reg": VAN}),
-        ),
-        &mut out,
-    );
+    b.on_event(&journey_start(VAN, at(5), "m1"), &mut out);
     let journey = with_journey_ids.then_some("j-m1");
     b.on_position(&pos(VAN, at(10), 53.1, 70.0, journey), &mut out);
     assert_eq!(
