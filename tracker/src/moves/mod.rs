@@ -30,17 +30,27 @@
 //! - a site that stops seeing a move (a redirect, a cancellation, a new
 //!   date) is sent its last `move` frame once, then nothing more of it.
 
+mod alerts;
+mod frames;
+mod matching;
+mod visibility;
+
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use model::wire::{AlertView, Frame, MoveView, SiteEventView};
+use model::wire::{AlertView, Frame, MoveView};
 use model::{
     AlertRecord, Event, EventKind, FenceTransition, JourneyId, MoveId, Notification,
-    NotificationKind, Position, Site, SiteId, TransitionKind, VehicleId, format_ts,
+    NotificationKind, Position, Site, SiteId, TransitionKind, VehicleId,
 };
+
+pub use matching::MatchKind;
+pub use visibility::{MoveFacts, Visibility, redact_probable};
 
 use crate::eta::{EtaModel, Remaining, TripPace};
 use crate::haversine_m;
+use frames::{eta_at, site_event};
+use matching::vehicle_reg;
 
 /// A move's status, as the contract names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,45 +94,6 @@ impl MoveStatus {
     /// Completed or cancelled: nothing more happens to it.
     pub fn is_final(self) -> bool {
         matches!(self, MoveStatus::Completed | MoveStatus::Cancelled)
-    }
-}
-
-/// How a vehicle was matched to a move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MatchKind {
-    /// A `JourneyChangeVehicle` naming the vehicle: the supplier's word that
-    /// the journey is now on it, whatever matched before.
-    ChangeVehicle,
-    /// A point carrying one of the move's journey ids.
-    JourneyId,
-    /// A `JourneyStart` naming the vehicle.
-    JourneyStart,
-    /// The booking's `vehicle_registration`.
-    Booked,
-    /// Rule 4 confirmed: the probable vehicle arrived at the destination.
-    Inferred,
-    /// Rule 4: left the origin on the move's date; not yet confirmed.
-    Probable,
-}
-
-impl MatchKind {
-    fn strength(self) -> u8 {
-        match self {
-            MatchKind::ChangeVehicle => 7,
-            MatchKind::JourneyId => 6,
-            MatchKind::JourneyStart => 5,
-            MatchKind::Booked => 3,
-            MatchKind::Inferred => 2,
-            MatchKind::Probable => 1,
-        }
-    }
-
-    /// `probable` or `confirmed`, as the `move` frame's `vehicle_match`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MatchKind::Probable => "probable",
-            _ => "confirmed",
-        }
     }
 }
 
@@ -282,8 +253,6 @@ struct LiveVehicle {
     moves: Vec<MoveId>,
 }
 
-/// Alerts kept for snapshots.
-const RECENT_ALERTS: usize = 100;
 /// Estimates kept per move for the interval's calibration.
 const MAX_PREDICTIONS: usize = 120;
 /// Minimum spacing of those estimates.
@@ -301,83 +270,6 @@ pub struct MoveBook {
     vehicles: HashMap<VehicleId, LiveVehicle>,
     eta: EtaModel,
     alerts: VecDeque<(AlertView, Vec<SiteId>)>,
-}
-
-/// Whether a move is part of its sites' day now: booked for today, on the
-/// way (whatever its date: it is still coming), or arrived (or completed)
-/// within the grace period; never once cancelled.
-fn on_sites_day(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> bool {
-    match m.spec.status {
-        MoveStatus::Booked => m.spec.date == now.date_naive(),
-        MoveStatus::InTransit => true,
-        MoveStatus::Arrived | MoveStatus::Completed => m
-            .arrived_at
-            .or(m.finished_at)
-            .is_some_and(|a| now <= a + grace),
-        MoveStatus::Cancelled => false,
-    }
-}
-
-/// Whether the move's vehicle is only a guess (rule 4, unconfirmed): such a
-/// vehicle is never shown to a site, nor anything measured from it.
-fn is_probable(m: &LiveMove) -> bool {
-    m.vehicle.is_some() && m.matched == Some(MatchKind::Probable)
-}
-
-/// The site channels that get a move's live frames now (`move`,
-/// `departure`, `arrival`): its origin and destination while it is part of
-/// their day. None while its vehicle is only probable: the sites keep the
-/// move as last shown (booked), and snapshots show it without the guess.
-fn move_sites(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> Vec<SiteId> {
-    if is_probable(m) || !on_sites_day(m, now, grace) {
-        return Vec::new();
-    }
-    vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
-}
-
-/// The site channels that may see the move's vehicle now (its positions,
-/// its track, the alerts that name it): the origin and destination from the
-/// journey's start (the move in transit) until the grace period after
-/// arrival. Never a booked move's vehicle, nor a probable one.
-fn vehicle_sites(m: &LiveMove, now: DateTime<Utc>, grace: Duration) -> Vec<SiteId> {
-    if m.vehicle.is_none() || is_probable(m) {
-        return Vec::new();
-    }
-    let visible = match m.spec.status {
-        MoveStatus::InTransit => true,
-        MoveStatus::Arrived | MoveStatus::Completed => {
-            m.arrived_at.is_some_and(|a| now <= a + grace)
-        }
-        MoveStatus::Booked | MoveStatus::Cancelled => false,
-    };
-    if visible {
-        vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
-    } else {
-        Vec::new()
-    }
-}
-
-/// Metres from P to the segment O–D, in a local plane.
-fn corridor_distance_m(o: (f64, f64), d: (f64, f64), p: (f64, f64)) -> f64 {
-    let lat0 = ((o.0 + d.0) / 2.0).to_radians();
-    let k = 111_195.0;
-    let xy = |q: (f64, f64)| ((q.1 - o.1) * k * lat0.cos(), (q.0 - o.0) * k);
-    let (dx, dy) = xy(d);
-    let (px, py) = xy(p);
-    let len2 = dx * dx + dy * dy;
-    let t = if len2 > 0.0 {
-        ((px * dx + py * dy) / len2).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    ((px - t * dx).powi(2) + (py - t * dy).powi(2)).sqrt()
-}
-
-fn vehicle_reg(details: &serde_json::Value, key: &str) -> Option<VehicleId> {
-    details
-        .get(key)
-        .and_then(|v| v.as_str())
-        .and_then(|s| VehicleId::parse(s).ok())
 }
 
 impl MoveBook {
@@ -504,111 +396,6 @@ impl MoveBook {
             .unwrap_or_default()
     }
 
-    /// The site channels that may see a vehicle now: the origins and
-    /// destinations of the moves it carries with a confirmed match, from
-    /// the journey's start until the grace period after arrival.
-    pub fn sites_seeing(&self, vehicle: &VehicleId, now: DateTime<Utc>) -> Vec<SiteId> {
-        let Some(v) = self.vehicles.get(vehicle) else {
-            return Vec::new();
-        };
-        let mut sites = Vec::new();
-        for id in &v.moves {
-            if let Some(m) = self.moves.get(id)
-                && m.vehicle == Some(*vehicle)
-            {
-                for s in vehicle_sites(m, now, self.config.site_grace) {
-                    if !sites.contains(&s) {
-                        sites.push(s);
-                    }
-                }
-            }
-        }
-        sites
-    }
-
-    /// The span of time in which any of `sites` may see `vehicle`'s track
-    /// now: from the earliest journey start of the moves it carries that
-    /// those sites may see, to now or (after arrival) arrival plus the
-    /// grace period, whichever is earlier. `None` when none of them may see
-    /// the vehicle now.
-    pub fn site_window(
-        &self,
-        vehicle: &VehicleId,
-        sites: &[SiteId],
-        now: DateTime<Utc>,
-    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        let v = self.vehicles.get(vehicle)?;
-        let mut window: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-        for id in &v.moves {
-            let Some(m) = self.moves.get(id) else {
-                continue;
-            };
-            if m.vehicle != Some(*vehicle)
-                || !vehicle_sites(m, now, self.config.site_grace)
-                    .iter()
-                    .any(|s| sites.contains(s))
-            {
-                continue;
-            }
-            let start = m.started_at.or(m.departed_at).unwrap_or(now);
-            let end = m
-                .arrived_at
-                .map_or(now, |a| (a + self.config.site_grace).min(now));
-            window = Some(match window {
-                None => (start, end),
-                Some((s, e)) => (s.min(start), e.max(end)),
-            });
-        }
-        window
-    }
-
-    /// The vehicles a site channel may see now.
-    pub fn vehicles_seen_by(&self, site: &SiteId, now: DateTime<Utc>) -> Vec<VehicleId> {
-        let mut out: Vec<VehicleId> = self
-            .moves
-            .values()
-            .filter(|m| vehicle_sites(m, now, self.config.site_grace).contains(site))
-            .filter_map(|m| m.vehicle)
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// Live move views: every open move (`site` None, the control room), or
-    /// a site's day (every move to or from it that [`on_sites_day`] keeps; a
-    /// probable vehicle and what is measured from it left out).
-    pub fn move_views(&self, site: Option<&SiteId>, now: DateTime<Utc>) -> Vec<MoveView> {
-        let grace = self.config.site_grace;
-        let mut views: Vec<MoveView> = self
-            .moves
-            .values()
-            .filter_map(|m| match site {
-                None => (!m.spec.status.is_final()).then(|| self.view(m)),
-                Some(s) => ((m.spec.from_location == *s || m.spec.to_location == *s)
-                    && on_sites_day(m, now, grace))
-                .then(|| {
-                    if is_probable(m) {
-                        unconfirmed_view(self.view(m))
-                    } else {
-                        self.view(m)
-                    }
-                }),
-            })
-            .collect();
-        views.sort_by(|a, b| a.move_id.cmp(&b.move_id));
-        views
-    }
-
-    /// Recent alerts (newest last): all, or those a site channel may see.
-    pub fn recent_alerts(&self, site: Option<&SiteId>) -> Vec<AlertView> {
-        self.alerts
-            .iter()
-            .filter(|(_, sites)| site.is_none_or(|s| sites.contains(s)))
-            .map(|(a, _)| a.clone())
-            .collect()
-    }
-
     /// Marks a vehicle as inside a site (restored on start from the stored
     /// crossings), without any arrival: `stopped` is not raised there.
     pub fn restore_inside(&mut self, vehicle: VehicleId, site: &SiteId) {
@@ -632,37 +419,6 @@ impl MoveBook {
         v.last = Some((p.ts, p.lat, p.lon));
         v.speed_kmh = p.speed_kmh;
         v.slow_since = p.speed_kmh.filter(|s| *s < stopped_kmh).map(|_| p.ts);
-    }
-
-    /// The alerts already raised (read back from the store on start, oldest
-    /// first): they go back into the recent list, and each marks what it
-    /// alerted, so a restart raises none of them again.
-    pub fn restore_alerts(&mut self, alerts: &[AlertRecord], now: DateTime<Utc>) {
-        for a in alerts {
-            if let Some(m) = a.move_id.as_ref().and_then(|id| self.moves.get_mut(id)) {
-                match a.kind.as_str() {
-                    "arriving_30" => m.arriving_sent = true,
-                    "off_route" => m.off_route_alerted = true,
-                    _ => {}
-                }
-            }
-            if let Some(v) = self.vehicles.get_mut(&a.vehicle) {
-                // Only an alert of the current episode (raised after the
-                // last fix) still holds.
-                let current = v.last.is_none_or(|(ts, _, _)| a.ts > ts);
-                match a.kind.as_str() {
-                    "gps_gap" if current => v.gap_alerted = true,
-                    "device_silent" if current => v.silent_alerted = true,
-                    "stopped" if v.slow_since.is_some() => v.stopped_alerted = true,
-                    _ => {}
-                }
-            }
-            let sites = match a.move_id.as_ref().and_then(|id| self.moves.get(id)) {
-                Some(m) => vehicle_sites(m, now, self.config.site_grace),
-                None => self.sites_seeing(&a.vehicle, now),
-            };
-            self.remember_alert(a, sites);
-        }
     }
 
     /// Estimates every move in transit from its vehicle's last fix (on start,
@@ -690,8 +446,10 @@ impl MoveBook {
     /// ETA, `arriving_30`, `off_route`, and what the alerts need.
     pub fn on_position(&mut self, p: &Position, out: &mut Vec<MoveOutput>) {
         let now = p.ts;
-        if let Some(j) = &p.journey_id
-            && let Some(id) = self.journeys.get(j).cloned()
+        if let Some(id) = p
+            .journey_id
+            .as_ref()
+            .and_then(|j| self.journeys.get(j).cloned())
         {
             self.assign(&id, p.vehicle, MatchKind::JourneyId, now, out);
         }
@@ -761,8 +519,8 @@ impl MoveBook {
     }
 
     fn on_enter(&mut self, t: &FenceTransition, out: &mut Vec<MoveOutput>) {
+        let policy = self.visibility();
         for id in self.move_ids_of(&t.vehicle) {
-            let grace = self.config.site_grace;
             let Some(m) = self.moves.get_mut(&id) else {
                 continue;
             };
@@ -792,17 +550,15 @@ impl MoveBook {
                 };
                 let predictions = std::mem::take(&mut m.predictions);
                 let pace = m.pace.take();
-                let sites = move_sites(m, t.ts, grace);
-                out.push(MoveOutput::Frame {
-                    frame: Frame::Arrival(SiteEventView {
-                        move_id: id.clone(),
-                        vehicle: t.vehicle,
-                        site: t.site.clone(),
-                        ts: format_ts(&t.ts),
-                    }),
-                    vehicle: Some(t.vehicle),
+                let sites = policy.move_sites(&m.facts(), t.ts);
+                out.push(site_event(
+                    Frame::Arrival,
+                    &id,
+                    t.vehicle,
+                    &t.site,
+                    t.ts,
                     sites,
-                });
+                ));
                 for (made, predicted) in predictions {
                     let actual = (t.ts - made).num_seconds() as f64 / 60.0;
                     self.eta.learn_residual(predicted, actual);
@@ -873,25 +629,14 @@ impl MoveBook {
             return;
         }
         // Rule 4: a vehicle carrying nothing from here leaves on the move's date.
-        let candidates: Vec<MoveId> = self
-            .moves
-            .values()
-            .filter(|m| {
-                m.vehicle.is_none()
-                    && m.spec.status == MoveStatus::Booked
-                    && m.spec.from_location == t.site
-                    && m.spec.date == t.ts.date_naive()
-            })
-            .map(|m| m.spec.id.clone())
-            .collect();
-        for id in candidates {
+        for id in self.probable_candidates(&t.site, t.ts.date_naive()) {
             self.assign(&id, t.vehicle, MatchKind::Probable, t.ts, out);
             self.depart(&id, t, out);
         }
     }
 
     fn depart(&mut self, id: &MoveId, t: &FenceTransition, out: &mut Vec<MoveOutput>) {
-        let grace = self.config.site_grace;
+        let policy = self.visibility();
         let Some(m) = self.moves.get_mut(id) else {
             return;
         };
@@ -912,7 +657,7 @@ impl MoveBook {
         if !probable {
             m.spec.status = MoveStatus::InTransit;
         }
-        let sites = move_sites(m, t.ts, grace);
+        let sites = policy.move_sites(&m.facts(), t.ts);
         if !probable {
             out.push(MoveOutput::Notify(Notification {
                 kind: NotificationKind::Departure,
@@ -926,31 +671,21 @@ impl MoveBook {
                 expected_at: None,
             }));
         }
-        out.push(MoveOutput::Frame {
-            frame: Frame::Departure(SiteEventView {
-                move_id: id.clone(),
-                vehicle: t.vehicle,
-                site: t.site.clone(),
-                ts: format_ts(&t.ts),
-            }),
-            vehicle: Some(t.vehicle),
+        out.push(site_event(
+            Frame::Departure,
+            id,
+            t.vehicle,
+            &t.site,
+            t.ts,
             sites,
-        });
+        ));
         self.refresh(id, t.ts, !probable, out);
     }
 
     /// A BaSM event.
     pub fn on_event(&mut self, e: &Event, out: &mut Vec<MoveOutput>) {
         let now = e.occurred_at;
-        let id = e
-            .move_id
-            .clone()
-            .filter(|id| self.moves.contains_key(id))
-            .or_else(|| {
-                e.journey_id
-                    .as_ref()
-                    .and_then(|j| self.journeys.get(j).cloned())
-            });
+        let id = self.move_of_event(e);
         match &e.kind {
             EventKind::MoveStart => {
                 if let Some(id) = id {
@@ -1042,26 +777,7 @@ impl MoveBook {
                 let Some(v) = vehicle_reg(&e.details, "vehicle_reg") else {
                     return;
                 };
-                // Named by move or journey; else the open moves the previous
-                // vehicle (or the reporting one, when it is not the new one) carries.
-                let ids = match id {
-                    Some(id) => vec![id],
-                    None => {
-                        let previous = vehicle_reg(&e.details, "previous_vehicle_reg")
-                            .or((e.vehicle != v).then_some(e.vehicle));
-                        previous.map_or_else(Vec::new, |p| {
-                            self.move_ids_of(&p)
-                                .into_iter()
-                                .filter(|m| {
-                                    self.moves.get(m).is_some_and(|m| {
-                                        m.vehicle == Some(p) && !m.spec.status.is_final()
-                                    })
-                                })
-                                .collect()
-                        })
-                    }
-                };
-                for id in ids {
+                for id in self.change_vehicle_targets(e, v, id) {
                     self.assign(&id, v, MatchKind::ChangeVehicle, now, out);
                 }
             }
@@ -1085,46 +801,11 @@ impl MoveBook {
         }
     }
 
-    /// Time-based alerts at `now` (the ticker calls this every few seconds):
-    /// `gps_gap`, `device_silent`, `stopped`. Also forgets moves finished
-    /// a day ago.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<MoveOutput> {
-        let mut out = Vec::new();
-        let vehicles: Vec<VehicleId> = self.vehicles.keys().copied().collect();
-        for vehicle in vehicles {
-            let (in_transit, open) = self.carrying(&vehicle);
-            let Some(v) = self.vehicles.get_mut(&vehicle) else {
-                continue;
-            };
-            let Some((last, _, _)) = v.last else { continue };
-            let silence = now - last;
-            // Each is time-stamped when its condition began (the last fix plus
-            // the threshold), so detecting it again after a restart names the
-            // same alert and the store keeps it once.
-            let mut fire = Vec::new();
-            if in_transit.is_some() && silence > self.config.gps_gap && !v.gap_alerted {
-                v.gap_alerted = true;
-                fire.push((
-                    "gps_gap",
-                    in_transit.clone(),
-                    last + self.config.gps_gap,
-                    format!("no position for {} s", silence.num_seconds()),
-                ));
-            }
-            if open.is_some() && silence > self.config.device_silent && !v.silent_alerted {
-                v.silent_alerted = true;
-                fire.push((
-                    "device_silent",
-                    in_transit.clone().or(open),
-                    last + self.config.device_silent,
-                    format!("no position for {} min", silence.num_minutes()),
-                ));
-            }
-            for (kind, move_id, at, detail) in fire {
-                self.alert(kind, vehicle, move_id, at, detail, &mut out);
-            }
-            self.check_stopped(vehicle, now, &mut out);
-        }
+    // ---- internals -----------------------------------------------------
+
+    /// Forgets the moves finished a day ago (the store keeps them), and the
+    /// vehicles left carrying nothing and inside no site.
+    fn forget_finished(&mut self, now: DateTime<Utc>) {
         let forget = now - Duration::hours(FORGET_AFTER_H);
         let old: Vec<MoveId> = self
             .moves
@@ -1142,273 +823,10 @@ impl MoveBook {
         }
         self.vehicles
             .retain(|_, v| !v.moves.is_empty() || !v.inside.is_empty());
-        out
     }
 
-    // ---- internals -----------------------------------------------------
-
-    /// The first in-transit (not lodging) move and the first open move a vehicle carries.
-    fn carrying(&self, vehicle: &VehicleId) -> (Option<MoveId>, Option<MoveId>) {
-        let mut in_transit = None;
-        let mut open = None;
-        if let Some(v) = self.vehicles.get(vehicle) {
-            for id in &v.moves {
-                let Some(m) = self.moves.get(id) else {
-                    continue;
-                };
-                if m.vehicle != Some(*vehicle) || m.lodging.is_some() {
-                    continue;
-                }
-                match m.spec.status {
-                    MoveStatus::InTransit => {
-                        in_transit.get_or_insert(id.clone());
-                        open.get_or_insert(id.clone());
-                    }
-                    MoveStatus::Booked => {
-                        open.get_or_insert(id.clone());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        (in_transit, open)
-    }
-
-    fn check_stopped(&mut self, vehicle: VehicleId, now: DateTime<Utc>, out: &mut Vec<MoveOutput>) {
-        let (in_transit, _) = self.carrying(&vehicle);
-        let Some(move_id) = in_transit else { return };
-        let Some(v) = self.vehicles.get_mut(&vehicle) else {
-            return;
-        };
-        let Some(since) = v.slow_since else { return };
-        if v.stopped_alerted || !v.inside.is_empty() || now - since < self.config.stopped_after {
-            return;
-        }
-        v.stopped_alerted = true;
-        let detail = format!(
-            "below {} km/h for {} min, away from any site",
-            self.config.stopped_kmh,
-            (now - since).num_minutes()
-        );
-        let at = since + self.config.stopped_after;
-        self.alert("stopped", vehicle, Some(move_id), at, detail, out);
-    }
-
-    fn check_off_route(&mut self, id: &MoveId, p: &Position, out: &mut Vec<MoveOutput>) {
-        let config = self.config;
-        let Some(m) = self.moves.get_mut(id) else {
-            return;
-        };
-        if m.vehicle != Some(p.vehicle)
-            || m.spec.status != MoveStatus::InTransit
-            || m.lodging.is_some()
-        {
-            return;
-        }
-        let (Some(&o), Some(&d)) = (
-            self.sites.get(&m.spec.from_location),
-            self.sites.get(&m.spec.to_location),
-        ) else {
-            return;
-        };
-        let dist = corridor_distance_m(o, d, (p.lat, p.lon));
-        let half_width = config
-            .corridor_min_m
-            .max(config.corridor_share * haversine_m(o.0, o.1, d.0, d.1));
-        if dist < half_width / 2.0 {
-            m.off_route_alerted = false;
-        }
-        if m.off_route_samples
-            .back()
-            .is_some_and(|(ts, _)| p.ts - *ts < Duration::seconds(60))
-        {
-            return;
-        }
-        if m.off_route_samples.len() >= config.off_route_samples {
-            m.off_route_samples.pop_front();
-        }
-        m.off_route_samples.push_back((p.ts, dist));
-        let s = &m.off_route_samples;
-        let growing = s.len() >= config.off_route_samples
-            && s.iter().zip(s.iter().skip(1)).all(|(a, b)| b.1 > a.1)
-            && s.back().map_or(0.0, |b| b.1) - s.front().map_or(0.0, |a| a.1)
-                >= config.off_route_growth_m;
-        if growing && dist > half_width && !m.off_route_alerted {
-            m.off_route_alerted = true;
-            let detail = format!(
-                "{:.1} km from the {}–{} corridor and moving away",
-                dist / 1000.0,
-                m.spec.from_location,
-                m.spec.to_location
-            );
-            self.alert("off_route", p.vehicle, Some(id.clone()), p.ts, detail, out);
-        }
-    }
-
-    /// Keeps an alert for snapshots; returns its frame body.
-    fn remember_alert(&mut self, a: &AlertRecord, sites: Vec<SiteId>) -> AlertView {
-        let view = AlertView {
-            kind: a.kind.clone(),
-            vehicle: a.vehicle,
-            move_id: a.move_id.clone(),
-            ts: format_ts(&a.ts),
-            detail: a.detail.clone(),
-        };
-        if self.alerts.len() >= RECENT_ALERTS {
-            self.alerts.pop_front();
-        }
-        self.alerts.push_back((view.clone(), sites));
-        view
-    }
-
-    fn alert(
-        &mut self,
-        kind: &str,
-        vehicle: VehicleId,
-        move_id: Option<MoveId>,
-        now: DateTime<Utc>,
-        detail: String,
-        out: &mut Vec<MoveOutput>,
-    ) {
-        self.alert_expecting(kind, vehicle, move_id, now, detail, None, out);
-    }
-
-    /// As [`MoveBook::alert`]; `expected_at` is the ETA an `arriving_30` tells.
-    #[allow(clippy::too_many_arguments)]
-    fn alert_expecting(
-        &mut self,
-        kind: &str,
-        vehicle: VehicleId,
-        move_id: Option<MoveId>,
-        now: DateTime<Utc>,
-        detail: String,
-        expected_at: Option<DateTime<Utc>>,
-        out: &mut Vec<MoveOutput>,
-    ) {
-        let the_move = move_id.as_ref().and_then(|id| self.moves.get(id));
-        let sites = match the_move {
-            Some(m) => vehicle_sites(m, now, self.config.site_grace),
-            None => self.sites_seeing(&vehicle, now),
-        };
-        let arriving = kind == "arriving_30";
-        out.push(MoveOutput::Notify(Notification {
-            kind: if arriving {
-                NotificationKind::Arriving30
-            } else {
-                NotificationKind::Alert
-            },
-            occurred_at: now,
-            move_id: move_id.clone(),
-            vehicle: Some(vehicle),
-            site: the_move
-                .filter(|_| arriving)
-                .map(|m| m.spec.to_location.clone()),
-            sites: the_move.map_or_else(Vec::new, |m| {
-                vec![m.spec.from_location.clone(), m.spec.to_location.clone()]
-            }),
-            alert_kind: (!arriving).then(|| kind.to_owned()),
-            detail: Some(detail.clone()),
-            expected_at,
-        }));
-        let record = AlertRecord {
-            kind: kind.to_owned(),
-            vehicle,
-            move_id,
-            ts: now,
-            detail,
-        };
-        let view = self.remember_alert(&record, sites.clone());
-        out.push(MoveOutput::Alert(record));
-        out.push(MoveOutput::Frame {
-            frame: Frame::Alert(view),
-            vehicle: Some(vehicle),
-            sites,
-        });
-    }
-
-    /// Matches `vehicle` to a move unless stronger evidence already names another.
-    fn assign(
-        &mut self,
-        id: &MoveId,
-        vehicle: VehicleId,
-        kind: MatchKind,
-        now: DateTime<Utc>,
-        out: &mut Vec<MoveOutput>,
-    ) {
-        let Some(m) = self.moves.get_mut(id) else {
-            return;
-        };
-        if m.spec.status.is_final() {
-            return;
-        }
-        let old = m.vehicle;
-        if old == Some(vehicle) {
-            if m.matched.is_none_or(|k| kind.strength() > k.strength()) {
-                let was_probable = m.matched == Some(MatchKind::Probable);
-                m.matched = Some(kind);
-                if was_probable {
-                    // Confirmed: it left the origin with the move.
-                    if m.departed_at.is_some() && m.spec.status == MoveStatus::Booked {
-                        m.spec.status = MoveStatus::InTransit;
-                    }
-                    self.refresh(id, now, true, out);
-                }
-            }
-            return;
-        }
-        // A different vehicle: evidence at least as strong replaces it
-        // (a vehicle change is news, not a contradiction).
-        if m.matched.is_some_and(|k| kind.strength() < k.strength()) {
-            return;
-        }
-        let dropped_probable = m.matched == Some(MatchKind::Probable);
-        m.vehicle = Some(vehicle);
-        m.matched = Some(kind);
-        m.estimate = None;
-        m.sent = None;
-        m.off_route_samples.clear();
-        if dropped_probable {
-            // The inferred departure was another vehicle's.
-            m.departed_at = None;
-            m.driven_m = 0.0;
-            m.pace = None;
-        } else if let Some(p) = &mut m.pace {
-            // The next fix comes from another vehicle: no step from the last.
-            p.break_step();
-        }
-        if kind != MatchKind::Probable
-            && let Some(j) = m.spec.journeys.last_mut()
-        {
-            j.vehicle = Some(vehicle);
-        }
-        self.unlink(id, old);
-        let v = self.vehicles.entry(vehicle).or_default();
-        if !v.moves.contains(id) {
-            v.moves.push(id.clone());
-        }
-        self.refresh(id, now, kind != MatchKind::Probable, out);
-    }
-
-    fn drop_vehicle(&mut self, id: &MoveId, now: DateTime<Utc>, out: &mut Vec<MoveOutput>) {
-        let Some(m) = self.moves.get_mut(id) else {
-            return;
-        };
-        let old = m.vehicle.take();
-        m.matched = None;
-        m.departed_at = None;
-        m.estimate = None;
-        m.driven_m = 0.0;
-        m.pace = None;
-        self.unlink(id, old);
-        self.refresh(id, now, false, out);
-    }
-
-    fn unlink(&mut self, id: &MoveId, vehicle: Option<VehicleId>) {
-        if let Some(v) = vehicle.and_then(|v| self.vehicles.get_mut(&v)) {
-            v.moves.retain(|m| m != id);
-        }
-    }
-
+    /// Moves a move to `status` from an event (never out of a final one,
+    /// nor an arrival back to in transit).
     fn set_status(
         &mut self,
         id: &MoveId,
@@ -1443,38 +861,6 @@ impl MoveBook {
         {
             let v = m.vehicle;
             self.unlink(id, v);
-        }
-    }
-
-    /// Sends the move's frame when its status changed or its ETA moved by
-    /// more than `eta_resend`; `save` also asks the engine to store it.
-    fn refresh(&mut self, id: &MoveId, now: DateTime<Utc>, save: bool, out: &mut Vec<MoveOutput>) {
-        let grace = self.config.site_grace;
-        let Some(m) = self.moves.get(id) else { return };
-        let view = self.view(m);
-        let spec = self.spec_of(m);
-        let Some(m) = self.moves.get_mut(id) else {
-            return;
-        };
-        let seeing = move_sites(m, now, grace);
-        let mut sites = seeing.clone();
-        if !is_probable(m) {
-            // A site that saw the move and no longer does (a redirect's old
-            // destination, a cancellation) is told this once.
-            for s in std::mem::replace(&mut m.shown_to, seeing) {
-                if !sites.contains(&s) {
-                    sites.push(s);
-                }
-            }
-        }
-        m.sent = Some(m.estimate.map(|(at, r)| eta_at(at, r.minutes)));
-        out.push(MoveOutput::Frame {
-            frame: Frame::Move(view),
-            vehicle: m.vehicle,
-            sites,
-        });
-        if save {
-            out.push(MoveOutput::Save(spec));
         }
     }
 
@@ -1532,7 +918,7 @@ impl MoveBook {
             Some(Some(sent)) => (eta - sent).abs() > config.eta_resend,
             _ => true,
         };
-        let arriving = !m.arriving_sent && eta - now < config.arriving;
+        let arriving = alerts::arriving_due(m.arriving_sent, eta, now, config.arriving);
         if arriving {
             m.arriving_sent = true;
         }
@@ -1540,74 +926,7 @@ impl MoveBook {
             self.refresh(id, now, false, out);
         }
         if arriving {
-            let detail = format!(
-                "arriving at {} in about {:.0} min",
-                self.moves
-                    .get(id)
-                    .map_or(String::new(), |m| m.spec.to_location.to_string()),
-                r.minutes
-            );
-            self.alert_expecting(
-                "arriving_30",
-                vehicle,
-                Some(id.clone()),
-                now,
-                detail,
-                Some(eta),
-                out,
-            );
+            self.raise_arriving(id, vehicle, now, eta, r.minutes, out);
         }
     }
-
-    fn spec_of(&self, m: &LiveMove) -> MoveSpec {
-        let mut spec = m.spec.clone();
-        if let (Some(v), Some(k)) = (m.vehicle, m.matched)
-            && k != MatchKind::Probable
-            && let Some(last) = spec.journeys.last_mut()
-        {
-            last.vehicle = Some(v);
-        }
-        spec
-    }
-
-    fn view(&self, m: &LiveMove) -> MoveView {
-        let est = m.estimate.filter(|_| {
-            m.lodging.is_none()
-                && !matches!(
-                    m.spec.status,
-                    MoveStatus::Arrived | MoveStatus::Completed | MoveStatus::Cancelled
-                )
-        });
-        let ts = |at: DateTime<Utc>, minutes: f64| Some(format_ts(&eta_at(at, minutes)));
-        MoveView {
-            move_id: m.spec.id.clone(),
-            status: m.spec.status.as_str(),
-            vehicle: m.vehicle,
-            eta: est.and_then(|(at, r)| ts(at, r.minutes)),
-            eta_low: est.and_then(|(at, r)| ts(at, r.low_minutes)),
-            eta_high: est.and_then(|(at, r)| ts(at, r.high_minutes)),
-            distance_remaining_m: est.map(|(_, r)| r.road_m.round()),
-            from_location: m.spec.from_location.clone(),
-            to_location: m.spec.to_location.clone(),
-            vehicle_match: m.vehicle.and(m.matched).map(MatchKind::as_str),
-        }
-    }
-}
-
-/// A move's view without its probable vehicle, nor the ETA measured from it.
-fn unconfirmed_view(view: MoveView) -> MoveView {
-    MoveView {
-        vehicle: None,
-        vehicle_match: None,
-        eta: None,
-        eta_low: None,
-        eta_high: None,
-        distance_remaining_m: None,
-        ..view
-    }
-}
-
-/// `at` plus `minutes`, to the second.
-fn eta_at(at: DateTime<Utc>, minutes: f64) -> DateTime<Utc> {
-    at + Duration::seconds((minutes * 60.0).round() as i64)
 }

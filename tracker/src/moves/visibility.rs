@@ -1,0 +1,320 @@
+//! The visibility policy: which sites may see a move, and a vehicle, at a
+//! given time. Every site-facing answer of the book (live frames, alerts,
+//! snapshots, track windows) comes from [`Visibility`], so a gateway asking
+//! "may a token scoped to these sites see vehicle V now?" gets the same
+//! answer as the frames it was sent.
+//!
+//! The rules (the contract's "Moves and sites"):
+//! - a site's day is every move to or from it that is booked for today, on
+//!   the way, or arrived within the grace period; never a cancelled one;
+//! - a vehicle is visible to a move's sites only from the journey's start
+//!   until the grace period after arrival: a booked move's vehicle is not;
+//! - a probable vehicle (rule 4, unconfirmed) is never shown to a site, nor
+//!   anything measured from it.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use model::wire::MoveView;
+use model::{MoveId, SiteId, VehicleId};
+
+use super::{LiveMove, MatchKind, MoveBook, MoveStatus};
+
+/// What the policy needs to know of one move, borrowed from the book.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoveFacts<'a> {
+    /// Origin.
+    pub from_location: &'a SiteId,
+    /// Destination (after any redirect).
+    pub to_location: &'a SiteId,
+    /// The day it is booked for.
+    pub date: NaiveDate,
+    /// Live status.
+    pub status: MoveStatus,
+    /// The vehicle matched to it, if any.
+    pub vehicle: Option<VehicleId>,
+    /// How that vehicle was matched.
+    pub matched: Option<MatchKind>,
+    /// When its journey started (an event, or a booking in transit).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it left its origin's fence.
+    pub departed_at: Option<DateTime<Utc>>,
+    /// When it entered its destination's fence.
+    pub arrived_at: Option<DateTime<Utc>>,
+    /// When it was completed or cancelled.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl MoveFacts<'_> {
+    /// Whether the move's vehicle is only a guess (rule 4, unconfirmed).
+    pub fn is_probable(&self) -> bool {
+        self.vehicle.is_some() && self.matched == Some(MatchKind::Probable)
+    }
+
+    fn both_ends(&self) -> Vec<SiteId> {
+        vec![self.from_location.clone(), self.to_location.clone()]
+    }
+}
+
+/// The policy, with its one parameter: how long after arrival a site still
+/// sees the vehicle (and the move stays on its day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visibility {
+    /// `MovesConfig::site_grace`.
+    pub grace: Duration,
+}
+
+impl Visibility {
+    /// The policy with this grace period.
+    pub fn new(grace: Duration) -> Self {
+        Visibility { grace }
+    }
+
+    /// Whether a move is part of its sites' day now: booked for today, on
+    /// the way (whatever its date: it is still coming), or arrived (or
+    /// completed) within the grace period; never once cancelled.
+    pub fn on_sites_day(&self, m: &MoveFacts<'_>, now: DateTime<Utc>) -> bool {
+        match m.status {
+            MoveStatus::Booked => m.date == now.date_naive(),
+            MoveStatus::InTransit => true,
+            MoveStatus::Arrived | MoveStatus::Completed => m
+                .arrived_at
+                .or(m.finished_at)
+                .is_some_and(|a| now <= a + self.grace),
+            MoveStatus::Cancelled => false,
+        }
+    }
+
+    /// Whether `site`'s snapshot lists the move now (to or from it, on its
+    /// day). A probable move is listed, but see [`redact_probable`].
+    pub fn site_lists_move(&self, site: &SiteId, m: &MoveFacts<'_>, now: DateTime<Utc>) -> bool {
+        (m.from_location == site || m.to_location == site) && self.on_sites_day(m, now)
+    }
+
+    /// The site channels that get a move's live frames now (`move`,
+    /// `departure`, `arrival`): its origin and destination while it is part
+    /// of their day. None while its vehicle is only probable: the sites keep
+    /// the move as last shown (booked), and snapshots show it without the guess.
+    pub fn move_sites(&self, m: &MoveFacts<'_>, now: DateTime<Utc>) -> Vec<SiteId> {
+        if m.is_probable() || !self.on_sites_day(m, now) {
+            return Vec::new();
+        }
+        m.both_ends()
+    }
+
+    /// The site channels that may see the move's vehicle now (its positions,
+    /// its track, the alerts that name it): the origin and destination from
+    /// the journey's start (the move in transit) until the grace period
+    /// after arrival. Never a booked move's vehicle, nor a probable one.
+    pub fn vehicle_sites(&self, m: &MoveFacts<'_>, now: DateTime<Utc>) -> Vec<SiteId> {
+        if m.vehicle.is_none() || m.is_probable() {
+            return Vec::new();
+        }
+        let visible = match m.status {
+            MoveStatus::InTransit => true,
+            MoveStatus::Arrived | MoveStatus::Completed => {
+                m.arrived_at.is_some_and(|a| now <= a + self.grace)
+            }
+            MoveStatus::Booked | MoveStatus::Cancelled => false,
+        };
+        if visible { m.both_ends() } else { Vec::new() }
+    }
+
+    /// The site channels that may see `vehicle` now, given the moves it
+    /// carries: the union of [`Visibility::vehicle_sites`] over those it is
+    /// still matched to, in order.
+    pub fn sites_seeing_vehicle<'a>(
+        &self,
+        vehicle: VehicleId,
+        moves: impl IntoIterator<Item = MoveFacts<'a>>,
+        now: DateTime<Utc>,
+    ) -> Vec<SiteId> {
+        let mut sites = Vec::new();
+        for m in moves.into_iter().filter(|m| m.vehicle == Some(vehicle)) {
+            for s in self.vehicle_sites(&m, now) {
+                if !sites.contains(&s) {
+                    sites.push(s);
+                }
+            }
+        }
+        sites
+    }
+
+    /// Whether a token scoped to `scope` may see `vehicle` now, given the
+    /// moves it carries. The same as [`Visibility::window`] being `Some`.
+    pub fn can_see_vehicle<'a>(
+        &self,
+        scope: &[SiteId],
+        vehicle: VehicleId,
+        moves: impl IntoIterator<Item = MoveFacts<'a>>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        moves
+            .into_iter()
+            .any(|m| self.scope_sees(scope, vehicle, &m, now))
+    }
+
+    /// The span of time in which `scope` may see `vehicle`'s track now:
+    /// from the earliest journey start of the moves it carries that the
+    /// scope may see, to now or (after arrival) arrival plus the grace
+    /// period, whichever is earlier. `None` when it may not see it now.
+    pub fn window<'a>(
+        &self,
+        scope: &[SiteId],
+        vehicle: VehicleId,
+        moves: impl IntoIterator<Item = MoveFacts<'a>>,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let mut window: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+        for m in moves {
+            if !self.scope_sees(scope, vehicle, &m, now) {
+                continue;
+            }
+            let start = m.started_at.or(m.departed_at).unwrap_or(now);
+            let end = m.arrived_at.map_or(now, |a| (a + self.grace).min(now));
+            window = Some(match window {
+                None => (start, end),
+                Some((s, e)) => (s.min(start), e.max(end)),
+            });
+        }
+        window
+    }
+
+    fn scope_sees(
+        &self,
+        scope: &[SiteId],
+        vehicle: VehicleId,
+        m: &MoveFacts<'_>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        m.vehicle == Some(vehicle) && self.vehicle_sites(m, now).iter().any(|s| scope.contains(s))
+    }
+}
+
+/// A move's view without its probable vehicle, nor the ETA measured from it.
+pub fn redact_probable(view: MoveView) -> MoveView {
+    MoveView {
+        vehicle: None,
+        vehicle_match: None,
+        eta: None,
+        eta_low: None,
+        eta_high: None,
+        distance_remaining_m: None,
+        ..view
+    }
+}
+
+impl LiveMove {
+    /// The facts the policy reads.
+    pub(super) fn facts(&self) -> MoveFacts<'_> {
+        MoveFacts {
+            from_location: &self.spec.from_location,
+            to_location: &self.spec.to_location,
+            date: self.spec.date,
+            status: self.spec.status,
+            vehicle: self.vehicle,
+            matched: self.matched,
+            started_at: self.started_at,
+            departed_at: self.departed_at,
+            arrived_at: self.arrived_at,
+            finished_at: self.finished_at,
+        }
+    }
+}
+
+impl MoveBook {
+    /// The visibility policy this book applies.
+    pub fn visibility(&self) -> Visibility {
+        Visibility::new(self.config.site_grace)
+    }
+
+    /// What the policy knows of a live move (for "which sites see this move
+    /// now?": [`Visibility::move_sites`], [`Visibility::vehicle_sites`]).
+    pub fn move_facts(&self, id: &MoveId) -> Option<MoveFacts<'_>> {
+        self.moves.get(id).map(LiveMove::facts)
+    }
+
+    /// What the policy knows of the moves a vehicle carries.
+    pub fn vehicle_facts(&self, vehicle: &VehicleId) -> Vec<MoveFacts<'_>> {
+        self.vehicles.get(vehicle).map_or_else(Vec::new, |v| {
+            v.moves
+                .iter()
+                .filter_map(|id| self.moves.get(id))
+                .map(LiveMove::facts)
+                .collect()
+        })
+    }
+
+    /// Whether a token scoped to `scope` may see `vehicle` now.
+    pub fn can_see_vehicle(
+        &self,
+        scope: &[SiteId],
+        vehicle: &VehicleId,
+        now: DateTime<Utc>,
+    ) -> bool {
+        self.visibility()
+            .can_see_vehicle(scope, *vehicle, self.vehicle_facts(vehicle), now)
+    }
+
+    /// The site channels that may see a vehicle now: the origins and
+    /// destinations of the moves it carries with a confirmed match, from
+    /// the journey's start until the grace period after arrival.
+    pub fn sites_seeing(&self, vehicle: &VehicleId, now: DateTime<Utc>) -> Vec<SiteId> {
+        self.visibility()
+            .sites_seeing_vehicle(*vehicle, self.vehicle_facts(vehicle), now)
+    }
+
+    /// The span of time in which any of `sites` may see `vehicle`'s track
+    /// now (see [`Visibility::window`]). `None` when none of them may see
+    /// the vehicle now.
+    pub fn site_window(
+        &self,
+        vehicle: &VehicleId,
+        sites: &[SiteId],
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        self.visibility()
+            .window(sites, *vehicle, self.vehicle_facts(vehicle), now)
+    }
+
+    /// The vehicles a site channel may see now.
+    pub fn vehicles_seen_by(&self, site: &SiteId, now: DateTime<Utc>) -> Vec<VehicleId> {
+        let policy = self.visibility();
+        // Every live move, not only those linked to a vehicle: a move booked
+        // as completed is unlinked but its vehicle stays visible for the grace.
+        let mut out: Vec<VehicleId> = self
+            .moves
+            .values()
+            .filter(|m| policy.vehicle_sites(&m.facts(), now).contains(site))
+            .filter_map(|m| m.vehicle)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Live move views: every open move (`site` None, the control room), or
+    /// a site's day (every move to or from it that
+    /// [`Visibility::on_sites_day`] keeps; a probable vehicle and what is
+    /// measured from it left out).
+    pub fn move_views(&self, site: Option<&SiteId>, now: DateTime<Utc>) -> Vec<MoveView> {
+        let policy = self.visibility();
+        let mut views: Vec<MoveView> = self
+            .moves
+            .values()
+            .filter_map(|m| match site {
+                None => (!m.spec.status.is_final()).then(|| self.view(m)),
+                Some(s) => {
+                    let facts = m.facts();
+                    policy.site_lists_move(s, &facts, now).then(|| {
+                        if facts.is_probable() {
+                            redact_probable(self.view(m))
+                        } else {
+                            self.view(m)
+                        }
+                    })
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.move_id.cmp(&b.move_id));
+        views
+    }
+}
