@@ -345,3 +345,124 @@ impl MoveBook {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use model::{EventKind, TransitionKind};
+    use serde_json::json;
+
+    use super::*;
+    use crate::moves::MoveSpec;
+    use crate::moves::test_support::*;
+
+    fn records(out: &[MoveOutput]) -> Vec<AlertRecord> {
+        out.iter()
+            .filter_map(|o| match o {
+                MoveOutput::Alert(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A book with m1 booked on VAN and VAN's last fix at t0.
+    fn silent_van() -> MoveBook {
+        let mut b = book();
+        b.upsert(spec("m1", Some(VAN)), t0());
+        b.on_position(&pos(VAN, at(0), 53.2, None), &mut Vec::new());
+        b
+    }
+
+    #[test]
+    fn device_silent_is_raised_once_and_not_again_after_a_restore() {
+        let mut b = silent_van();
+        let out = b.tick(at(6 * 60));
+        // Booked, not in transit: no gps_gap, only device_silent.
+        assert_eq!(alert_kinds(&out), vec!["device_silent"]);
+        let raised = records(&out);
+        assert_eq!(raised[0].ts, at(5 * 60), "stamped when the silence began");
+        assert!(alert_kinds(&b.tick(at(7 * 60))).is_empty());
+
+        // A restart: the same book rebuilt from the store.
+        let mut again = book();
+        again.upsert(spec("m1", Some(VAN)), t0());
+        again.restore_fix(&pos(VAN, at(0), 53.2, None));
+        again.restore_alerts(&raised, at(8 * 60));
+        assert!(alert_kinds(&again.tick(at(8 * 60))).is_empty());
+        assert_eq!(again.recent_alerts(None).len(), 1);
+
+        // A new fix ends the episode; the next silence is a new alert.
+        again.on_position(&pos(VAN, at(9 * 60), 53.2, None), &mut Vec::new());
+        assert_eq!(alert_kinds(&again.tick(at(15 * 60))), vec!["device_silent"]);
+    }
+
+    #[test]
+    fn gps_gap_needs_a_move_in_transit_and_fires_once_per_silence() {
+        let mut b = silent_van();
+        assert!(alert_kinds(&b.tick(at(90))).is_empty(), "booked: no gap");
+        let start = event(VAN, EventKind::MoveStart, at(100), Some("m1"), json!({}));
+        b.on_event(&start, &mut Vec::new());
+        b.on_position(&pos(VAN, at(100), 53.2, None), &mut Vec::new());
+        let out = b.tick(at(170));
+        assert_eq!(alert_kinds(&out), vec!["gps_gap"]);
+        assert_eq!(records(&out)[0].ts, at(160));
+        assert!(alert_kinds(&b.tick(at(200))).is_empty());
+        // Its frame goes to the sites seeing the vehicle in transit.
+        let sites = out.iter().find_map(|o| match o {
+            MoveOutput::Frame {
+                frame: Frame::Alert(_),
+                sites,
+                ..
+            } => Some(sites.clone()),
+            _ => None,
+        });
+        assert_eq!(sites, Some(vec![site("ORG"), site("DST")]));
+    }
+
+    #[test]
+    fn stopped_is_not_raised_inside_a_site() {
+        let mut b = book();
+        b.upsert(
+            MoveSpec {
+                status: MoveStatus::InTransit,
+                ..spec("m1", Some(VAN))
+            },
+            t0(),
+        );
+        b.restore_inside(v(VAN), &site("ORG"));
+        let slow = |s: i64| Position {
+            speed_kmh: Some(1.0),
+            ..pos(VAN, at(s), 53.0, None)
+        };
+        let mut out = Vec::new();
+        for s in (0..=12 * 60).step_by(30) {
+            b.on_position(&slow(s), &mut out);
+        }
+        assert!(alert_kinds(&out).is_empty(), "waiting in the yard");
+        let exit = crossing(VAN, "ORG", TransitionKind::Exit, at(12 * 60 + 10));
+        b.on_transition(&exit, &mut out);
+        assert_eq!(alert_kinds(&b.tick(at(13 * 60))), vec!["stopped"]);
+        // Once per episode (the silence since 12 min is a gps_gap, not a second stop).
+        assert!(!alert_kinds(&b.tick(at(14 * 60))).contains(&"stopped".to_owned()));
+    }
+
+    #[test]
+    fn arriving_30_is_due_once_under_the_threshold() {
+        let thirty = Duration::minutes(30);
+        assert!(arriving_due(false, at(29 * 60), at(0), thirty));
+        assert!(!arriving_due(false, at(30 * 60), at(0), thirty));
+        assert!(!arriving_due(true, at(60), at(0), thirty));
+    }
+
+    #[test]
+    fn the_corridor_distance_is_measured_to_the_segment() {
+        let (o, d) = ((53.0, -1.5), (53.5, -1.5));
+        assert!(corridor_distance_m(o, d, (53.25, -1.5)) < 1e-6);
+        // Beyond the destination: the distance to it, not to the line.
+        let past = corridor_distance_m(o, d, (53.6, -1.5));
+        assert!((past - 0.1 * 111_195.0).abs() < 1.0, "{past}");
+        // Sideways at the midpoint: ~ 0.1° of longitude at 53.25 N.
+        let side = corridor_distance_m(o, d, (53.25, -1.4));
+        let expect = 0.1 * 111_195.0 * 53.25f64.to_radians().cos();
+        assert!((side - expect).abs() < 1.0, "{side} vs {expect}");
+    }
+}

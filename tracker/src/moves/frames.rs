@@ -108,3 +108,92 @@ impl MoveBook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use model::TransitionKind;
+
+    use super::*;
+    use crate::moves::test_support::*;
+
+    #[test]
+    fn eta_at_rounds_to_the_second() {
+        assert_eq!(eta_at(at(0), 1.5), at(90));
+        assert_eq!(eta_at(at(0), 0.00833), at(0));
+        assert_eq!(eta_at(at(0), 0.0092), at(1));
+    }
+
+    #[test]
+    fn a_probable_vehicle_is_in_the_view_but_never_saved_on_the_journey() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", None), t0());
+        b.on_transition(
+            &crossing(VAN, "ORG", TransitionKind::Exit, at(10)),
+            &mut out,
+        );
+        let m = &b.moves[&mid("m1")];
+        assert_eq!(b.view(m).vehicle, Some(v(VAN)));
+        assert_eq!(b.view(m).vehicle_match, Some("probable"));
+        assert_eq!(b.spec_of(m).journeys[0].vehicle, None);
+        // The departure frame went to no site, and nothing was saved.
+        assert!(!out.iter().any(|o| matches!(o, MoveOutput::Save(_))));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            MoveOutput::Frame { frame: Frame::Departure(_), sites, .. } if sites.is_empty()
+        )));
+    }
+
+    #[test]
+    fn a_move_frame_tells_a_site_that_stopped_seeing_it_once() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", Some(VAN)), t0());
+        let cancelled = MoveSpec {
+            status: MoveStatus::Cancelled,
+            ..spec("m1", Some(VAN))
+        };
+        let out2 = b.upsert(cancelled, at(10));
+        let sites = |out: &[MoveOutput]| {
+            out.iter()
+                .find_map(|o| match o {
+                    MoveOutput::Frame {
+                        frame: Frame::Move(_),
+                        sites,
+                        ..
+                    } => Some(sites.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(sites(&out2), vec![site("ORG"), site("DST")]);
+        b.refresh(&mid("m1"), at(20), false, &mut out);
+        assert!(sites(&out).is_empty());
+    }
+
+    #[test]
+    fn a_site_event_frame_names_the_move_vehicle_and_site() {
+        let o = site_event(
+            Frame::Arrival,
+            &mid("m1"),
+            v(VAN),
+            &site("DST"),
+            at(0),
+            vec![site("DST")],
+        );
+        let MoveOutput::Frame {
+            frame: Frame::Arrival(e),
+            vehicle,
+            sites,
+        } = o
+        else {
+            panic!("{o:?}");
+        };
+        assert_eq!(
+            (e.move_id, e.vehicle, e.site),
+            (mid("m1"), v(VAN), site("DST"))
+        );
+        assert_eq!(e.ts, format_ts(&at(0)));
+        assert_eq!((vehicle, sites), (Some(v(VAN)), vec![site("DST")]));
+    }
+}

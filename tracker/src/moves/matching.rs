@@ -200,3 +200,171 @@ impl MoveBook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use model::{EventKind, TransitionKind};
+    use serde_json::json;
+
+    use super::*;
+    use crate::moves::test_support::*;
+
+    fn matched(b: &MoveBook, id: &str) -> (Option<VehicleId>, Option<MatchKind>) {
+        let m = &b.moves[&mid(id)];
+        (m.vehicle, m.matched)
+    }
+
+    #[test]
+    fn the_ranking_is_change_vehicle_journey_id_journey_start_booked_inferred_probable() {
+        let ranked = [
+            MatchKind::ChangeVehicle,
+            MatchKind::JourneyId,
+            MatchKind::JourneyStart,
+            MatchKind::Booked,
+            MatchKind::Inferred,
+            MatchKind::Probable,
+        ];
+        for pair in ranked.windows(2) {
+            assert!(pair[0].strength() > pair[1].strength(), "{pair:?}");
+        }
+        assert_eq!(MatchKind::Probable.as_str(), "probable");
+        assert!(ranked[..5].iter().all(|k| k.as_str() == "confirmed"));
+    }
+
+    #[test]
+    fn change_vehicle_outranks_journey_id_which_outranks_the_booking() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", Some(VAN)), t0());
+        assert_eq!(matched(&b, "m1"), (Some(v(VAN)), Some(MatchKind::Booked)));
+        // A point with the journey id beats the booking.
+        b.on_position(&pos(OTHER, at(10), 53.0, Some("j-m1")), &mut out);
+        assert_eq!(
+            matched(&b, "m1"),
+            (Some(v(OTHER)), Some(MatchKind::JourneyId))
+        );
+        assert!(
+            b.move_ids_of(&v(VAN)).is_empty(),
+            "unlinked from the booked van"
+        );
+        // A journey start naming the booked van is weaker: ignored.
+        let start = event(
+            VAN,
+            EventKind::JourneyStart,
+            at(20),
+            Some("m1"),
+            json!({ "vehicle_reg": VAN }),
+        );
+        b.on_event(&start, &mut out);
+        assert_eq!(matched(&b, "m1").0, Some(v(OTHER)));
+        // The supplier's vehicle change beats the journey id ...
+        let change = event(
+            OTHER,
+            EventKind::JourneyChangeVehicle,
+            at(30),
+            Some("m1"),
+            json!({ "vehicle_reg": VAN }),
+        );
+        b.on_event(&change, &mut out);
+        assert_eq!(
+            matched(&b, "m1"),
+            (Some(v(VAN)), Some(MatchKind::ChangeVehicle))
+        );
+        // ... and a later point still carrying the journey id does not undo it.
+        b.on_position(&pos(OTHER, at(40), 53.0, Some("j-m1")), &mut out);
+        assert_eq!(matched(&b, "m1").0, Some(v(VAN)));
+        assert_eq!(b.move_ids_of(&v(VAN)), vec![mid("m1")]);
+        assert!(b.move_ids_of(&v(OTHER)).is_empty());
+    }
+
+    #[test]
+    fn equal_evidence_for_another_vehicle_replaces_the_match() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", None), t0());
+        b.assign(&mid("m1"), v(VAN), MatchKind::JourneyStart, at(0), &mut out);
+        b.assign(
+            &mid("m1"),
+            v(OTHER),
+            MatchKind::JourneyStart,
+            at(10),
+            &mut out,
+        );
+        assert_eq!(
+            matched(&b, "m1"),
+            (Some(v(OTHER)), Some(MatchKind::JourneyStart))
+        );
+        // Stronger evidence for the same vehicle upgrades the kind only.
+        b.assign(&mid("m1"), v(OTHER), MatchKind::JourneyId, at(20), &mut out);
+        assert_eq!(
+            matched(&b, "m1"),
+            (Some(v(OTHER)), Some(MatchKind::JourneyId))
+        );
+        // A finished move takes no new match.
+        let cancel = event(OTHER, EventKind::MoveCancel, at(30), Some("m1"), json!({}));
+        b.on_event(&cancel, &mut out);
+        b.assign(
+            &mid("m1"),
+            v(VAN),
+            MatchKind::ChangeVehicle,
+            at(40),
+            &mut out,
+        );
+        assert_eq!(matched(&b, "m1").0, Some(v(OTHER)));
+    }
+
+    #[test]
+    fn leaving_the_origin_empty_makes_a_probable_match_that_stronger_evidence_replaces() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", None), t0());
+        let tomorrow = crate::moves::MoveSpec {
+            date: today().succ_opt().unwrap(),
+            ..spec("m2", None)
+        };
+        b.upsert(tomorrow, t0());
+        assert_eq!(
+            b.probable_candidates(&site("ORG"), today()),
+            vec![mid("m1")]
+        );
+        assert!(b.probable_candidates(&site("DST"), today()).is_empty());
+        b.on_transition(
+            &crossing(VAN, "ORG", TransitionKind::Exit, at(10)),
+            &mut out,
+        );
+        assert_eq!(matched(&b, "m1"), (Some(v(VAN)), Some(MatchKind::Probable)));
+        assert_eq!(matched(&b, "m2"), (None, None));
+        // The booking's own vehicle is stronger: the guess and its departure go.
+        b.upsert(spec("m1", Some(OTHER)), at(20));
+        assert_eq!(matched(&b, "m1"), (Some(v(OTHER)), Some(MatchKind::Booked)));
+        assert_eq!(b.moves[&mid("m1")].departed_at, None);
+    }
+
+    #[test]
+    fn an_unnamed_vehicle_change_takes_the_previous_vehicles_open_moves() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", Some(VAN)), t0());
+        b.upsert(spec("m2", Some(VAN)), t0());
+        let change = event(
+            VAN,
+            EventKind::JourneyChangeVehicle,
+            at(10),
+            None,
+            json!({ "vehicle_reg": OTHER }),
+        );
+        assert_eq!(b.move_of_event(&change), None);
+        let mut targets = b.change_vehicle_targets(&change, v(OTHER), None);
+        targets.sort();
+        assert_eq!(targets, vec![mid("m1"), mid("m2")]);
+        // Named by its journey instead, only that move.
+        let by_journey = Event {
+            journey_id: Some(model::JourneyId::parse("j-m2").unwrap()),
+            ..change.clone()
+        };
+        assert_eq!(b.move_of_event(&by_journey), Some(mid("m2")));
+        b.on_event(&by_journey, &mut out);
+        assert_eq!(matched(&b, "m2").0, Some(v(OTHER)));
+        assert_eq!(matched(&b, "m1").0, Some(v(VAN)));
+    }
+}

@@ -33,6 +33,8 @@
 mod alerts;
 mod frames;
 mod matching;
+#[cfg(test)]
+mod test_support;
 mod visibility;
 
 use std::collections::{HashMap, VecDeque};

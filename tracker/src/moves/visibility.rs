@@ -318,3 +318,236 @@ impl MoveBook {
         views
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moves::test_support::*;
+
+    fn grace() -> Visibility {
+        Visibility::new(Duration::minutes(15))
+    }
+
+    /// ORG → DST for today, in `status`, carried by VAN as matched by `kind`.
+    fn facts<'a>(
+        from: &'a SiteId,
+        to: &'a SiteId,
+        status: MoveStatus,
+        kind: Option<MatchKind>,
+    ) -> MoveFacts<'a> {
+        MoveFacts {
+            from_location: from,
+            to_location: to,
+            date: today(),
+            status,
+            vehicle: kind.map(|_| v(VAN)),
+            matched: kind,
+            started_at: None,
+            departed_at: None,
+            arrived_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_probable_vehicle_is_never_visible_to_a_site() {
+        let (o, d) = (site("ORG"), site("DST"));
+        let scope = [o.clone(), d.clone()];
+        for status in [
+            MoveStatus::Booked,
+            MoveStatus::InTransit,
+            MoveStatus::Arrived,
+        ] {
+            let mut m = facts(&o, &d, status, Some(MatchKind::Probable));
+            m.departed_at = Some(at(0));
+            m.arrived_at = Some(at(60));
+            let now = at(120);
+            assert!(grace().vehicle_sites(&m, now).is_empty(), "{status:?}");
+            assert!(grace().move_sites(&m, now).is_empty(), "{status:?}");
+            assert!(!grace().can_see_vehicle(&scope, v(VAN), [m], now));
+            assert!(grace().window(&scope, v(VAN), [m], now).is_none());
+            assert!(grace().sites_seeing_vehicle(v(VAN), [m], now).is_empty());
+        }
+        // Still on the sites' day (listed without the guess), once confirmed seen.
+        let m = facts(&o, &d, MoveStatus::Booked, Some(MatchKind::Probable));
+        assert!(grace().site_lists_move(&d, &m, at(0)));
+        let inferred = facts(&o, &d, MoveStatus::InTransit, Some(MatchKind::Inferred));
+        assert!(grace().can_see_vehicle(&scope, v(VAN), [inferred], at(0)));
+    }
+
+    #[test]
+    fn a_booked_move_is_on_its_sites_day_but_its_vehicle_is_not_visible_before_it_leaves() {
+        let (o, d, alt) = (site("ORG"), site("DST"), site("ALT"));
+        let m = facts(&o, &d, MoveStatus::Booked, Some(MatchKind::Booked));
+        let now = at(0);
+        assert!(grace().on_sites_day(&m, now));
+        assert!(grace().site_lists_move(&o, &m, now));
+        assert!(grace().site_lists_move(&d, &m, now));
+        assert!(!grace().site_lists_move(&alt, &m, now));
+        assert_eq!(grace().move_sites(&m, now), vec![o.clone(), d.clone()]);
+        assert!(grace().vehicle_sites(&m, now).is_empty());
+        assert!(!grace().can_see_vehicle(std::slice::from_ref(&d), v(VAN), [m], now));
+        // Once on the way, both ends see it, and no one else.
+        let going = MoveFacts {
+            status: MoveStatus::InTransit,
+            started_at: Some(now),
+            ..m
+        };
+        assert_eq!(
+            grace().vehicle_sites(&going, now),
+            vec![o.clone(), d.clone()]
+        );
+        assert!(grace().can_see_vehicle(std::slice::from_ref(&d), v(VAN), [going], now));
+        assert!(!grace().can_see_vehicle(std::slice::from_ref(&alt), v(VAN), [going], now));
+    }
+
+    #[test]
+    fn the_days_edges_a_booking_for_tomorrow_in_transit_and_cancelled() {
+        let (o, d) = (site("ORG"), site("DST"));
+        let tomorrow = MoveFacts {
+            date: today().succ_opt().unwrap(),
+            ..facts(&o, &d, MoveStatus::Booked, None)
+        };
+        assert!(!grace().on_sites_day(&tomorrow, at(0)));
+        // Still coming, whatever its date.
+        let late = MoveFacts {
+            status: MoveStatus::InTransit,
+            ..tomorrow
+        };
+        assert!(grace().on_sites_day(&late, at(0)));
+        let cancelled = facts(&o, &d, MoveStatus::Cancelled, Some(MatchKind::Booked));
+        assert!(!grace().on_sites_day(&cancelled, at(0)));
+        assert!(grace().move_sites(&cancelled, at(0)).is_empty());
+        assert!(grace().vehicle_sites(&cancelled, at(0)).is_empty());
+    }
+
+    #[test]
+    fn a_site_sees_the_vehicle_until_15_minutes_after_arrival() {
+        let (o, d) = (site("ORG"), site("DST"));
+        let arrived = at(3600);
+        let m = MoveFacts {
+            started_at: Some(at(0)),
+            arrived_at: Some(arrived),
+            ..facts(&o, &d, MoveStatus::Arrived, Some(MatchKind::JourneyStart))
+        };
+        let scope = [d.clone()];
+        let edge = arrived + Duration::minutes(15);
+        assert!(grace().can_see_vehicle(&scope, v(VAN), [m], edge));
+        assert_eq!(
+            grace().window(&scope, v(VAN), [m], edge),
+            Some((at(0), edge))
+        );
+        // The window never runs past now.
+        assert_eq!(
+            grace().window(&scope, v(VAN), [m], at(3700)),
+            Some((at(0), at(3700)))
+        );
+        let after = edge + Duration::seconds(1);
+        assert!(!grace().can_see_vehicle(&scope, v(VAN), [m], after));
+        assert!(grace().window(&scope, v(VAN), [m], after).is_none());
+        assert!(!grace().on_sites_day(&m, after));
+        // Completed keeps the same grace, from arrival.
+        let done = MoveFacts {
+            status: MoveStatus::Completed,
+            finished_at: Some(arrived + Duration::minutes(5)),
+            ..m
+        };
+        assert!(grace().can_see_vehicle(&scope, v(VAN), [done], edge));
+        assert!(!grace().can_see_vehicle(&scope, v(VAN), [done], after));
+    }
+
+    #[test]
+    fn a_vehicle_is_seen_through_the_moves_it_is_matched_to_only() {
+        let (o, d, alt) = (site("ORG"), site("DST"), site("ALT"));
+        let first = MoveFacts {
+            started_at: Some(at(100)),
+            ..facts(&o, &d, MoveStatus::InTransit, Some(MatchKind::Booked))
+        };
+        let second = MoveFacts {
+            to_location: &alt,
+            started_at: Some(at(50)),
+            ..first
+        };
+        // A move since handed to another vehicle shows nothing of this one.
+        let handed_over = MoveFacts {
+            vehicle: Some(v(OTHER)),
+            ..second
+        };
+        let p = grace();
+        assert_eq!(
+            p.sites_seeing_vehicle(v(VAN), [first, second], at(200)),
+            vec![o.clone(), d.clone(), alt.clone()]
+        );
+        assert_eq!(
+            p.window(std::slice::from_ref(&o), v(VAN), [first, second], at(200)),
+            Some((at(50), at(200)))
+        );
+        assert!(!p.can_see_vehicle(
+            std::slice::from_ref(&alt),
+            v(VAN),
+            [first, handed_over],
+            at(200)
+        ));
+        assert!(p.can_see_vehicle(
+            std::slice::from_ref(&alt),
+            v(OTHER),
+            [first, handed_over],
+            at(200)
+        ));
+        assert!(!p.can_see_vehicle(&[], v(VAN), [first], at(200)));
+    }
+
+    #[test]
+    fn redaction_drops_the_vehicle_and_what_is_measured_from_it() {
+        let mut b = book();
+        b.upsert(spec("m1", None), t0());
+        let mut view = b.details(&mid("m1")).unwrap().view;
+        view.vehicle = Some(v(VAN));
+        view.vehicle_match = Some("probable");
+        view.eta = Some("2026-11-21T10:00:00Z".into());
+        view.distance_remaining_m = Some(1000.0);
+        let r = redact_probable(view.clone());
+        assert_eq!(r.vehicle, None);
+        assert_eq!(r.vehicle_match, None);
+        assert_eq!(r.eta, None);
+        assert_eq!(r.distance_remaining_m, None);
+        assert_eq!((r.move_id, r.status), (view.move_id, view.status));
+    }
+
+    #[test]
+    fn the_book_wrappers_answer_as_the_policy_does() {
+        let mut b = book();
+        let mut out = Vec::new();
+        b.upsert(spec("m1", Some(VAN)), t0());
+        let dst = [site("DST")];
+        assert!(!b.can_see_vehicle(&dst, &v(VAN), at(0)));
+        b.on_event(
+            &event(
+                VAN,
+                model::EventKind::MoveStart,
+                at(10),
+                Some("m1"),
+                serde_json::json!({}),
+            ),
+            &mut out,
+        );
+        let facts = b.move_facts(&mid("m1")).unwrap();
+        assert_eq!(
+            b.visibility().move_sites(&facts, at(20)),
+            vec![site("ORG"), site("DST")]
+        );
+        for now in [at(20), at(86_400)] {
+            assert_eq!(
+                b.can_see_vehicle(&dst, &v(VAN), now),
+                b.site_window(&v(VAN), &dst, now).is_some()
+            );
+            assert_eq!(
+                b.sites_seeing(&v(VAN), now),
+                b.visibility()
+                    .sites_seeing_vehicle(v(VAN), b.vehicle_facts(&v(VAN)), now)
+            );
+        }
+        assert!(b.can_see_vehicle(&dst, &v(VAN), at(20)));
+        assert_eq!(b.vehicles_seen_by(&site("DST"), at(20)), vec![v(VAN)]);
+    }
+}
