@@ -28,6 +28,8 @@ pub enum Source {
     Http,
     /// Recorded history replayed through the gateway.
     Replay,
+    /// Kept by the engine itself: alerts from its ticker, bookings.
+    Engine,
 }
 
 /// A rejected point, event or message, as kept in the dead-letter record.
@@ -128,4 +130,23 @@ pub struct IngestBatch {
     pub derived: Derived,
     /// Completed by the store after commit.
     pub commit: CommitToken,
+}
+
+impl IngestBatch {
+    /// A batch of what the engine derived without new points (alerts from
+    /// its ticker, a booking): it goes through the same writer as the
+    /// points, retried until stored, never given up.
+    pub fn derived_only(derived: Derived, commit: CommitToken) -> IngestBatch {
+        IngestBatch {
+            source: Source::Engine,
+            received: Instant::now(),
+            received_at: Utc::now(),
+            positions: Vec::new(),
+            events: Vec::new(),
+            dead_letters: Vec::new(),
+            transitions: Vec::new(),
+            derived,
+            commit,
+        }
+    }
 }

@@ -36,6 +36,16 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[webhook_delivery]`: movewatch's own tuning of webhook delivery, not in the contract.
     pub webhook_delivery: WebhookDeliveryConfig,
+    /// `[engine]`: how the engine spreads its work, not in the contract.
+    pub engine: EngineSection,
+}
+
+/// `[engine]`: vehicles are hashed onto `partitions`, each with its own task.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// How many partitions; 0 (the default): one per core.
+    pub partitions: usize,
 }
 
 /// `[http]`: the HTTP and WebSocket listener.

@@ -10,20 +10,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use geofence::{EngineConfig, FenceSet, Fix, GeofenceEngine};
+use geofence::FenceSet;
 use ingest::Suppliers;
 use ingest::broker::{ENGINE_USER, EmbeddedBrokerConfig, start_embedded_broker};
 use ingest::mqtt::{MqttSource, MqttSourceConfig, spawn_mqtt_source};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use model::config::{Config, parse_mqtt_url};
-use model::{FenceTransition, IngestBatch, Site, TransitionKind};
+use model::{IngestBatch, Site, TransitionKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracker::eta::EtaModel;
 use tracker::moves::{MoveBook, MovesConfig};
-use tracker::{Tracker, TrackerConfig, Update};
-use ws_gateway::moves::{keep_derived, spec_of};
-use ws_gateway::{Auth, Gateway, Hub, Moves, Readiness};
+use tracker::{Tracker, TrackerConfig};
+use ws_gateway::{Auth, Gateway, Hub, Readiness};
 
 /// Batches between intake and the tracker, and between the tracker and the store.
 /// With the broker's in-flight window this bounds what the engine holds.
@@ -48,12 +47,9 @@ pub struct Engine {
     pub store: store::Store,
     /// The loaded sites.
     pub sites: Arc<Vec<Site>>,
-    /// The fences and per-vehicle fence state, fed every live fix by the
-    /// pipeline; `PUT /api/sites/{id}/fence` replaces fences in it.
-    pub geofence: Arc<Mutex<GeofenceEngine>>,
-    /// The moves registry (issue #6): fed by the pipeline and the ticker,
-    /// booked through `PUT /api/moves/{id}`.
-    pub moves: Moves,
+    /// The engine's read view (moves, alerts and fences as the partitions
+    /// last published them).
+    pub view: engine::EngineView,
     mqtt: MqttSource,
     hub: Hub,
     /// Turns true when a graceful shutdown begins: `/tracks` answers 503 and
@@ -62,7 +58,8 @@ pub struct Engine {
     /// Tells the HTTP server to finish its requests in flight and stop.
     http_done: Option<tokio::sync::oneshot::Sender<()>>,
     shutdown_timeout: std::time::Duration,
-    pipeline: JoinHandle<()>,
+    /// The partitions, their splitter and the commander.
+    running: engine::Running,
     writer: JoinHandle<()>,
     server: JoinHandle<()>,
     /// Maintenance and the alert ticker.
@@ -214,33 +211,6 @@ pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
         .collect())
 }
 
-/// Runs the geofence engine over a batch's live fixes (neither late nor bad)
-/// and puts the crossings they confirm on the batch, which carries them to
-/// the store in the same transaction as the points.
-fn observe_fences(geofence: &Mutex<GeofenceEngine>, batch: &mut IngestBatch) {
-    if !batch.positions.iter().any(|p| p.flags.usable_live()) {
-        return;
-    }
-    // Never held across an await: this function is synchronous.
-    let mut engine = geofence
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for p in batch.positions.iter().filter(|p| p.flags.usable_live()) {
-        for t in engine.observe(p.vehicle, &Fix::from(p)) {
-            batch.transitions.push(FenceTransition {
-                vehicle: t.vehicle,
-                site: t.site,
-                kind: match t.kind {
-                    geofence::TransitionKind::Enter => TransitionKind::Enter,
-                    geofence::TransitionKind::Exit => TransitionKind::Exit,
-                    geofence::TransitionKind::PassThrough => TransitionKind::PassThrough,
-                },
-                ts: t.ts,
-            });
-        }
-    }
-}
-
 /// How often the time-based alerts (`gps_gap`, `device_silent`, `stopped`) are checked.
 pub const ALERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -312,46 +282,88 @@ async fn learn_stored_tracks(
     Ok(())
 }
 
-/// Feeds one batch to the moves registry (fixes, then the fence crossings
-/// they confirmed, then events) and scopes the tracker's position updates:
-/// each gets the moves its vehicle carries and the site channels that may see it.
-fn observe_moves(
-    moves: &Moves,
-    tracker: &Tracker,
-    batch: &IngestBatch,
-    updates: Vec<Update>,
-) -> (
-    Vec<(Update, Vec<model::SiteId>)>,
-    Vec<tracker::moves::MoveOutput>,
-) {
-    let mut out = Vec::new();
-    // Never held across an await: this function is synchronous.
-    let mut book = moves.lock();
-    for p in batch.positions.iter().filter(|p| p.flags.usable_live()) {
-        book.on_position(p, &mut out);
-    }
-    for t in &batch.transitions {
-        book.on_transition(t, &mut out);
-    }
-    for e in &batch.events {
-        book.on_event(e, &mut out);
+/// What recovery read back from the store: the partitions' state and the
+/// ETA model taught the stored arrivals.
+struct Recovery {
+    state: engine::Recovered,
+    eta: EtaModel,
+}
+
+/// Reads back what the partitions rebuild from (each takes its share): live
+/// positions, fence crossings, open moves, the alerts already raised (so a
+/// restart raises none twice), and the arrivals the ETA model learns from.
+async fn recover(store: &store::Store, sites: &[Site]) -> anyhow::Result<Recovery> {
+    let positions = store
+        .latest_positions()
+        .await
+        .context("cannot read live state back from the store")?;
+    // Vehicles inside a site when the engine stopped are inside it still:
+    // their next fix there is no new arrival.
+    let crossings = store
+        .latest_fence_transitions()
+        .await
+        .context("cannot read fence state back from the store")?;
+    let arrivals = store
+        .recent_arrivals(ETA_HISTORY)
+        .await
+        .context("cannot read arrivals for the ETA model")?;
+    let at = site_positions(sites);
+    let mut eta = learned_eta_model(&at, &arrivals);
+    learn_stored_tracks(&mut eta, store, &at, &arrivals).await?;
+    let mut open_moves = Vec::new();
+    for record in store
+        .open_moves()
+        .await
+        .context("cannot read the open moves back from the store")?
+    {
+        match engine::spec_of(&record) {
+            Some(spec) => open_moves.push(spec),
+            None => {
+                tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped")
+            }
+        }
     }
     let now = chrono::Utc::now();
-    let scoped = updates
-        .into_iter()
-        .map(|mut update| {
-            let Update::Position { view, .. } = &mut update;
-            view.move_ids = book.move_ids_of(&view.vehicle);
-            tracker.set_move_ids(&view.vehicle, &view.move_ids);
-            let sites = if view.move_ids.is_empty() {
-                Vec::new()
-            } else {
-                book.sites_seeing(&view.vehicle, now)
+    let alerts = store
+        .alerts_since(
+            now - chrono::Duration::hours(RESTORED_ALERTS_H),
+            RESTORED_ALERTS,
+        )
+        .await
+        .context("cannot read the alerts already raised back from the store")?;
+    Ok(Recovery {
+        state: engine::Recovered {
+            positions,
+            crossings,
+            open_moves,
+            alerts,
+        },
+        eta,
+    })
+}
+
+/// Keeps replaced fences in the store for the engine (durable before live).
+struct StorePersist(store::Store);
+
+impl engine::Persist for StorePersist {
+    fn put_fence<'a>(
+        &'a self,
+        site: &'a model::SiteId,
+        fence: String,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> engine::PersistFuture<'a> {
+        Box::pin(async move {
+            let record = store::SiteFenceRecord {
+                site: site.clone(),
+                fence,
+                updated_at: at,
             };
-            (update, sites)
+            self.0
+                .put_site_fence(&record)
+                .await
+                .map_err(|e| e.to_string())
         })
-        .collect();
-    (scoped, out)
+    }
 }
 
 impl Engine {
@@ -377,80 +389,66 @@ impl Engine {
         // Fences the control room replaced while running, over the files' ones.
         let mut fences = fences;
         let replaced = apply_stored_fences(&store, &mut fences).await?;
-        let mut geofence = GeofenceEngine::new(fences, EngineConfig::default());
         let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
-        let restored = store
-            .latest_positions()
-            .await
-            .context("cannot read live state back from the store")?;
         let registered = register::load_register(&config, &store, &suppliers).await?;
         let claims = register::spawn_claim_writer(store.clone(), &suppliers);
+        let recovered = recover(&store, &sites).await?;
         if suppliers.claims_on_first_report() {
             tracing::warn!(
                 "[fleet] claim_on_first_report is on: the first report for an unregistered vehicle claims it (development and demos only)"
             );
             // Vehicles reported before claims were stored are theirs still
             // (and their claims are stored now).
-            for p in &restored {
+            for p in &recovered.state.positions {
                 let _ = suppliers.check_vehicle(p.vehicle, p.supplier);
             }
         }
-        tracker.restore(restored.iter().cloned());
-        // Vehicles inside a site when the engine stopped are inside it still:
-        // their next fix there is no new arrival.
-        let crossings = store
-            .latest_fence_transitions()
-            .await
-            .context("cannot read fence state back from the store")?;
-        let mut inside = 0;
-        for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {
-            inside += geofence.restore(c.vehicle, [&c.site]);
-        }
-        let geofence = Arc::new(Mutex::new(geofence));
+        tracker.restore(recovered.state.positions.iter().cloned());
 
-        // The moves registry: open moves back from the store, the ETA model
-        // taught the stored arrivals, vehicles inside sites as they were.
-        let arrivals = store
-            .recent_arrivals(ETA_HISTORY)
-            .await
-            .context("cannot read arrivals for the ETA model")?;
-        let positions = site_positions(&sites);
-        let mut eta = learned_eta_model(&positions, &arrivals);
-        learn_stored_tracks(&mut eta, &store, &positions, &arrivals).await?;
-        let mut book = MoveBook::new(&sites, MovesConfig::default(), eta);
-        let now = chrono::Utc::now();
-        let open = store
-            .open_moves()
-            .await
-            .context("cannot read the open moves back from the store")?;
-        for record in &open {
-            match spec_of(record) {
-                Some(spec) => drop(book.upsert(spec, now)),
-                None => {
-                    tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped")
-                }
-            }
-        }
-        for c in crossings.iter().filter(|c| c.kind == TransitionKind::Enter) {
-            book.restore_inside(c.vehicle, &c.site);
-        }
-        // Where each vehicle was, and the alerts already raised, so a restart
-        // raises none twice; then estimates, so the boards have times at once.
-        for p in &restored {
-            book.restore_fix(p);
-        }
-        let raised = store
-            .alerts_since(
-                now - chrono::Duration::hours(RESTORED_ALERTS_H),
-                RESTORED_ALERTS,
-            )
-            .await
-            .context("cannot read the alerts already raised back from the store")?;
-        book.restore_alerts(&raised, now);
-        let estimated = book.restore_estimates();
-        let moves = Moves::new(book);
+        let (stopping, stopping_rx) = watch::channel(false);
+        let (store_tx, store_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
+        let (store_healthy_tx, store_healthy) = watch::channel(true);
+        let writer = store::spawn_writer(
+            store.clone(),
+            store_rx,
+            store::WriterConfig::default(),
+            store_healthy_tx,
+        );
 
-        let (ingest_tx, mut ingest_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
+        let hub = Hub::new();
+        let partitions = match config.engine.partitions {
+            0 => engine::EngineConfig::default().partitions,
+            n => n,
+        };
+        let inside = recovered
+            .state
+            .crossings
+            .iter()
+            .filter(|c| c.kind == TransitionKind::Enter)
+            .count();
+        let open_moves = recovered.state.open_moves.len();
+        let eta = recovered.eta;
+        let book_sites = sites.clone();
+        let running = engine::start(engine::Start {
+            config: engine::EngineConfig {
+                partitions,
+                capacity: PIPELINE_CAPACITY,
+                round: PIPELINE_ROUND,
+                tick: ALERT_TICK,
+                ..Default::default()
+            },
+            tracker: tracker.clone(),
+            fences,
+            fence_rules: geofence::EngineConfig::default(),
+            book: Box::new(move || MoveBook::new(&book_sites, MovesConfig::default(), eta.clone())),
+            recovered: recovered.state,
+            sink: Arc::new(hub.clone()),
+            store: store_tx,
+            persist: Arc::new(StorePersist(store.clone())),
+            stopping: stopping_rx.clone(),
+        });
+        let ingest_tx = running.input.clone();
+
         // Devices connect to `mqtt_host:mqtt_port`; the engine's own client to
         // `engine_broker`, which differs when the topic guard fronts the broker.
         let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) =
@@ -512,16 +510,6 @@ impl Engine {
             })?;
         let http_addr = http_listener.local_addr()?;
 
-        let (stopping, stopping_rx) = watch::channel(false);
-        let (store_tx, store_rx) = mpsc::channel::<IngestBatch>(PIPELINE_CAPACITY);
-        let (store_healthy_tx, store_healthy) = watch::channel(true);
-        let writer = store::spawn_writer(
-            store.clone(),
-            store_rx,
-            store::WriterConfig::default(),
-            store_healthy_tx,
-        );
-
         // Partitions ahead and retention, hourly (the first pass runs now).
         let maintenance = store::spawn_maintenance(
             store.clone(),
@@ -542,88 +530,6 @@ impl Engine {
             )?)
         };
 
-        let hub = Hub::new();
-        let pipeline = {
-            let (tracker, hub, geofence, moves) = (
-                tracker.clone(),
-                hub.clone(),
-                geofence.clone(),
-                moves.clone(),
-            );
-            let mut stopping = stopping_rx.clone();
-            tokio::spawn(async move {
-                let mut watch_stop = true;
-                'rounds: loop {
-                    let next = tokio::select! {
-                        // Graceful shutdown: take nothing new, drain what is queued.
-                        stopped = async { stopping.wait_for(|s| *s).await.is_ok() }, if watch_stop => {
-                            watch_stop = false;
-                            if stopped {
-                                ingest_rx.close();
-                            }
-                            continue;
-                        }
-                        next = ingest_rx.recv() => next,
-                    };
-                    let Some(first) = next else { break };
-                    // What queued up while the last round ran goes out in one
-                    // round: each client is woken once for it, not per frame.
-                    let mut batches = vec![first];
-                    while batches.len() < PIPELINE_ROUND {
-                        match ingest_rx.try_recv() {
-                            Ok(batch) => batches.push(batch),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut positions: Vec<ws_gateway::ScopedBatch> = Vec::new();
-                    for batch in &mut batches {
-                        let updates = tracker.apply(batch);
-                        observe_fences(&geofence, batch);
-                        let (updates, outputs) = observe_moves(&moves, &tracker, batch, updates);
-                        positions.push((batch.received, updates));
-                        if !outputs.is_empty() {
-                            // Frames keep their order: the positions so far,
-                            // then what this batch caused.
-                            hub.publish_batches(positions.drain(..));
-                            // What these points caused is committed with them.
-                            batch.derived = moves.dispatch(&hub, &tracker, outputs);
-                        }
-                    }
-                    hub.publish_batches(positions);
-                    for batch in batches {
-                        if store_tx.send(batch).await.is_err() {
-                            break 'rounds;
-                        }
-                    }
-                }
-                // Dropping `store_tx` lets the writer commit what it holds and end.
-                tracing::info!("pipeline drained");
-            })
-        };
-
-        // Time-based alerts. Each is stamped when its condition began, so one
-        // not yet saved when the engine stops is raised again, identically,
-        // after the restart (and one saved is not: `restore_alerts`).
-        let ticker = {
-            let (tracker, hub, moves, store) =
-                (tracker.clone(), hub.clone(), moves.clone(), store.clone());
-            tokio::spawn(async move {
-                let _ =
-                    keep_derived(&store, &moves.dispatch(&hub, &tracker, estimated), false).await;
-                // The first tick one period after start, when clients may be
-                // connected, as every later one.
-                let mut every =
-                    tokio::time::interval_at(tokio::time::Instant::now() + ALERT_TICK, ALERT_TICK);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    let outputs = moves.lock().tick(chrono::Utc::now());
-                    let keep = moves.dispatch(&hub, &tracker, outputs);
-                    let _ = keep_derived(&store, &keep, false).await;
-                }
-            })
-        };
-
         let mqtt = spawn_mqtt_source(
             MqttSourceConfig {
                 host: engine_broker.0,
@@ -639,13 +545,12 @@ impl Engine {
         let register_routes =
             ws_gateway::register::router(auth.clone(), suppliers.clone(), store.clone());
         let gateway = Gateway {
-            tracker: tracker.clone(),
+            view: running.view.clone(),
+            commands: running.commands.clone(),
             hub: hub.clone(),
             auth: auth.clone(),
             sites: sites.clone(),
             suppliers: suppliers.clone(),
-            geofence: geofence.clone(),
-            moves: moves.clone(),
             store: store.clone(),
             readiness: Readiness {
                 broker: mqtt.connected.clone(),
@@ -676,7 +581,7 @@ impl Engine {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
-        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), registered, inside_fences = inside, replaced_fences = replaced, "movewatch engine started");
+        tracing::info!(%http_addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), sites = sites.len(), vehicles = tracker.len(), partitions, registered, open_moves, inside_fences = inside, replaced_fences = replaced, "movewatch engine started");
         Ok(Engine {
             http_addr,
             mqtt_addr: (mqtt_host, mqtt_port),
@@ -684,21 +589,23 @@ impl Engine {
             tracker,
             store,
             sites,
-            geofence,
-            moves,
+            view: running.view.clone(),
             mqtt,
             hub,
             stopping,
             http_done: Some(http_done),
             shutdown_timeout: std::time::Duration::from_secs(config.ingest.shutdown_timeout_secs),
-            pipeline,
+            running,
             writer,
             server,
-            background: [maintenance, ticker, claims]
-                .into_iter()
-                .chain(webhooks)
-                .collect(),
+            background: [maintenance, claims].into_iter().chain(webhooks).collect(),
         })
+    }
+
+    /// What a vehicle's partition knows of it: the sites it is inside, its
+    /// ETA model's learning (tests and diagnostics).
+    pub async fn inspect(&self, vehicle: model::VehicleId) -> Option<engine::Inspection> {
+        self.running.inspect(vehicle).await
     }
 
     /// The fan-out hub (benchmarks install a send observer on it).
@@ -717,7 +624,8 @@ impl Engine {
     pub fn stop(self) {
         self.mqtt.poll_task.abort();
         self.mqtt.ack_task.abort();
-        for t in [self.pipeline, self.writer, self.server]
+        self.running.abort();
+        for t in [self.writer, self.server]
             .into_iter()
             .chain(self.background)
         {
@@ -753,7 +661,7 @@ impl Engine {
         self.hub.close_clients();
 
         let mut unfinished = Vec::new();
-        if !finished_by(deadline, &mut self.pipeline).await {
+        if !self.running.drained(deadline).await {
             unfinished.push("pipeline drain");
         }
         if !finished_by(deadline, &mut self.writer).await {

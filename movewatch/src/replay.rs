@@ -91,10 +91,6 @@ impl Replay {
         // Fences are served (GET /api/sites) as the engine has them, stored
         // replacements included; replay emits no transitions.
         crate::apply_stored_fences(&store, &mut fences).await?;
-        let geofence = Arc::new(std::sync::Mutex::new(geofence::GeofenceEngine::new(
-            fences,
-            geofence::EngineConfig::default(),
-        )));
         let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
         let hub = Hub::new();
         let token = random_token(32);
@@ -105,21 +101,17 @@ impl Replay {
             sites: vec![],
             supplier: None,
         });
-        // Replay has no moves of its own (the registry is live-only).
-        let moves = ws_gateway::Moves::new(tracker::moves::MoveBook::new(
-            &sites,
-            tracker::moves::MovesConfig::default(),
-            tracker::eta::EtaModel::default(),
-        ));
+        // Replay has no moves of its own (the registry is live-only), and
+        // changes nothing: its commands answer that it is read-only.
+        let (view, commands) = engine::read_only(tracker.clone(), fences);
         // No broker is needed, and nothing is written: both count as ready.
         let gateway = Gateway {
-            tracker: tracker.clone(),
+            view,
+            commands,
             hub: hub.clone(),
             auth: Arc::new(Auth::from_config(&tokens)),
             sites,
             suppliers: Arc::new(ingest::Suppliers::from_config(&[])),
-            moves,
-            geofence,
             store: store.clone(),
             readiness: Readiness {
                 broker: watch::channel(true).1,

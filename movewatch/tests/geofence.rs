@@ -172,10 +172,11 @@ async fn a_van_inside_at_restart_does_not_arrive_again() {
 
         // Same store file; the first engine's embedded broker keeps its port.
         let engine = Engine::start(config(dir.path(), None)).await.unwrap();
-        let inside: Vec<SiteId> = {
-            let g = engine.geofence.lock().unwrap();
-            g.inside(&VehicleId::parse(van).unwrap()).cloned().collect()
-        };
+        let inside: Vec<SiteId> = engine
+            .inspect(VehicleId::parse(van).unwrap())
+            .await
+            .unwrap()
+            .inside;
         assert_eq!(inside, vec![lei()], "restored from the stored enter");
         let client = publisher(&engine, None).await;
         // Parked inside: two stationary fixes would confirm a fresh enter.
@@ -279,8 +280,8 @@ async fn put_fence_is_for_the_control_room_and_replaces_the_live_fence() {
         // 200 m from the centre: inside the 400 m circle, outside a 50 m one.
         let parked = offset(c, 200.0, 0.0);
         let contains = |engine: &Engine| {
-            let g = engine.geofence.lock().unwrap();
-            g.fences().get(&lei()).unwrap().fence.contains(parked.0, parked.1)
+            let g = engine.view.fences();
+            g.get(&lei()).unwrap().fence.contains(parked.0, parked.1)
         };
         assert!(contains(&engine));
         let r = put("/api/sites/LEI/fence", control(), small).await;
@@ -328,9 +329,8 @@ async fn put_fence_is_for_the_control_room_and_replaces_the_live_fence() {
         // The square reaches 150 m: 200 m north is outside it, 100 m north inside.
         assert!(!contains(&engine));
         let near = offset(c, 100.0, 0.0);
-        let g = engine.geofence.lock().unwrap();
-        assert!(g.fences().get(&lei()).unwrap().fence.contains(near.0, near.1));
-        drop(g);
+        let g = engine.view.fences();
+        assert!(g.get(&lei()).unwrap().fence.contains(near.0, near.1));
         engine.stop();
     })
     .await
@@ -399,8 +399,8 @@ async fn a_replaced_fence_survives_a_restart_and_detects_arrivals() {
             serde_json::json!({"type": "circle", "radius_m": 123.5})
         );
         {
-            let g = engine.geofence.lock().unwrap();
-            let lei_fence = &g.fences().get(&lei()).unwrap().fence;
+            let g = engine.view.fences();
+            let lei_fence = &g.get(&lei()).unwrap().fence;
             assert!(lei_fence.contains(east.0, east.1));
             assert!(!lei_fence.contains(c.0, c.1), "the old circle is gone");
         }

@@ -206,18 +206,17 @@ async fn a_booked_move_departs_gets_an_eta_and_arrives_once_seen_by_its_site_onl
             .then_some(())
         })
         .await;
-        assert_eq!(engine.moves.lock().eta_model().curves().trips(), 1);
+        let seen = engine.inspect(van.parse().unwrap()).await.unwrap();
+        assert_eq!(seen.eta_trips, 1);
         engine.shutdown().await;
 
         // After a restart the ETA's curves relearn the journey from its stored fixes
         // (on a fresh MQTT port: the embedded broker's may not be released yet).
         config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         let engine = Engine::start(config).await.unwrap();
-        {
-            let book = engine.moves.lock();
-            assert_eq!(book.eta_model().curves().trips(), 1);
-            assert!(book.eta_model().curves().learned_km() > 10.0);
-        }
+        let seen = engine.inspect(van.parse().unwrap()).await.unwrap();
+        assert_eq!(seen.eta_trips, 1);
+        assert!(seen.eta_learned_km > 10.0);
         engine.stop();
     })
     .await

@@ -209,7 +209,8 @@ async fn load_track(
 
 /// Whether a supplier token may see a vehicle: the tracker knows it as that supplier's.
 fn supplier_owns(g: &Gateway, supplier: SupplierId, vehicle: &VehicleId) -> bool {
-    g.tracker
+    g.view
+        .tracker()
         .get(vehicle)
         .is_some_and(|state| state.supplier == supplier)
 }
@@ -230,7 +231,7 @@ pub(crate) async fn vehicle_track(
         Access::ControlRoom => (None, None),
         Access::Supplier(s) if supplier_owns(&g, *s, &vehicle) => (Some(*s), None),
         Access::Supplier(_) => return forbidden("this token may see only its supplier's vehicles"),
-        Access::Site(sites) => match g.moves.lock().site_window(&vehicle, sites, now) {
+        Access::Site(sites) => match g.view.site_window(&vehicle, sites, now) {
             Some(w) => (None, Some(w)),
             None => {
                 return forbidden(

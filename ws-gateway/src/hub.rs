@@ -414,6 +414,23 @@ impl Hub {
     }
 }
 
+/// The engine's frames go out through the hub (serialised once, routed).
+impl engine::Sink for Hub {
+    fn positions(&self, batches: Vec<ScopedBatch>) {
+        self.publish_batches(batches);
+    }
+
+    fn frame(
+        &self,
+        frame: &Frame,
+        vehicle: Option<VehicleId>,
+        supplier: Option<SupplierId>,
+        sites: Vec<SiteId>,
+    ) {
+        self.send(frame, vehicle, supplier, sites);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

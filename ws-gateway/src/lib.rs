@@ -23,23 +23,20 @@ pub mod register;
 mod sites;
 mod ws;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use geofence::GeofenceEngine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use model::Site;
 use serde_json::json;
 use tokio::sync::watch;
-use tracker::Tracker;
 
 pub use auth::{Access, Auth};
 pub use hub::{Hub, ScopedBatch, SendObserver, SendRecorder};
-pub use moves::Moves;
 
 /// What `/readyz` checks.
 #[derive(Debug, Clone)]
@@ -53,8 +50,12 @@ pub struct Readiness {
 /// Everything the gateway's handlers share.
 #[derive(Clone)]
 pub struct Gateway {
-    /// Live vehicle state.
-    pub tracker: Arc<Tracker>,
+    /// The engine's live state, read-only: positions, the partitions'
+    /// published moves and alerts, the fences.
+    pub view: engine::EngineView,
+    /// Bookings and fence replacements go to the engine, which stores them
+    /// and applies them in order; the gateway writes no live state itself.
+    pub commands: engine::Commands,
     /// The fan-out hub.
     pub hub: Hub,
     /// Token checks.
@@ -63,13 +64,7 @@ pub struct Gateway {
     pub sites: Arc<Vec<Site>>,
     /// The suppliers and the vehicle register (who runs a planned van).
     pub suppliers: Arc<ingest::Suppliers>,
-    /// The fences (shared with the pipeline, which feeds them every live
-    /// fix): `GET /api/sites` shows them, `PUT /api/sites/{id}/fence`
-    /// replaces one. Locked briefly, never across an await.
-    pub geofence: Arc<Mutex<GeofenceEngine>>,
-    /// The moves registry (issue #6), shared with the pipeline and the ticker.
-    pub moves: Moves,
-    /// The store, for history and its health.
+    /// The store, for history and its health (read only).
     pub store: store::Store,
     /// For `/readyz`.
     pub readiness: Readiness,
@@ -129,7 +124,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 async fn api_vehicles(State(g): State<Gateway>, access: Access) -> Response {
     match access {
-        Access::ControlRoom => axum::Json(g.tracker.snapshot()).into_response(),
+        Access::ControlRoom => axum::Json(g.view.tracker().snapshot()).into_response(),
         _ => error(
             StatusCode::FORBIDDEN,
             "forbidden",

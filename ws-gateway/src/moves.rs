@@ -1,9 +1,6 @@
-//! The moves registry at the edge (issue #6): `PUT /api/moves/{id}`,
-//! `GET /api/moves/{id}`, and fan-out of what the [`MoveBook`] decides (what
-//! must be kept goes back to the caller, to be committed with its batch).
-
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+//! The moves registry at the edge (issue #6): `PUT /api/moves/{id}` (a
+//! booking command to the engine, which stores it and applies it in every
+//! partition) and `GET /api/moves/{id}` (from the engine's read view).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -14,127 +11,11 @@ use model::format_ts;
 use model::{JourneyId, MoveId, SiteId, VehicleId};
 use serde::Deserialize;
 use serde_json::json;
-use store::{Derived, JourneyRecord, MoveRecord, Store, StoreError};
-use tracker::Tracker;
-use tracker::moves::{JourneySpec, MoveBook, MoveOutput, MoveSpec, MoveStatus};
+use tracker::moves::{JourneySpec, MoveSpec, MoveStatus};
 
-use crate::{Access, Gateway, Hub, error};
+use crate::{Access, Gateway, error};
 
-/// The live registry, shared by the pipeline, the ticker and the handlers.
-/// The lock is held only for synchronous work, never across an await.
-#[derive(Clone, Debug)]
-pub struct Moves {
-    book: Arc<Mutex<MoveBook>>,
-}
-
-impl Moves {
-    /// A registry around `book`.
-    pub fn new(book: MoveBook) -> Self {
-        Moves {
-            book: Arc::new(Mutex::new(book)),
-        }
-    }
-
-    /// The book, locked (a poisoned lock is taken over: the book has no
-    /// invariant a panic half-way could break worse than losing an update).
-    pub fn lock(&self) -> MutexGuard<'_, MoveBook> {
-        self.book
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Fans the frames out and returns what must be kept: the caller puts it
-    /// on the batch that caused it (committed with its points) or writes it
-    /// with [`Store::write_derived`].
-    pub fn dispatch(&self, hub: &Hub, tracker: &Tracker, outputs: Vec<MoveOutput>) -> Derived {
-        let mut keep = Derived::default();
-        for output in outputs {
-            match output {
-                MoveOutput::Frame {
-                    frame,
-                    vehicle,
-                    sites,
-                } => {
-                    let supplier = vehicle.and_then(|v| tracker.supplier_of(&v));
-                    hub.send(&frame, vehicle, supplier, sites);
-                }
-                MoveOutput::Save(spec) => keep.moves.push(record_of(&spec)),
-                MoveOutput::Arrived(fact) => keep.arrivals.push(fact),
-                MoveOutput::Alert(alert) => keep.alerts.push(alert),
-                MoveOutput::Notify(n) => keep.notifications.push(n),
-            }
-        }
-        keep
-    }
-}
-
-/// Writes what did not come with a batch (alert ticks, bookings), retrying
-/// with backoff while the store is down; gives up (logged) after about a
-/// minute, or at once when `once` is set.
-pub async fn keep_derived(store: &Store, derived: &Derived, once: bool) -> Result<(), StoreError> {
-    if derived.is_empty() {
-        return Ok(());
-    }
-    let mut attempt = 0u32;
-    loop {
-        match store.write_derived(derived).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !once && attempt < 8 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "cannot save alerts or move changes; retrying");
-                tokio::time::sleep(Duration::from_millis(250u64 << attempt.min(5))).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot save alerts or move changes");
-                return Err(e);
-            }
-        }
-    }
-}
-
-/// The stored form of a move.
-pub fn record_of(spec: &MoveSpec) -> MoveRecord {
-    MoveRecord {
-        id: spec.id.clone(),
-        reference: spec.reference.clone(),
-        from_location: spec.from_location.clone(),
-        to_location: spec.to_location.clone(),
-        date: spec.date,
-        status: spec.status.as_str().to_owned(),
-        journeys: spec
-            .journeys
-            .iter()
-            .map(|j| JourneyRecord {
-                id: j.id.clone(),
-                from_location: j.from_location.clone(),
-                to_location: j.to_location.clone(),
-                vehicle: j.vehicle,
-            })
-            .collect(),
-    }
-}
-
-/// The live form of a stored move (`None` for an unknown status).
-pub fn spec_of(r: &MoveRecord) -> Option<MoveSpec> {
-    Some(MoveSpec {
-        id: r.id.clone(),
-        reference: r.reference.clone(),
-        from_location: r.from_location.clone(),
-        to_location: r.to_location.clone(),
-        date: r.date,
-        status: MoveStatus::parse(&r.status)?,
-        journeys: r
-            .journeys
-            .iter()
-            .map(|j| JourneySpec {
-                id: j.id.clone(),
-                from_location: j.from_location.clone(),
-                to_location: j.to_location.clone(),
-                vehicle: j.vehicle,
-            })
-            .collect(),
-    })
-}
+pub use engine::{record_of, spec_of};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,28 +126,23 @@ pub(crate) async fn put_move(
         Ok(s) => s,
         Err(message) => return bad_request(message),
     };
-    // Durable first: the booking is stored before anyone is told of it.
-    if let Err(e) = g.store.upsert_move(&record_of(&spec)).await {
-        tracing::error!(error = %e, "cannot store a move");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the store did not take the move; retry",
-        );
-    }
-    let outputs = g.moves.lock().upsert(spec, Utc::now());
-    let keep = g.moves.dispatch(&g.hub, &g.tracker, outputs);
-    // The booking itself is stored; what it changed (a status, an alert) is
-    // kept as well as the store allows now.
-    let _ = keep_derived(&g.store, &keep, true).await;
-    let details = g.moves.lock().details(&id);
-    match details {
-        Some(d) => axum::Json(details_json(&d.spec, Some(&d), true)).into_response(),
-        None => error(
+    // The engine stores the booking before anyone is told of it, then
+    // applies it; the reply is the move as it then stands.
+    match g.commands.book(spec).await {
+        Ok(Some(d)) => axum::Json(details_json(&d.spec, Some(&d), true)).into_response(),
+        Ok(None) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "move vanished",
         ),
+        Err(e) => {
+            tracing::error!(error = %e, "a booking was not carried out");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &format!("{e}; retry (a booking is idempotent)"),
+            )
+        }
     }
 }
 
@@ -281,16 +157,12 @@ pub(crate) async fn get_move(
         Err(e) => return bad_request(e.to_string()),
     };
     let now = Utc::now();
-    let (live, vehicle_visible_to) = {
-        let book = g.moves.lock();
-        let live = book.details(&id);
-        let visible = live
-            .as_ref()
-            .and_then(|d| d.view.vehicle)
-            .map(|v| book.sites_seeing(&v, now))
-            .unwrap_or_default();
-        (live, visible)
-    };
+    let live = g.view.details(&id);
+    let vehicle_visible_to = live
+        .as_ref()
+        .and_then(|d| d.view.vehicle)
+        .map(|v| g.view.sites_seeing(&v, now))
+        .unwrap_or_default();
     let spec = match &live {
         Some(d) => d.spec.clone(),
         None => match g.store.get_move(&id).await {
@@ -337,7 +209,7 @@ pub(crate) async fn get_move(
                 || (spec.status == MoveStatus::Booked && !probable)
         }
         Access::Supplier(s) => {
-            if vehicle.is_none_or(|v| g.tracker.supplier_of(&v) != Some(*s)) {
+            if vehicle.is_none_or(|v| g.view.supplier_of(&v) != Some(*s)) {
                 return forbidden("this move is not carried by this supplier's vehicles");
             }
             true

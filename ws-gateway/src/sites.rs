@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use engine::CommandError;
 use geofence::{Fence, SiteFence};
 use model::SiteId;
 use serde_json::{Value, json};
@@ -22,25 +23,14 @@ fn site_json(s: &SiteFence) -> Value {
     v
 }
 
-/// One replacement at a time, so that the stored fence and the live one
-/// are always the same replacement (store, then swap, under this lock).
-static REPLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 pub(crate) async fn list(State(g): State<Gateway>, access: Access) -> Response {
-    // Copy out under the lock (the pipeline shares it); serialise after.
-    let visible: Vec<SiteFence> = {
-        let engine = g
-            .geofence
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        engine
-            .fences()
-            .iter()
-            .filter(|s| access.may_see_site(&s.site.id))
-            .cloned()
-            .collect()
-    };
-    axum::Json(visible.iter().map(site_json).collect::<Vec<_>>()).into_response()
+    let fences = g.view.fences();
+    let visible: Vec<Value> = fences
+        .iter()
+        .filter(|s| access.may_see_site(&s.site.id))
+        .map(site_json)
+        .collect();
+    axum::Json(visible).into_response()
 }
 
 const BODY_SHAPES: &str = "expected a GeoJSON Polygon or MultiPolygon geometry, a GeoJSON Feature with one, or {\"radius_m\": n}";
@@ -93,54 +83,33 @@ pub(crate) async fn put_fence(
     let Ok(site_id) = SiteId::parse(&id) else {
         return unknown();
     };
-    let Some(current) = g.fence_of(&site_id) else {
+    let Some(current) = g.view.fence_of(&site_id) else {
         return unknown();
     };
     let fence = match fence_from_body(&body, &current) {
         Ok(f) => f,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
-    // Durable first: the fence is stored before it is live, so a restart
-    // never goes back to an older fence than the one a caller was told of.
-    let _one_at_a_time = REPLACING.lock().await;
-    let record = store::SiteFenceRecord {
-        site: site_id.clone(),
-        fence: geofence::fence_to_json(&fence).to_string(),
-        updated_at: chrono::Utc::now(),
-    };
-    if let Err(e) = g.store.put_site_fence(&record).await {
-        tracing::error!(site = %site_id, error = %e, "cannot store a replaced fence");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the store did not take the fence; nothing changed; retry",
-        );
-    }
-    let replaced = {
-        let mut engine = g
-            .geofence
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        engine
-            .replace_fence(&site_id, fence)
-            .ok()
-            .and_then(|_| engine.fences().get(&site_id).cloned())
-    };
-    let Some(replaced) = replaced else {
-        return unknown();
-    };
-    tracing::info!(site = %site_id, circle = replaced.fence.is_circle(), "site fence replaced");
-    axum::Json(site_json(&replaced)).into_response()
-}
-
-impl Gateway {
-    /// A site and its current fence.
-    fn fence_of(&self, site: &SiteId) -> Option<SiteFence> {
-        let engine = self
-            .geofence
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        engine.fences().get(site).cloned()
+    // The engine stores the fence before it is live (a restart never goes
+    // back to an older fence than the one a caller was told of), then
+    // replaces it in every partition, one replacement at a time.
+    match g.commands.replace_fence(site_id.clone(), fence).await {
+        Ok(replaced) => {
+            tracing::info!(site = %site_id, circle = replaced.fence.is_circle(), "site fence replaced");
+            axum::Json(site_json(&replaced)).into_response()
+        }
+        Err(CommandError::UnknownSite(_)) => unknown(),
+        Err(CommandError::Fence(message)) => {
+            error(StatusCode::BAD_REQUEST, "bad_request", &message)
+        }
+        Err(e) => {
+            tracing::error!(site = %site_id, error = %e, "a fence replacement was not carried out");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &format!("{e}; retry"),
+            )
+        }
     }
 }
 
@@ -182,12 +151,12 @@ pub(crate) async fn incoming(
     };
     let now = chrono::Utc::now();
     let (moves, seen) = {
-        let book = g.moves.lock();
-        let moves: Vec<Value> = book
+        let moves: Vec<Value> = g
+            .view
             .move_views(Some(&site_id), now)
             .into_iter()
             .map(|view| {
-                let details = book.details(&view.move_id);
+                let details = g.view.details(&view.move_id);
                 let mut v = serde_json::to_value(&view).unwrap_or_else(|_| json!({}));
                 v["direction"] = json!(if view.to_location == site_id {
                     "incoming"
@@ -203,10 +172,7 @@ pub(crate) async fn incoming(
                 v["supplier"] = json!(
                     view.vehicle
                         .as_ref()
-                        .and_then(|veh| g
-                            .tracker
-                            .supplier_of(veh)
-                            .or_else(|| g.suppliers.owner(veh)))
+                        .and_then(|veh| g.view.supplier_of(veh).or_else(|| g.suppliers.owner(veh)))
                         .map(|s| s.to_string())
                 );
                 if let Some(d) = details {
@@ -217,11 +183,11 @@ pub(crate) async fn incoming(
                 v
             })
             .collect();
-        (moves, book.vehicles_seen_by(&site_id, now))
+        (moves, g.view.vehicles_seen_by(&site_id, now))
     };
     let vehicles: Vec<_> = seen
         .iter()
-        .filter_map(|v| g.tracker.get(v).map(|s| s.view()))
+        .filter_map(|v| g.view.tracker().get(v).map(|s| s.view()))
         .collect();
     axum::Json(json!({
         "site": site,

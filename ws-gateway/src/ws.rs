@@ -68,7 +68,7 @@ fn error_frame(code: &'static str, message: String) -> Utf8Bytes {
 fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
     let visible = |v: &PositionView| match access {
         Access::ControlRoom => true,
-        Access::Supplier(s) => g.tracker.supplier_of(&v.vehicle) == Some(*s),
+        Access::Supplier(s) => g.view.tracker().supplier_of(&v.vehicle) == Some(*s),
         // Site channels list only the vehicles their moves make visible (below).
         Access::Site(_) => false,
     };
@@ -76,30 +76,33 @@ fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
     let (mut alerts, mut moves) = (Vec::new(), Vec::new());
     let vehicles = match channel {
         Channel::Fleet => {
-            let vehicles = g.tracker.snapshot().into_iter().filter(visible).collect();
+            let vehicles = g
+                .view
+                .tracker()
+                .snapshot()
+                .into_iter()
+                .filter(visible)
+                .collect();
             if *access == Access::ControlRoom {
-                let book = g.moves.lock();
-                alerts = book.recent_alerts(None);
-                moves = book.move_views(None, now);
+                alerts = g.view.recent_alerts(None);
+                moves = g.view.move_views(None, now);
             }
             vehicles
         }
         Channel::Vehicle(id) => g
-            .tracker
+            .view
+            .tracker()
             .get(id)
             .map(|s| s.view())
             .into_iter()
             .filter(visible)
             .collect(),
         Channel::Site(site) => {
-            let seen = {
-                let book = g.moves.lock();
-                alerts = book.recent_alerts(Some(site));
-                moves = book.move_views(Some(site), now);
-                book.vehicles_seen_by(site, now)
-            };
+            alerts = g.view.recent_alerts(Some(site));
+            moves = g.view.move_views(Some(site), now);
+            let seen = g.view.vehicles_seen_by(site, now);
             seen.iter()
-                .filter_map(|v| g.tracker.get(v).map(|s| s.view()))
+                .filter_map(|v| g.view.tracker().get(v).map(|s| s.view()))
                 .collect()
         }
     };
@@ -314,7 +317,7 @@ fn handle_client_message(
     // yet, is forbidden alike, so a probe learns nothing.
     if subscribe
         && let (Access::Supplier(supplier), Channel::Vehicle(vehicle)) = (access, &channel)
-        && g.tracker.supplier_of(vehicle) != Some(*supplier)
+        && g.view.tracker().supplier_of(vehicle) != Some(*supplier)
     {
         return reply(error_frame(
             "forbidden",

@@ -26,7 +26,7 @@ pub enum MatchKind {
 }
 
 impl MatchKind {
-    fn strength(self) -> u8 {
+    pub(super) fn strength(self) -> u8 {
         match self {
             MatchKind::ChangeVehicle => 7,
             MatchKind::JourneyId => 6,
@@ -129,6 +129,10 @@ impl MoveBook {
             if m.matched.is_none_or(|k| kind.strength() > k.strength()) {
                 let was_probable = m.matched == Some(MatchKind::Probable);
                 m.matched = Some(kind);
+                self.record_claim(id, Some(vehicle), Some(kind), now);
+                let Some(m) = self.moves.get_mut(id) else {
+                    return;
+                };
                 if was_probable {
                     // Confirmed: it left the origin with the move.
                     if m.departed_at.is_some() && m.spec.status == MoveStatus::Booked {
@@ -169,6 +173,7 @@ impl MoveBook {
         if !v.moves.contains(id) {
             v.moves.push(id.clone());
         }
+        self.record_claim(id, Some(vehicle), Some(kind), now);
         self.refresh(id, now, kind != MatchKind::Probable, out);
     }
 
@@ -190,6 +195,7 @@ impl MoveBook {
         m.driven_m = 0.0;
         m.pace = None;
         self.unlink(id, old);
+        self.record_claim(id, None, None, now);
         self.refresh(id, now, false, out);
     }
 

@@ -33,8 +33,10 @@
 mod alerts;
 mod frames;
 mod matching;
+mod peers;
 #[cfg(test)]
 mod test_support;
+mod view;
 mod visibility;
 
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +49,8 @@ use model::{
 };
 
 pub use matching::MatchKind;
+pub use peers::{Claim, Handover};
+pub use view::{BookView, MoveEntry};
 pub use visibility::{MoveFacts, Visibility, redact_probable};
 
 use crate::eta::{EtaModel, Remaining, TripPace};
@@ -272,6 +276,12 @@ pub struct MoveBook {
     vehicles: HashMap<VehicleId, LiveVehicle>,
     eta: EtaModel,
     alerts: VecDeque<(AlertView, Vec<SiteId>)>,
+    /// This book's partition (ranks its claims; 0 with one partition).
+    partition: usize,
+    /// Matches made since the engine last took them ([`peers`]).
+    claims: Vec<Claim>,
+    /// When each move's current match was claimed, for the claims' rank.
+    claimed_at: HashMap<MoveId, DateTime<Utc>>,
 }
 
 impl MoveBook {
@@ -288,6 +298,9 @@ impl MoveBook {
             vehicles: HashMap::new(),
             eta,
             alerts: VecDeque::new(),
+            partition: 0,
+            claims: Vec::new(),
+            claimed_at: HashMap::new(),
         }
     }
 

@@ -1,0 +1,176 @@
+//! Changes that do not come from devices: bookings (new, changed,
+//! cancelled) and fence replacements. The gateway sends them here; the
+//! engine makes each durable first, then applies it to every partition in
+//! one order, so no partition ever sees them in another order and none is
+//! reached through a shared lock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use geofence::{Fence, SiteFence};
+use model::{JourneyRecord, MoveRecord, SiteId};
+use tokio::sync::{mpsc, oneshot};
+use tracker::moves::{JourneySpec, MoveDetails, MoveSpec, MoveStatus};
+
+/// A change the gateway asks of the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Book a move, change its booking, or cancel it (status `cancelled`).
+    Book(MoveSpec),
+    /// Replace a site's fence.
+    ReplaceFence {
+        /// The site.
+        site: SiteId,
+        /// Its new fence.
+        fence: Fence,
+    },
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The store did not take it (nothing changed).
+    #[error("the store did not take it: {0}")]
+    Store(String),
+    /// The store has not confirmed it yet: it is queued, and applies once stored.
+    #[error("the store has not confirmed it within {0:?}; it is queued and applies once stored")]
+    Pending(Duration),
+    /// The fence cannot be used.
+    #[error("{0}")]
+    Fence(String),
+    /// No such site.
+    #[error("no site {0}")]
+    UnknownSite(SiteId),
+    /// The engine is stopping.
+    #[error("the engine is stopping")]
+    Stopped,
+    /// Nothing can be changed here (a replay of history).
+    #[error("nothing can be changed here: this is a replay of history")]
+    ReadOnly,
+}
+
+/// What a command gave back.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Booked(Option<MoveDetails>),
+    Fenced(SiteFence),
+}
+
+pub(crate) struct Request {
+    pub(crate) command: Command,
+    pub(crate) reply: oneshot::Sender<Result<Reply, CommandError>>,
+}
+
+/// How long a caller waits for a command to be durable and applied.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's handle for sending commands (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Commands {
+    pub(crate) tx: Option<mpsc::Sender<Request>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+impl Commands {
+    async fn send(&self, command: Command) -> Result<Reply, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let Some(tx) = &self.tx else {
+            return Err(CommandError::ReadOnly);
+        };
+        tx.send(Request { command, reply })
+            .await
+            .map_err(|_| CommandError::Stopped)?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CommandError::Stopped),
+            Err(_) => Err(CommandError::Pending(COMMAND_TIMEOUT)),
+        }
+    }
+
+    /// Books, changes or cancels a move; once stored and applied, its live view.
+    pub async fn book(&self, spec: MoveSpec) -> Result<Option<MoveDetails>, CommandError> {
+        match self.send(Command::Book(spec)).await? {
+            Reply::Booked(details) => Ok(details),
+            Reply::Fenced(_) => Err(CommandError::Stopped),
+        }
+    }
+
+    /// Replaces a site's fence; once stored and live, the site with it.
+    pub async fn replace_fence(
+        &self,
+        site: SiteId,
+        fence: Fence,
+    ) -> Result<SiteFence, CommandError> {
+        match self.send(Command::ReplaceFence { site, fence }).await? {
+            Reply::Fenced(f) => Ok(f),
+            Reply::Booked(_) => Err(CommandError::Stopped),
+        }
+    }
+}
+
+/// A boxed future, for [`Persist`].
+pub type PersistFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Keeps what is not a batch's (a replaced fence) before it is applied.
+pub trait Persist: Send + Sync + 'static {
+    /// Stores a site's replaced fence (GeoJSON text) as of `at`.
+    fn put_fence<'a>(
+        &'a self,
+        site: &'a SiteId,
+        fence: String,
+        at: DateTime<Utc>,
+    ) -> PersistFuture<'a>;
+}
+
+/// The stored form of a move.
+pub fn record_of(spec: &MoveSpec) -> MoveRecord {
+    MoveRecord {
+        id: spec.id.clone(),
+        reference: spec.reference.clone(),
+        from_location: spec.from_location.clone(),
+        to_location: spec.to_location.clone(),
+        date: spec.date,
+        status: spec.status.as_str().to_owned(),
+        journeys: spec
+            .journeys
+            .iter()
+            .map(|j| JourneyRecord {
+                id: j.id.clone(),
+                from_location: j.from_location.clone(),
+                to_location: j.to_location.clone(),
+                vehicle: j.vehicle,
+            })
+            .collect(),
+    }
+}
+
+/// The live form of a stored move (`None` for an unknown status).
+pub fn spec_of(r: &MoveRecord) -> Option<MoveSpec> {
+    Some(MoveSpec {
+        id: r.id.clone(),
+        reference: r.reference.clone(),
+        from_location: r.from_location.clone(),
+        to_location: r.to_location.clone(),
+        date: r.date,
+        status: MoveStatus::parse(&r.status)?,
+        journeys: r
+            .journeys
+            .iter()
+            .map(|j| JourneySpec {
+                id: j.id.clone(),
+                from_location: j.from_location.clone(),
+                to_location: j.to_location.clone(),
+                vehicle: j.vehicle,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,254 @@
+//! One move book per partition (the engine hashes vehicles onto
+//! partitions): every partition holds every booking, but a move's live state
+//! advances only in the partition of the vehicle carrying it, its *owner*.
+//!
+//! When a book matches a move to one of its vehicles (or matches it more
+//! strongly), it records a [`Claim`]; the engine sends each claim to the
+//! other partitions in order ([`MoveBook::on_claim`]). The claims are ranked
+//! by (evidence strength, time, partition): a book yields a move only to a
+//! higher-ranked claim, so whichever order claims cross in, every book ends
+//! agreeing on one owner. A book that yields a move it owned hands its
+//! journey so far (status, departure, distance driven, the ETA's samples)
+//! to the claimer as a [`Handover`], which [`MoveBook::adopt`] merges: a van
+//! changed mid-journey arrives as the move it carries, not a fresh booking.
+//!
+//! What a book says about a move it does not own (frames, saves, alerts) is
+//! dropped by the engine ([`MoveBook::owns`]). With one partition every move
+//! is owned and no claim is ever sent.
+
+use chrono::{DateTime, Utc};
+use model::{MoveId, VehicleId};
+
+use super::{LiveMove, MatchKind, MoveBook, MoveOutput, MoveStatus};
+
+/// A book took a move for one of its vehicles, or released it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The move.
+    pub move_id: MoveId,
+    /// The vehicle now carrying it; `None`: released (no vehicle).
+    pub vehicle: Option<VehicleId>,
+    /// The evidence (`None` when released).
+    pub kind: Option<MatchKind>,
+    /// When the evidence was seen.
+    pub at: DateTime<Utc>,
+    /// The claiming partition (set by the engine).
+    pub partition: usize,
+}
+
+impl Claim {
+    fn rank(&self) -> (u8, DateTime<Utc>, usize) {
+        (
+            self.kind.map_or(0, MatchKind::strength),
+            self.at,
+            self.partition,
+        )
+    }
+}
+
+/// A move's journey so far, from the book that owned it to its new owner.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    state: Box<LiveMove>,
+}
+
+impl Handover {
+    /// The move handed over.
+    pub fn move_id(&self) -> &MoveId {
+        &self.state.spec.id
+    }
+
+    /// The vehicle the move went to.
+    pub fn vehicle(&self) -> Option<VehicleId> {
+        self.state.vehicle
+    }
+}
+
+fn progress(s: MoveStatus) -> u8 {
+    match s {
+        MoveStatus::Booked => 0,
+        MoveStatus::InTransit => 1,
+        MoveStatus::Arrived => 2,
+        MoveStatus::Completed => 3,
+        MoveStatus::Cancelled => 4,
+    }
+}
+
+impl MoveBook {
+    /// The claims made since the last call, oldest first.
+    pub fn take_claims(&mut self) -> Vec<Claim> {
+        std::mem::take(&mut self.claims)
+    }
+
+    pub(super) fn record_claim(
+        &mut self,
+        id: &MoveId,
+        vehicle: Option<VehicleId>,
+        kind: Option<MatchKind>,
+        at: DateTime<Utc>,
+    ) {
+        self.claimed_at.insert(id.clone(), at);
+        self.claims.push(Claim {
+            move_id: id.clone(),
+            vehicle,
+            kind,
+            at,
+            partition: self.partition,
+        });
+    }
+
+    /// Sets which partition this book is, for its claims' rank.
+    pub fn set_partition(&mut self, partition: usize) {
+        self.partition = partition;
+    }
+
+    /// Whether this book owns the move: its vehicle is one of `is_local`'s,
+    /// or it has none and `unassigned_here` (the engine hashes the move id).
+    pub fn owns(
+        &self,
+        id: &MoveId,
+        is_local: impl Fn(&VehicleId) -> bool,
+        unassigned_here: bool,
+    ) -> bool {
+        match self.moves.get(id).map(|m| m.vehicle) {
+            Some(Some(v)) => is_local(&v),
+            Some(None) => unassigned_here,
+            None => false,
+        }
+    }
+
+    /// Another partition's claim. This book yields the move when the claim
+    /// outranks its own; if the move was carried by one of this book's
+    /// vehicles (`is_local`), its journey so far is returned, for the
+    /// claimer to [`adopt`](MoveBook::adopt).
+    pub fn on_claim(
+        &mut self,
+        claim: &Claim,
+        is_local: impl Fn(&VehicleId) -> bool,
+    ) -> Option<Handover> {
+        let own_at = self.claimed_at.get(&claim.move_id).copied();
+        let m = self.moves.get_mut(&claim.move_id)?;
+        if m.vehicle == claim.vehicle && m.matched == claim.kind {
+            return None;
+        }
+        let own = (
+            m.vehicle.and(m.matched).map_or(0, MatchKind::strength),
+            own_at.unwrap_or(DateTime::<Utc>::MIN_UTC),
+            self.partition,
+        );
+        if m.vehicle.is_some() && claim.rank() <= own {
+            return None;
+        }
+        let old = m.vehicle;
+        let handover = old.filter(|v| is_local(v)).map(|_| Handover {
+            state: Box::new(LiveMove {
+                vehicle: claim.vehicle,
+                matched: claim.kind,
+                ..m.clone()
+            }),
+        });
+        m.vehicle = claim.vehicle;
+        m.matched = claim.kind;
+        m.estimate = None;
+        m.sent = None;
+        m.off_route_samples.clear();
+        if let Some(j) = m.spec.journeys.last_mut()
+            && claim.kind.is_some_and(|k| k != MatchKind::Probable)
+        {
+            j.vehicle = claim.vehicle;
+        }
+        self.claimed_at.insert(claim.move_id.clone(), claim.at);
+        self.unlink(&claim.move_id, old);
+        if let Some(v) = claim.vehicle {
+            // Linked here too: a handover of the journey follows when the
+            // vehicle is this book's (a change reported by the old van).
+            let v = self.vehicles.entry(v).or_default();
+            if !v.moves.contains(&claim.move_id) {
+                v.moves.push(claim.move_id.clone());
+            }
+        }
+        handover
+    }
+
+    /// Takes over a move's journey from the book that carried it before:
+    /// the further status, the earlier departure, the longer distance, the
+    /// ETA's samples; then sends the move's frame as it now stands.
+    pub fn adopt(&mut self, handover: Handover, now: DateTime<Utc>, out: &mut Vec<MoveOutput>) {
+        let from = *handover.state;
+        let id = from.spec.id.clone();
+        let Some(m) = self.moves.get_mut(&id) else {
+            return;
+        };
+        if m.vehicle != from.vehicle {
+            // Claimed again since: the newer owner has it.
+            return;
+        }
+        if progress(from.spec.status) > progress(m.spec.status) {
+            m.spec.status = from.spec.status;
+        }
+        m.started_at = m.started_at.or(from.started_at);
+        m.departed_at = m.departed_at.or(from.departed_at);
+        m.arrived_at = m.arrived_at.or(from.arrived_at);
+        m.finished_at = m.finished_at.or(from.finished_at);
+        m.driven_m = m.driven_m.max(from.driven_m);
+        m.lodging = m.lodging.clone().or(from.lodging);
+        m.arriving_sent |= from.arriving_sent;
+        m.off_route_alerted |= from.off_route_alerted;
+        if m.predictions.is_empty() {
+            m.predictions = from.predictions;
+        }
+        if m.pace.is_none()
+            && let Some(mut pace) = from.pace
+        {
+            // The next fix comes from another vehicle: no step from the last.
+            pace.break_step();
+            m.pace = Some(pace);
+        }
+        for s in from.shown_to {
+            if !m.shown_to.contains(&s) {
+                m.shown_to.push(s);
+            }
+        }
+        self.refresh(&id, now, true, out);
+    }
+}
+
+impl MoveOutput {
+    /// The move an output is about, if any.
+    pub fn move_id(&self) -> Option<&MoveId> {
+        use model::wire::Frame;
+        match self {
+            MoveOutput::Frame { frame, .. } => match frame {
+                Frame::Move(v) => Some(&v.move_id),
+                Frame::Arrival(e) | Frame::Departure(e) => Some(&e.move_id),
+                Frame::Alert(a) => a.move_id.as_ref(),
+                _ => None,
+            },
+            MoveOutput::Save(spec) => Some(&spec.id),
+            MoveOutput::Arrived(a) => Some(&a.move_id),
+            MoveOutput::Alert(a) => a.move_id.as_ref(),
+            MoveOutput::Notify(n) => n.move_id.as_ref(),
+        }
+    }
+
+    /// The vehicle an output is about, if any.
+    pub fn vehicle(&self) -> Option<VehicleId> {
+        match self {
+            MoveOutput::Frame { vehicle, .. } => *vehicle,
+            MoveOutput::Save(_) => None,
+            MoveOutput::Arrived(a) => Some(a.vehicle),
+            MoveOutput::Alert(a) => Some(a.vehicle),
+            MoveOutput::Notify(n) => n.vehicle,
+        }
+    }
+}
+
+impl MoveBook {
+    /// The move's journey so far, for the partition of the vehicle it was
+    /// just matched to (when that vehicle is not this book's).
+    pub fn hand_over(&self, id: &MoveId) -> Option<Handover> {
+        self.moves.get(id).map(|m| Handover {
+            state: Box::new(m.clone()),
+        })
+    }
+}
