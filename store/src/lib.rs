@@ -19,6 +19,7 @@ mod outbox;
 mod pg_layout;
 mod postgres;
 mod records;
+mod sql;
 mod sqlite;
 mod writer;
 
@@ -141,11 +142,11 @@ macro_rules! with_pool {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.backend {
             Backend::Sqlite(s) => {
-                let $pool = &s.pool;
+                let $pool = &s.sql.pool;
                 $body
             }
             Backend::Postgres(s) => {
-                let $pool = &s.pool;
+                let $pool = &s.sql.pool;
                 $body
             }
         }
@@ -369,27 +370,27 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping().await)
+        dispatch!(self, s => s.sql.ping().await)
     }
 
     /// How many rows of each kind are stored.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        dispatch!(self, s => s.counts().await)
+        dispatch!(self, s => s.sql.counts().await)
     }
 
     /// Dead letters grouped by reason.
     pub async fn dead_letter_counts(&self) -> Result<Vec<(Reason, i64)>, StoreError> {
-        dispatch!(self, s => s.dead_letter_counts().await)
+        dispatch!(self, s => s.sql.dead_letter_counts().await)
     }
 
     /// The most recent dead letters, newest first.
     pub async fn recent_dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
-        dispatch!(self, s => s.recent_dead_letters(limit).await)
+        dispatch!(self, s => s.sql.recent_dead_letters(limit).await)
     }
 
     /// The newest usable (not late, not bad) fix of every vehicle, to rebuild live state on start.
     pub async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.latest_positions().await)
+        dispatch!(self, s => s.sql.latest_positions().await)
     }
 
     /// A vehicle's stored points between two times (both inclusive), oldest
@@ -402,7 +403,7 @@ impl Store {
         to: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.track(vehicle, from, to, limit).await)
+        dispatch!(self, s => s.sql.track(vehicle, from, to, limit).await)
     }
 
     /// Every stored point (all vehicles) with a fix time between `from` and
@@ -421,7 +422,7 @@ impl Store {
         after: Option<&PositionCursor>,
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.positions_between(from, to, after, limit).await)
+        dispatch!(self, s => s.sql.positions_between(from, to, after, limit).await)
     }
 
     /// Housekeeping that keeps writes cheap: on PostgreSQL with native
@@ -453,28 +454,28 @@ impl Store {
 
     /// Stores a move and replaces its journeys.
     pub async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.upsert_move(m).await)
+        dispatch!(self, s => s.sql.upsert_move(m).await)
     }
 
     /// A stored move with its journeys.
     pub async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.get_move(id).await)
+        dispatch!(self, s => s.sql.get_move(id).await)
     }
 
     /// Sets a move's status; false if there is no such move.
     pub async fn set_move_status(&self, id: &MoveId, status: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.set_move_status(id, status).await)
+        dispatch!(self, s => s.sql.set_move_status(id, status).await)
     }
 
     /// The moves booked for a day, by id.
     pub async fn moves_on(&self, date: NaiveDate) -> Result<Vec<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.moves_on(date).await)
+        dispatch!(self, s => s.sql.moves_on(date).await)
     }
 
     /// Every move that is not finished (`booked`, `in_transit`, `arrived`),
     /// by id, with its journeys: the live registry is rebuilt from these on start.
     pub async fn open_moves(&self) -> Result<Vec<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.open_moves().await)
+        dispatch!(self, s => s.sql.open_moves().await)
     }
 
     /// Records fence crossings, in one transaction.
@@ -482,7 +483,7 @@ impl Store {
         &self,
         transitions: &[FenceTransition],
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_fence_transitions(transitions).await)
+        dispatch!(self, s => s.sql.insert_fence_transitions(transitions).await)
     }
 
     /// A vehicle's fence crossings between two times (inclusive), oldest first.
@@ -492,14 +493,14 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<FenceTransition>, StoreError> {
-        dispatch!(self, s => s.fence_transitions(vehicle, from, to).await)
+        dispatch!(self, s => s.sql.fence_transitions(vehicle, from, to).await)
     }
 
     /// The latest fence crossing of every (vehicle, site) pair, by vehicle
     /// then site: a vehicle whose latest crossing at a site is an `Enter` is
     /// inside it (used to restore the geofence state on start).
     pub async fn latest_fence_transitions(&self) -> Result<Vec<FenceTransition>, StoreError> {
-        dispatch!(self, s => s.latest_fence_transitions().await)
+        dispatch!(self, s => s.sql.latest_fence_transitions().await)
     }
 
     /// Writes move changes, completed legs and alerts that did not come with
@@ -508,7 +509,7 @@ impl Store {
     /// [`IngestBatch::derived`] is written by [`Store::write`] with its points.
     pub async fn write_derived(&self, derived: &Derived) -> Result<(), StoreError> {
         let hooks = &self.outbox.hooks;
-        dispatch!(self, s => s.write_derived(derived, hooks).await)?;
+        dispatch!(self, s => s.sql.write_derived(derived, hooks).await)?;
         if self.outbox.queues_any(derived.notifications.iter()) {
             self.outbox.signal.notify_one();
         }
@@ -521,50 +522,50 @@ impl Store {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<AlertRecord>, StoreError> {
-        dispatch!(self, s => s.alerts_since(since, limit).await)
+        dispatch!(self, s => s.sql.alerts_since(since, limit).await)
     }
 
     /// Stores a site's replaced fence, over any stored before for that site
     /// (`PUT /api/sites/{id}/fence`).
     pub async fn put_site_fence(&self, fence: &SiteFenceRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_site_fence(fence).await)
+        dispatch!(self, s => s.sql.put_site_fence(fence).await)
     }
 
     /// Every stored replaced fence, by site: applied over the sites files' fences on start.
     pub async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
-        dispatch!(self, s => s.site_fences().await)
+        dispatch!(self, s => s.sql.site_fences().await)
     }
 
     /// Sets a vehicle register entry, replacing any earlier one (config,
     /// fleet files, `PUT /api/vehicles/{vehicle}`).
     pub async fn put_vehicle(&self, v: &VehicleRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_vehicle(v, true).await).map(drop)
+        dispatch!(self, s => s.sql.put_vehicle(v, true).await).map(drop)
     }
 
     /// Stores a first-report claim unless the vehicle already has an entry;
     /// true if it was stored.
     pub async fn claim_vehicle(&self, v: &VehicleRecord) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.put_vehicle(v, false).await)
+        dispatch!(self, s => s.sql.put_vehicle(v, false).await)
     }
 
     /// The whole vehicle register, by vehicle.
     pub async fn vehicle_register(&self) -> Result<Vec<VehicleRecord>, StoreError> {
-        dispatch!(self, s => s.vehicle_register(None).await)
+        dispatch!(self, s => s.sql.vehicle_register(None).await)
     }
 
     /// One vehicle's register entry.
     pub async fn vehicle(&self, vehicle: &VehicleId) -> Result<Option<VehicleRecord>, StoreError> {
-        Ok(dispatch!(self, s => s.vehicle_register(Some(vehicle)).await)?.pop())
+        Ok(dispatch!(self, s => s.sql.vehicle_register(Some(vehicle)).await)?.pop())
     }
 
     /// Records a completed leg for ETA learning (a repeat is ignored).
     pub async fn insert_arrival(&self, arrival: &Arrival) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_arrival(arrival).await)
+        dispatch!(self, s => s.sql.insert_arrival(arrival).await)
     }
 
     /// The most recent arrivals on every route, newest first (ETA learning on start).
     pub async fn recent_arrivals(&self, limit: i64) -> Result<Vec<Arrival>, StoreError> {
-        dispatch!(self, s => s.recent_arrivals(limit).await)
+        dispatch!(self, s => s.sql.recent_arrivals(limit).await)
     }
 
     /// The most recent arrivals at `site` from `from_location`, newest first.
@@ -574,7 +575,7 @@ impl Store {
         site: &SiteId,
         limit: i64,
     ) -> Result<Vec<Arrival>, StoreError> {
-        dispatch!(self, s => s.arrivals(from_location, site, limit).await)
+        dispatch!(self, s => s.sql.arrivals(from_location, site, limit).await)
     }
 }
 
