@@ -42,7 +42,9 @@ pub use records::{
     AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, SiteFenceRecord,
     TransitionKind, VehicleRecord,
 };
-pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
+pub use writer::{
+    MaintenanceConfig, REJECTED_PREFIX, WriterConfig, spawn_maintenance, spawn_writer,
+};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,62 @@ pub enum StoreError {
     /// A stored row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database refused the data itself, so the same write would
+    /// fail again however often it is retried: a value it cannot hold (NaN in
+    /// a `NOT NULL` column, a time out of range, an index row too large), a
+    /// constraint, an encoding error. Everything else — the connection or the
+    /// pool, a timeout, the server shutting down, a lock or serialization
+    /// conflict, a missing table or privilege (42xxx: the schema or the grants
+    /// are wrong, not the row) — is transient: retrying is right, and
+    /// dead-lettering would throw good data away.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Encode(_)) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    // 22 data exception, 23 integrity constraint, 54 program
+                    // limit (e.g. an index row over the B-tree maximum).
+                    matches!(pg.code().get(..2), Some("22" | "23" | "54"))
+                } else if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // Primary result codes (the low byte of the extended one):
+                    // 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH.
+                    let code = e.code().and_then(|c| c.parse::<i32>().ok());
+                    matches!(code.map(|c| c & 0xff), Some(18..=20))
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What became of one attempt to commit a group of batches in one transaction.
+#[derive(Debug)]
+pub enum Commit {
+    /// Committed: one outcome per batch, in order; their tokens may complete.
+    Durable(Vec<CommitOutcome>),
+    /// Not committed, and never will be as it is: the database refused
+    /// something in it for its data ([`StoreError::is_rejection`]). The
+    /// writer splits the group to find the bad elements, commits the rest and
+    /// dead-letters those.
+    Rejected(StoreError),
+    /// Not committed because of the database's state (connection lost, down,
+    /// timeout): the same group is retried with back-off, never given up.
+    Retry(StoreError),
+}
+
+impl Commit {
+    fn of(result: Result<Vec<CommitOutcome>, StoreError>) -> Commit {
+        match result {
+            Ok(outcomes) => Commit::Durable(outcomes),
+            Err(e) if e.is_rejection() => Commit::Rejected(e),
+            Err(e) => Commit::Retry(e),
+        }
+    }
 }
 
 /// The store, over one of its backends.
@@ -223,8 +281,34 @@ impl Store {
     /// Writes batches in one transaction. Returns, per batch, which of its
     /// positions were duplicates (and were dead-lettered as such).
     pub async fn write(&self, batches: &[IngestBatch]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.write_mapped(batches, None).await
+    }
+
+    /// One attempt to commit `batches` in one transaction, with its outcome
+    /// classified: [`Commit::Durable`], [`Commit::Rejected`] (the data) or
+    /// [`Commit::Retry`] (the database's state). [`spawn_writer`] acts on it.
+    pub async fn try_commit(&self, batches: &[IngestBatch]) -> Commit {
+        Commit::of(self.write(batches).await)
+    }
+
+    /// [`Store::try_commit`] of batches cut out of others: `origin[b][i]` is
+    /// the index in its original batch of position `i` of `batches[b]`, which
+    /// the duplicates' dead letters name.
+    pub(crate) async fn try_commit_mapped(
+        &self,
+        batches: &[IngestBatch],
+        origin: Option<&[Vec<usize>]>,
+    ) -> Commit {
+        Commit::of(self.write_mapped(batches, origin).await)
+    }
+
+    async fn write_mapped(
+        &self,
+        batches: &[IngestBatch],
+        origin: Option<&[Vec<usize>]>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
         let hooks = &self.outbox.hooks;
-        let outcomes = dispatch!(self, s => s.write(batches, hooks).await)?;
+        let outcomes = dispatch!(self, s => s.write(batches, hooks, origin).await)?;
         if self
             .outbox
             .queues_any(batches.iter().flat_map(|b| b.derived.notifications.iter()))
@@ -624,9 +708,10 @@ pub(crate) fn first_occurrences(
 pub(crate) fn dead_letters_of(
     batches: &[IngestBatch],
     outcomes: &mut [CommitOutcome],
+    origin: Option<&[Vec<usize>]>,
 ) -> Vec<DeadLetter> {
     let mut letters: Vec<DeadLetter> = Vec::new();
-    for (batch, outcome) in batches.iter().zip(outcomes.iter_mut()) {
+    for (b, (batch, outcome)) in batches.iter().zip(outcomes.iter_mut()).enumerate() {
         outcome.duplicates.sort_unstable();
         letters.extend(batch.dead_letters.iter().cloned());
         for &i in &outcome.duplicates {
@@ -643,7 +728,7 @@ pub(crate) fn dead_letters_of(
                     _ => None,
                 },
                 received_at: batch.received_at,
-                index: Some(i),
+                index: Some(origin.and_then(|o| o.get(b)?.get(i).copied()).unwrap_or(i)),
                 raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
             });
         }

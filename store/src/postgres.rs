@@ -267,6 +267,7 @@ impl PgStore {
         &self,
         batches: &[IngestBatch],
         hooks: &[WebhookConfig],
+        origin: Option<&[Vec<usize>]>,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut probe = self.probe_next.load(Ordering::Relaxed);
@@ -293,7 +294,7 @@ impl PgStore {
         let found = outcomes.iter().any(|o| !o.duplicates.is_empty());
         self.probe_next.store(probe && found, Ordering::Relaxed);
 
-        SqlStore::<Postgres>::write_rest(&mut tx, batches, &mut outcomes, hooks).await?;
+        SqlStore::<Postgres>::write_rest(&mut tx, batches, &mut outcomes, hooks, origin).await?;
         tx.commit().await?;
         Ok(outcomes)
     }

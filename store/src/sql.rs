@@ -100,8 +100,9 @@ where
         batches: &[IngestBatch],
         outcomes: &mut [CommitOutcome],
         hooks: &[WebhookConfig],
+        origin: Option<&[Vec<usize>]>,
     ) -> Result<(), StoreError> {
-        let letters = crate::dead_letters_of(batches, outcomes);
+        let letters = crate::dead_letters_of(batches, outcomes, origin);
         for chunk in letters.chunks(DB::ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<DB>::new(
                 "INSERT INTO dead_letters (reason, detail, supplier, topic, received_at, item_index, raw) ",

@@ -88,6 +88,7 @@ impl SqliteStore {
         &self,
         batches: &[IngestBatch],
         hooks: &[WebhookConfig],
+        origin: Option<&[Vec<usize>]>,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut tx = self.sql.pool.begin().await?;
@@ -115,7 +116,7 @@ impl SqliteStore {
             }
         }
 
-        SqlStore::<Sqlite>::write_rest(&mut tx, batches, &mut outcomes, hooks).await?;
+        SqlStore::<Sqlite>::write_rest(&mut tx, batches, &mut outcomes, hooks, origin).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
