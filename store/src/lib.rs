@@ -3,17 +3,37 @@
 //! [`Store`] opens a backend by URL — `sqlite://path` (the embedded default)
 //! or `postgres://user@host/db` (production) — migrates it, and writes
 //! [`IngestBatch`]es in transactions (points, events, dead letters and the
-//! fence crossings the pipeline derived from the points, together). Both backends keep the same behaviour,
-//! checked by one conformance suite (`tests/conformance.rs`): de-duplication
-//! by `(supplier, tracking_id)` across restarts, duplicates dead-lettered in
-//! the same transaction, the same queries.
+//! fence crossings the pipeline derived from the points, together). Both
+//! backends keep the same behaviour, checked by one conformance suite
+//! (`tests/conformance.rs`): de-duplication by `(supplier, tracking_id)`
+//! across restarts, duplicates dead-lettered in the same transaction, the
+//! same queries. The SQL they share is written once (`sql.rs`, generic over a
+//! small dialect); each backend keeps only what really differs: how it opens,
+//! how it writes positions (SQLite multi-row INSERT, PostgreSQL binary COPY),
+//! day partitions and retention.
 //!
 //! [`spawn_writer`] runs the batching write loop: it groups batches by size or
-//! age, commits them, and only then completes each batch's commit token, which
-//! is what lets intake acknowledge the MQTT message. A failed write is retried
-//! with backoff while the tokens wait, so the broker keeps unacknowledged
-//! messages. [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of
-//! time and applies retention.
+//! age and commits each group in one transaction. Every attempt ends in one of
+//! three states ([`Commit`]):
+//!
+//! - **Durable**: committed; each batch's commit token is completed, which is
+//!   what lets intake acknowledge the MQTT message.
+//! - **Retry**: the database could not be reached or gave up for its own
+//!   reasons (connection lost, down, timeout, lock conflict): the same group
+//!   is retried with back-off, for ever, while the tokens wait, so the broker
+//!   keeps the unacknowledged messages. Nothing is dropped.
+//! - **Rejected**: the database refused the data ([`StoreError::is_rejection`]).
+//!   The writer bisects the group, then the elements of a batch that fails on
+//!   its own, commits every good element and keeps each refused one as a dead
+//!   letter (`invalid_value`, its detail starting [`REJECTED_PREFIX`] and
+//!   giving the database's message); the batch's token is then completed: its
+//!   data is kept or dead-lettered, not lost, and later batches never wait on
+//!   it. The only thing ever dropped is a refused element whose dead letter the
+//!   database refuses too, even stripped of its text (logged, and counted in
+//!   `movewatch_store_dropped_total`).
+//!
+//! [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of time and
+//! applies retention.
 
 mod outbox;
 mod pg_layout;

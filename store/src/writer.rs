@@ -12,6 +12,26 @@
 //! point in both groups is kept once: the later transaction waits on the
 //! earlier one's key and, if that commits, finds it a duplicate. SQLite has
 //! one writer at a time, so it keeps one commit in flight.
+//!
+//! Three outcomes ([`Commit`]) and who drops what:
+//!
+//! - `Durable`: the tokens complete; intake acknowledges.
+//! - `Retry` (transient): retried with [`backoff`] for as long as it takes;
+//!   the tokens wait, `healthy` is false meanwhile. The writer drops nothing;
+//!   the broker keeps the unacknowledged messages.
+//! - `Rejected` (the data): the group is bisected down to the batches that
+//!   fail alone, and each of those down to its elements (points, events, dead
+//!   letters, crossings, moves, arrivals, alerts, notifications). The good
+//!   ones commit — in several transactions instead of one, the price of
+//!   keeping them — and each refused element becomes a dead letter carrying
+//!   the database's message, after which the batch's token completes: its
+//!   data is acknowledged because it is kept, stored or dead-lettered. A
+//!   poison batch therefore costs some extra transactions, never a stall.
+//!   Only an element whose dead letter is refused too (even without its text)
+//!   is dropped, logged and counted.
+//!
+//! Derived-only batches (no points: the alert ticker's alerts, bookings) take
+//! the same path; with a detached token there is simply nobody to tell.
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +142,7 @@ async fn commit_group(store: &Store, pending: Vec<IngestBatch>, healthy: &watch:
     // Ranges of `pending` still to commit, the next one last.
     let mut todo = vec![(0, pending.len())];
     let mut whole = true;
+    let mut rejected_points = 0;
     while let Some((lo, hi)) = todo.pop() {
         let rejected = match settle(store, &pending[lo..hi], None, healthy).await {
             Ok(done) => {
@@ -141,7 +162,9 @@ async fn commit_group(store: &Store, pending: Vec<IngestBatch>, healthy: &watch:
             todo.push((mid, hi));
             todo.push((lo, mid));
         } else {
-            outcomes[lo] = Some(commit_elements(store, &pending[lo], healthy).await);
+            let (outcome, refused) = commit_elements(store, &pending[lo], healthy).await;
+            rejected_points += refused;
+            outcomes[lo] = Some(outcome);
         }
     }
     let mut stored = 0;
@@ -157,7 +180,8 @@ async fn commit_group(store: &Store, pending: Vec<IngestBatch>, healthy: &watch:
         }
         batch.commit.complete(outcome);
     }
-    metrics::counter!("movewatch_store_points_total").increment(stored as u64);
+    metrics::counter!("movewatch_store_points_total")
+        .increment(stored.saturating_sub(rejected_points) as u64);
 }
 
 /// Commits `batches` in one transaction, retrying transient failures with
@@ -260,14 +284,16 @@ fn part_of(b: &IngestBatch, part: &[Element]) -> (IngestBatch, Vec<usize>) {
 /// Commits a batch the database rejected, element by element: its elements
 /// are bisected until each rejected one stands alone; everything else is
 /// committed, each rejected element is dead-lettered with the database's
-/// message. Returns the batch's outcome (duplicates by original index).
+/// message. Returns the batch's outcome (duplicates by original index) and
+/// how many of its points were refused.
 async fn commit_elements(
     store: &Store,
     batch: &IngestBatch,
     healthy: &watch::Sender<bool>,
-) -> CommitOutcome {
+) -> (CommitOutcome, usize) {
     let all = elements(batch);
     let mut outcome = CommitOutcome::default();
+    let mut refused = 0;
     let mut todo = vec![(0, all.len())];
     while let Some((lo, hi)) = todo.pop() {
         let (part, origin) = part_of(batch, &all[lo..hi]);
@@ -285,11 +311,14 @@ async fn commit_elements(
                 todo.push((mid, hi));
                 todo.push((lo, mid));
             }
-            Err(rejected) => dead_letter(store, batch, all[lo], &rejected, healthy).await,
+            Err(rejected) => {
+                refused += usize::from(matches!(all[lo], Element::Position(_)));
+                dead_letter(store, batch, all[lo], &rejected, healthy).await;
+            }
         }
     }
     outcome.duplicates.sort_unstable();
-    outcome
+    (outcome, refused)
 }
 
 /// Keeps a rejected element as a dead letter: `invalid_value`, the detail
