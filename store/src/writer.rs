@@ -294,7 +294,11 @@ async fn commit_elements(
     let all = elements(batch);
     let mut outcome = CommitOutcome::default();
     let mut refused = 0;
-    let mut todo = vec![(0, all.len())];
+    // The whole batch was just refused: start with its halves.
+    let mut todo = match all.len() {
+        0 | 1 => vec![(0, all.len())],
+        n => vec![(n / 2, n), (0, n / 2)],
+    };
     while let Some((lo, hi)) = todo.pop() {
         let (part, origin) = part_of(batch, &all[lo..hi]);
         let origins = [origin];
