@@ -3,22 +3,43 @@
 //! [`Store`] opens a backend by URL — `sqlite://path` (the embedded default)
 //! or `postgres://user@host/db` (production) — migrates it, and writes
 //! [`IngestBatch`]es in transactions (points, events, dead letters and the
-//! fence crossings the pipeline derived from the points, together). Both backends keep the same behaviour,
-//! checked by one conformance suite (`tests/conformance.rs`): de-duplication
-//! by `(supplier, tracking_id)` across restarts, duplicates dead-lettered in
-//! the same transaction, the same queries.
+//! fence crossings the pipeline derived from the points, together). Both
+//! backends keep the same behaviour, checked by one conformance suite
+//! (`tests/conformance.rs`): de-duplication by `(supplier, tracking_id)`
+//! across restarts, duplicates dead-lettered in the same transaction, the
+//! same queries. The SQL they share is written once (`sql.rs`, generic over a
+//! small dialect); each backend keeps only what really differs: how it opens,
+//! how it writes positions (SQLite multi-row INSERT, PostgreSQL binary COPY),
+//! day partitions and retention.
 //!
 //! [`spawn_writer`] runs the batching write loop: it groups batches by size or
-//! age, commits them, and only then completes each batch's commit token, which
-//! is what lets intake acknowledge the MQTT message. A failed write is retried
-//! with backoff while the tokens wait, so the broker keeps unacknowledged
-//! messages. [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of
-//! time and applies retention.
+//! age and commits each group in one transaction. Every attempt ends in one of
+//! three states ([`Commit`]):
+//!
+//! - **Durable**: committed; each batch's commit token is completed, which is
+//!   what lets intake acknowledge the MQTT message.
+//! - **Retry**: the database could not be reached or gave up for its own
+//!   reasons (connection lost, down, timeout, lock conflict): the same group
+//!   is retried with back-off, for ever, while the tokens wait, so the broker
+//!   keeps the unacknowledged messages. Nothing is dropped.
+//! - **Rejected**: the database refused the data ([`StoreError::is_rejection`]).
+//!   The writer bisects the group, then the elements of a batch that fails on
+//!   its own, commits every good element and keeps each refused one as a dead
+//!   letter (`invalid_value`, its detail starting [`REJECTED_PREFIX`] and
+//!   giving the database's message); the batch's token is then completed: its
+//!   data is kept or dead-lettered, not lost, and later batches never wait on
+//!   it. The only thing ever dropped is a refused element whose dead letter the
+//!   database refuses too, even stripped of its text (logged, and counted in
+//!   `movewatch_store_dropped_total`).
+//!
+//! [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of time and
+//! applies retention.
 
 mod outbox;
 mod pg_layout;
 mod postgres;
 mod records;
+mod sql;
 mod sqlite;
 mod writer;
 
@@ -41,7 +62,9 @@ pub use records::{
     AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord, SiteFenceRecord,
     TransitionKind, VehicleRecord,
 };
-pub use writer::{MaintenanceConfig, WriterConfig, spawn_maintenance, spawn_writer};
+pub use writer::{
+    MaintenanceConfig, REJECTED_PREFIX, WriterConfig, spawn_maintenance, spawn_writer,
+};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +89,62 @@ pub enum StoreError {
     /// A stored row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database refused the data itself, so the same write would
+    /// fail again however often it is retried: a value it cannot hold (NaN in
+    /// a `NOT NULL` column, a time out of range, an index row too large), a
+    /// constraint, an encoding error. Everything else — the connection or the
+    /// pool, a timeout, the server shutting down, a lock or serialization
+    /// conflict, a missing table or privilege (42xxx: the schema or the grants
+    /// are wrong, not the row) — is transient: retrying is right, and
+    /// dead-lettering would throw good data away.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Encode(_)) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    // 22 data exception, 23 integrity constraint, 54 program
+                    // limit (e.g. an index row over the B-tree maximum).
+                    matches!(pg.code().get(..2), Some("22" | "23" | "54"))
+                } else if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // Primary result codes (the low byte of the extended one):
+                    // 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH.
+                    let code = e.code().and_then(|c| c.parse::<i32>().ok());
+                    matches!(code.map(|c| c & 0xff), Some(18..=20))
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What became of one attempt to commit a group of batches in one transaction.
+#[derive(Debug)]
+pub enum Commit {
+    /// Committed: one outcome per batch, in order; their tokens may complete.
+    Durable(Vec<CommitOutcome>),
+    /// Not committed, and never will be as it is: the database refused
+    /// something in it for its data ([`StoreError::is_rejection`]). The
+    /// writer splits the group to find the bad elements, commits the rest and
+    /// dead-letters those.
+    Rejected(StoreError),
+    /// Not committed because of the database's state (connection lost, down,
+    /// timeout): the same group is retried with back-off, never given up.
+    Retry(StoreError),
+}
+
+impl Commit {
+    fn of(result: Result<Vec<CommitOutcome>, StoreError>) -> Commit {
+        match result {
+            Ok(outcomes) => Commit::Durable(outcomes),
+            Err(e) if e.is_rejection() => Commit::Rejected(e),
+            Err(e) => Commit::Retry(e),
+        }
+    }
 }
 
 /// The store, over one of its backends.
@@ -141,11 +220,11 @@ macro_rules! with_pool {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.backend {
             Backend::Sqlite(s) => {
-                let $pool = &s.pool;
+                let $pool = &s.sql.pool;
                 $body
             }
             Backend::Postgres(s) => {
-                let $pool = &s.pool;
+                let $pool = &s.sql.pool;
                 $body
             }
         }
@@ -222,8 +301,34 @@ impl Store {
     /// Writes batches in one transaction. Returns, per batch, which of its
     /// positions were duplicates (and were dead-lettered as such).
     pub async fn write(&self, batches: &[IngestBatch]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.write_mapped(batches, None).await
+    }
+
+    /// One attempt to commit `batches` in one transaction, with its outcome
+    /// classified: [`Commit::Durable`], [`Commit::Rejected`] (the data) or
+    /// [`Commit::Retry`] (the database's state). [`spawn_writer`] acts on it.
+    pub async fn try_commit(&self, batches: &[IngestBatch]) -> Commit {
+        Commit::of(self.write(batches).await)
+    }
+
+    /// [`Store::try_commit`] of batches cut out of others: `origin[b][i]` is
+    /// the index in its original batch of position `i` of `batches[b]`, which
+    /// the duplicates' dead letters name.
+    pub(crate) async fn try_commit_mapped(
+        &self,
+        batches: &[IngestBatch],
+        origin: Option<&[Vec<usize>]>,
+    ) -> Commit {
+        Commit::of(self.write_mapped(batches, origin).await)
+    }
+
+    async fn write_mapped(
+        &self,
+        batches: &[IngestBatch],
+        origin: Option<&[Vec<usize>]>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
         let hooks = &self.outbox.hooks;
-        let outcomes = dispatch!(self, s => s.write(batches, hooks).await)?;
+        let outcomes = dispatch!(self, s => s.write(batches, hooks, origin).await)?;
         if self
             .outbox
             .queues_any(batches.iter().flat_map(|b| b.derived.notifications.iter()))
@@ -369,27 +474,27 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping().await)
+        dispatch!(self, s => s.sql.ping().await)
     }
 
     /// How many rows of each kind are stored.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        dispatch!(self, s => s.counts().await)
+        dispatch!(self, s => s.sql.counts().await)
     }
 
     /// Dead letters grouped by reason.
     pub async fn dead_letter_counts(&self) -> Result<Vec<(Reason, i64)>, StoreError> {
-        dispatch!(self, s => s.dead_letter_counts().await)
+        dispatch!(self, s => s.sql.dead_letter_counts().await)
     }
 
     /// The most recent dead letters, newest first.
     pub async fn recent_dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, StoreError> {
-        dispatch!(self, s => s.recent_dead_letters(limit).await)
+        dispatch!(self, s => s.sql.recent_dead_letters(limit).await)
     }
 
     /// The newest usable (not late, not bad) fix of every vehicle, to rebuild live state on start.
     pub async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.latest_positions().await)
+        dispatch!(self, s => s.sql.latest_positions().await)
     }
 
     /// A vehicle's stored points between two times (both inclusive), oldest
@@ -402,7 +507,7 @@ impl Store {
         to: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.track(vehicle, from, to, limit).await)
+        dispatch!(self, s => s.sql.track(vehicle, from, to, limit).await)
     }
 
     /// Every stored point (all vehicles) with a fix time between `from` and
@@ -421,7 +526,7 @@ impl Store {
         after: Option<&PositionCursor>,
         limit: i64,
     ) -> Result<Vec<Position>, StoreError> {
-        dispatch!(self, s => s.positions_between(from, to, after, limit).await)
+        dispatch!(self, s => s.sql.positions_between(from, to, after, limit).await)
     }
 
     /// Housekeeping that keeps writes cheap: on PostgreSQL with native
@@ -453,28 +558,28 @@ impl Store {
 
     /// Stores a move and replaces its journeys.
     pub async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.upsert_move(m).await)
+        dispatch!(self, s => s.sql.upsert_move(m).await)
     }
 
     /// A stored move with its journeys.
     pub async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.get_move(id).await)
+        dispatch!(self, s => s.sql.get_move(id).await)
     }
 
     /// Sets a move's status; false if there is no such move.
     pub async fn set_move_status(&self, id: &MoveId, status: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.set_move_status(id, status).await)
+        dispatch!(self, s => s.sql.set_move_status(id, status).await)
     }
 
     /// The moves booked for a day, by id.
     pub async fn moves_on(&self, date: NaiveDate) -> Result<Vec<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.moves_on(date).await)
+        dispatch!(self, s => s.sql.moves_on(date).await)
     }
 
     /// Every move that is not finished (`booked`, `in_transit`, `arrived`),
     /// by id, with its journeys: the live registry is rebuilt from these on start.
     pub async fn open_moves(&self) -> Result<Vec<MoveRecord>, StoreError> {
-        dispatch!(self, s => s.open_moves().await)
+        dispatch!(self, s => s.sql.open_moves().await)
     }
 
     /// Records fence crossings, in one transaction.
@@ -482,7 +587,7 @@ impl Store {
         &self,
         transitions: &[FenceTransition],
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_fence_transitions(transitions).await)
+        dispatch!(self, s => s.sql.insert_fence_transitions(transitions).await)
     }
 
     /// A vehicle's fence crossings between two times (inclusive), oldest first.
@@ -492,14 +597,14 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<FenceTransition>, StoreError> {
-        dispatch!(self, s => s.fence_transitions(vehicle, from, to).await)
+        dispatch!(self, s => s.sql.fence_transitions(vehicle, from, to).await)
     }
 
     /// The latest fence crossing of every (vehicle, site) pair, by vehicle
     /// then site: a vehicle whose latest crossing at a site is an `Enter` is
     /// inside it (used to restore the geofence state on start).
     pub async fn latest_fence_transitions(&self) -> Result<Vec<FenceTransition>, StoreError> {
-        dispatch!(self, s => s.latest_fence_transitions().await)
+        dispatch!(self, s => s.sql.latest_fence_transitions().await)
     }
 
     /// Writes move changes, completed legs and alerts that did not come with
@@ -508,7 +613,7 @@ impl Store {
     /// [`IngestBatch::derived`] is written by [`Store::write`] with its points.
     pub async fn write_derived(&self, derived: &Derived) -> Result<(), StoreError> {
         let hooks = &self.outbox.hooks;
-        dispatch!(self, s => s.write_derived(derived, hooks).await)?;
+        dispatch!(self, s => s.sql.write_derived(derived, hooks).await)?;
         if self.outbox.queues_any(derived.notifications.iter()) {
             self.outbox.signal.notify_one();
         }
@@ -521,50 +626,50 @@ impl Store {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<AlertRecord>, StoreError> {
-        dispatch!(self, s => s.alerts_since(since, limit).await)
+        dispatch!(self, s => s.sql.alerts_since(since, limit).await)
     }
 
     /// Stores a site's replaced fence, over any stored before for that site
     /// (`PUT /api/sites/{id}/fence`).
     pub async fn put_site_fence(&self, fence: &SiteFenceRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_site_fence(fence).await)
+        dispatch!(self, s => s.sql.put_site_fence(fence).await)
     }
 
     /// Every stored replaced fence, by site: applied over the sites files' fences on start.
     pub async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
-        dispatch!(self, s => s.site_fences().await)
+        dispatch!(self, s => s.sql.site_fences().await)
     }
 
     /// Sets a vehicle register entry, replacing any earlier one (config,
     /// fleet files, `PUT /api/vehicles/{vehicle}`).
     pub async fn put_vehicle(&self, v: &VehicleRecord) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_vehicle(v, true).await).map(drop)
+        dispatch!(self, s => s.sql.put_vehicle(v, true).await).map(drop)
     }
 
     /// Stores a first-report claim unless the vehicle already has an entry;
     /// true if it was stored.
     pub async fn claim_vehicle(&self, v: &VehicleRecord) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.put_vehicle(v, false).await)
+        dispatch!(self, s => s.sql.put_vehicle(v, false).await)
     }
 
     /// The whole vehicle register, by vehicle.
     pub async fn vehicle_register(&self) -> Result<Vec<VehicleRecord>, StoreError> {
-        dispatch!(self, s => s.vehicle_register(None).await)
+        dispatch!(self, s => s.sql.vehicle_register(None).await)
     }
 
     /// One vehicle's register entry.
     pub async fn vehicle(&self, vehicle: &VehicleId) -> Result<Option<VehicleRecord>, StoreError> {
-        Ok(dispatch!(self, s => s.vehicle_register(Some(vehicle)).await)?.pop())
+        Ok(dispatch!(self, s => s.sql.vehicle_register(Some(vehicle)).await)?.pop())
     }
 
     /// Records a completed leg for ETA learning (a repeat is ignored).
     pub async fn insert_arrival(&self, arrival: &Arrival) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_arrival(arrival).await)
+        dispatch!(self, s => s.sql.insert_arrival(arrival).await)
     }
 
     /// The most recent arrivals on every route, newest first (ETA learning on start).
     pub async fn recent_arrivals(&self, limit: i64) -> Result<Vec<Arrival>, StoreError> {
-        dispatch!(self, s => s.recent_arrivals(limit).await)
+        dispatch!(self, s => s.sql.recent_arrivals(limit).await)
     }
 
     /// The most recent arrivals at `site` from `from_location`, newest first.
@@ -574,7 +679,7 @@ impl Store {
         site: &SiteId,
         limit: i64,
     ) -> Result<Vec<Arrival>, StoreError> {
-        dispatch!(self, s => s.arrivals(from_location, site, limit).await)
+        dispatch!(self, s => s.sql.arrivals(from_location, site, limit).await)
     }
 }
 
@@ -623,9 +728,10 @@ pub(crate) fn first_occurrences(
 pub(crate) fn dead_letters_of(
     batches: &[IngestBatch],
     outcomes: &mut [CommitOutcome],
+    origin: Option<&[Vec<usize>]>,
 ) -> Vec<DeadLetter> {
     let mut letters: Vec<DeadLetter> = Vec::new();
-    for (batch, outcome) in batches.iter().zip(outcomes.iter_mut()) {
+    for (b, (batch, outcome)) in batches.iter().zip(outcomes.iter_mut()).enumerate() {
         outcome.duplicates.sort_unstable();
         letters.extend(batch.dead_letters.iter().cloned());
         for &i in &outcome.duplicates {
@@ -642,7 +748,7 @@ pub(crate) fn dead_letters_of(
                     _ => None,
                 },
                 received_at: batch.received_at,
-                index: Some(i),
+                index: Some(origin.and_then(|o| o.get(b)?.get(i).copied()).unwrap_or(i)),
                 raw: serde_json::to_string(&p.to_wire()).unwrap_or_default(),
             });
         }

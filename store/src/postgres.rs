@@ -10,33 +10,61 @@
 //! SQLite's. See [`write_positions`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use model::config::WebhookConfig;
-use model::{
-    CommitOutcome, DeadLetter, IngestBatch, JourneyId, MoveId, PointFlags, Position, Reason,
-    SiteId, SupplierId, VehicleId,
-};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
+use model::{CommitOutcome, IngestBatch, JourneyId};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
+use sqlx::{AssertSqlSafe, Postgres};
 
 use crate::pg_layout::{self, Layout, POSITION_COLUMNS};
-use crate::records::{
-    self, AlertRecord, Arrival, Derived, FenceTransition, JourneyRecord, MoveRecord,
-    SiteFenceRecord, VehicleRecord,
-};
-use crate::{Candidate, Counts, PositionCursor, RetentionReport, StoreError};
+use crate::sql::{Dialect, SqlStore};
+use crate::{Candidate, RetentionReport, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Rows per multi-row INSERT (events, dead letters, fence transitions):
-/// 8 columns × 1000 stays well under PostgreSQL's 65535 parameters.
-const ROWS_PER_STATEMENT: usize = 1_000;
+impl Dialect for Postgres {
+    type Time = DateTime<Utc>;
+    type Flags = i16;
+    /// Rows per multi-row INSERT (events, dead letters, fence transitions):
+    /// 8 columns × 1000 stays well under PostgreSQL's 65535 parameters.
+    const ROWS_PER_STATEMENT: usize = 1_000;
+    const JSON_CAST: &'static str = "::json";
+    /// One index probe per vehicle (a loose index scan over `(vehicle, ts)`),
+    /// not a scan of the whole history.
+    const LATEST_POSITIONS: &'static str = "WITH RECURSIVE v AS (
+            (SELECT vehicle FROM positions ORDER BY vehicle LIMIT 1)
+            UNION ALL
+            SELECT (SELECT p.vehicle FROM positions p WHERE p.vehicle > v.vehicle ORDER BY p.vehicle LIMIT 1)
+            FROM v WHERE v.vehicle IS NOT NULL
+         )
+         SELECT l.* FROM v CROSS JOIN LATERAL (
+            SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
+            FROM positions p WHERE p.vehicle = v.vehicle AND p.flags = 0
+            ORDER BY p.ts DESC LIMIT 1
+         ) l
+         WHERE v.vehicle IS NOT NULL";
+
+    fn time(ts: &DateTime<Utc>) -> DateTime<Utc> {
+        *ts
+    }
+
+    fn from_time(ts: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
+        Ok(ts)
+    }
+
+    fn text(s: &str) -> Cow<'_, str> {
+        text(s)
+    }
+
+    fn rows_affected(r: &PgQueryResult) -> u64 {
+        r.rows_affected()
+    }
+}
 
 /// Rows per retention DELETE (default partition stragglers, keys).
 const RETENTION_BATCH: i64 = 10_000;
@@ -55,7 +83,8 @@ const COPY_POSITIONS: &str = "COPY positions (supplier, tracking_id, vehicle, ts
 
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
-    pub(crate) pool: PgPool,
+    /// The shared SQL over this pool.
+    pub(crate) sql: SqlStore<Postgres>,
     layout: Layout,
     /// Whether the next write probes for stored keys before copying.
     probe_next: Arc<AtomicBool>,
@@ -74,7 +103,7 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         let layout = Self::ensure_positions(&pool).await?;
         Ok(PgStore {
-            pool,
+            sql: SqlStore { pool },
             layout,
             probe_next: Arc::default(),
         })
@@ -136,7 +165,7 @@ impl PgStore {
         if self.layout != Layout::Native {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sql.pool.begin().await?;
         // Never stall the writer for long behind a partition change.
         sqlx::query("SET LOCAL lock_timeout = '5s'")
             .execute(&mut *tx)
@@ -169,7 +198,7 @@ impl PgStore {
         let mut report = RetentionReport::default();
         match self.layout {
             Layout::Native => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.sql.pool.begin().await?;
                 sqlx::query("SET LOCAL lock_timeout = '5s'")
                     .execute(&mut *tx)
                     .await?;
@@ -191,14 +220,14 @@ impl PgStore {
             Layout::Timescale => {
                 for statement in pg_layout::timescale_retention_sql(days) {
                     sqlx::raw_sql(AssertSqlSafe(statement))
-                        .execute(&self.pool)
+                        .execute(&self.sql.pool)
                         .await?;
                 }
                 report.partitions_dropped = sqlx::query_scalar(
                     "SELECT c::text FROM drop_chunks('positions', older_than => $1) c",
                 )
                 .bind(cutoff)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.sql.pool)
                 .await?;
             }
         }
@@ -224,7 +253,7 @@ impl PgStore {
             let deleted = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(cutoff)
                 .bind(RETENTION_BATCH)
-                .execute(&self.pool)
+                .execute(&self.sql.pool)
                 .await?
                 .rows_affected();
             total += deleted;
@@ -234,20 +263,16 @@ impl PgStore {
         }
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     pub(crate) async fn write(
         &self,
         batches: &[IngestBatch],
         hooks: &[WebhookConfig],
+        origin: Option<&[Vec<usize>]>,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
         let (mut outcomes, first) = crate::first_occurrences(batches);
         let mut probe = self.probe_next.load(Ordering::Relaxed);
         let mut tx = loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.sql.pool.begin().await?;
             match write_positions(&mut tx, &first, batches, probe).await {
                 Ok(repeats) => {
                     for k in repeats {
@@ -269,623 +294,10 @@ impl PgStore {
         let found = outcomes.iter().any(|o| !o.duplicates.is_empty());
         self.probe_next.store(probe && found, Ordering::Relaxed);
 
-        let letters = crate::dead_letters_of(batches, &mut outcomes);
-        for chunk in letters.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-                "INSERT INTO dead_letters (reason, detail, supplier, topic, received_at, item_index, raw) ",
-            );
-            q.push_values(chunk, |mut row, d| {
-                row.push_bind(d.reason.as_str())
-                    .push_bind(text(&d.detail).into_owned())
-                    .push_bind(d.supplier.as_deref().map(|s| text(s).into_owned()))
-                    .push_bind(d.topic.as_deref().map(|s| text(s).into_owned()))
-                    .push_bind(d.received_at)
-                    .push_bind(d.index.map(|i| i as i64))
-                    .push_bind(text(&d.raw).into_owned());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-
-        let events: Vec<(&IngestBatch, &model::Event)> = batches
-            .iter()
-            .flat_map(|b| b.events.iter().map(move |e| (b, e)))
-            .collect();
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-                "INSERT INTO events (supplier, vehicle, event_type, occurred_at, move_id, journey_id, details, received_at) ",
-            );
-            q.push_values(chunk, |mut row, (b, e)| {
-                row.push_bind(e.supplier.as_str())
-                    .push_bind(e.vehicle.as_str())
-                    .push_bind(text(e.kind.as_str()).into_owned())
-                    .push_bind(e.occurred_at)
-                    .push_bind(e.move_id.as_ref().map(|m| m.as_str().to_owned()))
-                    .push_bind(e.journey_id.as_ref().map(|j| j.as_str().to_owned()))
-                    .push_bind(e.details.to_string())
-                    .push_unseparated("::json")
-                    .push_bind(b.received_at);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-
-        let transitions: Vec<&FenceTransition> =
-            batches.iter().flat_map(|b| b.transitions.iter()).collect();
-        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Postgres> =
-                QueryBuilder::new("INSERT INTO fence_transitions (vehicle, site, kind, ts) ");
-            q.push_values(chunk, |mut row, t| {
-                row.push_bind(t.vehicle.as_str())
-                    .push_bind(t.site.as_str().to_owned())
-                    .push_bind(t.kind.as_str())
-                    .push_bind(t.ts);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        write_derived_in(&mut tx, batches.iter().map(|b| &b.derived)).await?;
-        crate::outbox::queue_notifications!(tx, hooks, batches.iter().map(|b| &b.derived));
-
+        SqlStore::<Postgres>::write_rest(&mut tx, batches, &mut outcomes, hooks, origin).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
-
-    pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM positions), (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM dead_letters)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Counts {
-            positions: row.try_get(0)?,
-            events: row.try_get(1)?,
-            dead_letters: row.try_get(2)?,
-        })
-    }
-
-    pub(crate) async fn dead_letter_counts(&self) -> Result<Vec<(Reason, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((crate::parse_reason(r.try_get(0)?)?, r.try_get(1)?)))
-            .collect()
-    }
-
-    pub(crate) async fn recent_dead_letters(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT reason, detail, supplier, topic, received_at, item_index, raw FROM dead_letters ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    reason: crate::parse_reason(r.try_get(0)?)?,
-                    detail: r.try_get(1)?,
-                    supplier: r.try_get(2)?,
-                    topic: r.try_get(3)?,
-                    received_at: r.try_get(4)?,
-                    index: r.try_get::<Option<i64>, _>(5)?.map(|i| i as usize),
-                    raw: r.try_get(6)?,
-                })
-            })
-            .collect()
-    }
-
-    /// One index probe per vehicle (a loose index scan over `(vehicle, ts)`),
-    /// not a scan of the whole history.
-    pub(crate) async fn latest_positions(&self) -> Result<Vec<Position>, StoreError> {
-        let rows = sqlx::query(
-            "WITH RECURSIVE v AS (
-                (SELECT vehicle FROM positions ORDER BY vehicle LIMIT 1)
-                UNION ALL
-                SELECT (SELECT p.vehicle FROM positions p WHERE p.vehicle > v.vehicle ORDER BY p.vehicle LIMIT 1)
-                FROM v WHERE v.vehicle IS NOT NULL
-             )
-             SELECT l.* FROM v CROSS JOIN LATERAL (
-                SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
-                FROM positions p WHERE p.vehicle = v.vehicle AND p.flags = 0
-                ORDER BY p.ts DESC LIMIT 1
-             ) l
-             WHERE v.vehicle IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut latest: HashMap<VehicleId, Position> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let p = position_from_row(row)?;
-            latest.insert(p.vehicle, p);
-        }
-        Ok(latest.into_values().collect())
-    }
-
-    pub(crate) async fn track(
-        &self,
-        vehicle: &VehicleId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Position>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
-             FROM positions WHERE vehicle = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts LIMIT $4",
-        )
-        .bind(vehicle.as_str())
-        .bind(from)
-        .bind(to)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(position_from_row).collect()
-    }
-
-    pub(crate) async fn positions_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        after: Option<&PositionCursor>,
-        limit: i64,
-    ) -> Result<Vec<Position>, StoreError> {
-        let rows = match after {
-            None => {
-                sqlx::query(
-                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
-                     FROM positions WHERE ts >= $1 AND ts <= $2
-                     ORDER BY ts, supplier, tracking_id LIMIT $3",
-                )
-                .bind(from)
-                .bind(to)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            Some(c) => {
-                sqlx::query(
-                    "SELECT supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, altitude, hdop, vdop, vin, flags
-                     FROM positions WHERE ts >= $1 AND ts <= $2 AND ts >= $3
-                       AND (ts, supplier, tracking_id) > ($3, $4, $5)
-                     ORDER BY ts, supplier, tracking_id LIMIT $6",
-                )
-                .bind(from)
-                .bind(to)
-                .bind(c.ts)
-                .bind(c.supplier.as_str())
-                .bind(text(&c.tracking_id).into_owned())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter().map(position_from_row).collect()
-    }
-
-    pub(crate) async fn upsert_move(&self, m: &MoveRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        upsert_move_in(&mut tx, m).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Move changes, arrivals and alerts outside a points' batch (the alert
-    /// ticker, `PUT /api/moves`), in one transaction.
-    pub(crate) async fn write_derived(
-        &self,
-        d: &Derived,
-        hooks: &[WebhookConfig],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        write_derived_in(&mut tx, std::iter::once(d)).await?;
-        crate::outbox::queue_notifications!(tx, hooks, std::iter::once(d));
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(crate) async fn alerts_since(
-        &self,
-        since: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<AlertRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, vehicle, move_id, ts, detail FROM alerts WHERE ts >= $1
-             ORDER BY ts, id LIMIT $2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let move_id: &str = r.try_get(2)?;
-                Ok(AlertRecord {
-                    kind: r.try_get(0)?,
-                    vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
-                    move_id: (!move_id.is_empty())
-                        .then(|| records::id(MoveId::parse, move_id))
-                        .transpose()?,
-                    ts: r.try_get(3)?,
-                    detail: r.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn get_move(&self, id: &MoveId) -> Result<Option<MoveRecord>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, reference, from_location, to_location, move_date, status FROM moves WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let mut m = move_from_row(&row)?;
-        m.journeys = self.journeys_of(&m.id).await?;
-        Ok(Some(m))
-    }
-
-    async fn journeys_of(&self, id: &MoveId) -> Result<Vec<JourneyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, from_location, to_location, vehicle FROM journeys WHERE move_id = $1 ORDER BY seq",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(JourneyRecord {
-                    id: records::id(JourneyId::parse, r.try_get(0)?)?,
-                    from_location: records::id(SiteId::parse, r.try_get(1)?)?,
-                    to_location: records::id(SiteId::parse, r.try_get(2)?)?,
-                    vehicle: r
-                        .try_get::<Option<&str>, _>(3)?
-                        .map(|v| records::id(VehicleId::parse, v))
-                        .transpose()?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn set_move_status(
-        &self,
-        id: &MoveId,
-        status: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE moves SET status = $1, updated_at = now() WHERE id = $2")
-            .bind(text(status).into_owned())
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(crate) async fn moves_on(&self, date: NaiveDate) -> Result<Vec<MoveRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, reference, from_location, to_location, move_date, status FROM moves WHERE move_date = $1 ORDER BY id",
-        )
-        .bind(date)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut moves = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut m = move_from_row(row)?;
-            m.journeys = self.journeys_of(&m.id).await?;
-            moves.push(m);
-        }
-        Ok(moves)
-    }
-
-    pub(crate) async fn open_moves(&self) -> Result<Vec<MoveRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, reference, from_location, to_location, move_date, status FROM moves
-             WHERE status IN ('booked', 'in_transit', 'arrived') ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut moves = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut m = move_from_row(row)?;
-            m.journeys = self.journeys_of(&m.id).await?;
-            moves.push(m);
-        }
-        Ok(moves)
-    }
-
-    pub(crate) async fn recent_arrivals(&self, limit: i64) -> Result<Vec<Arrival>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m FROM arrivals
-             ORDER BY arrived_at DESC, id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(arrival_from_row).collect()
-    }
-
-    pub(crate) async fn insert_fence_transitions(
-        &self,
-        transitions: &[FenceTransition],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Postgres> =
-                QueryBuilder::new("INSERT INTO fence_transitions (vehicle, site, kind, ts) ");
-            q.push_values(chunk, |mut row, t| {
-                row.push_bind(t.vehicle.as_str())
-                    .push_bind(t.site.as_str().to_owned())
-                    .push_bind(t.kind.as_str())
-                    .push_bind(t.ts);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(crate) async fn fence_transitions(
-        &self,
-        vehicle: &VehicleId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<FenceTransition>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT vehicle, site, kind, ts FROM fence_transitions
-             WHERE vehicle = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts, id",
-        )
-        .bind(vehicle.as_str())
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FenceTransition {
-                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
-                    site: records::id(SiteId::parse, r.try_get(1)?)?,
-                    kind: records::kind(r.try_get(2)?)?,
-                    ts: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn latest_fence_transitions(
-        &self,
-    ) -> Result<Vec<FenceTransition>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT vehicle, site, kind, ts FROM (
-                 SELECT vehicle, site, kind, ts, ROW_NUMBER() OVER (
-                     PARTITION BY vehicle, site ORDER BY ts DESC, id DESC) AS n
-                 FROM fence_transitions) AS latest
-             WHERE n = 1 ORDER BY vehicle, site",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FenceTransition {
-                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
-                    site: records::id(SiteId::parse, r.try_get(1)?)?,
-                    kind: records::kind(r.try_get(2)?)?,
-                    ts: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn put_site_fence(&self, f: &SiteFenceRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO site_fences (site, fence, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (site) DO UPDATE SET fence = excluded.fence, updated_at = excluded.updated_at",
-        )
-        .bind(f.site.as_str())
-        .bind(f.fence.as_str())
-        .bind(f.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn site_fences(&self) -> Result<Vec<SiteFenceRecord>, StoreError> {
-        let rows = sqlx::query("SELECT site, fence, updated_at FROM site_fences ORDER BY site")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SiteFenceRecord {
-                    site: records::id(SiteId::parse, r.try_get(0)?)?,
-                    fence: r.try_get(1)?,
-                    updated_at: r.try_get(2)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn put_vehicle(
-        &self,
-        v: &VehicleRecord,
-        replace: bool,
-    ) -> Result<bool, StoreError> {
-        let sql = if replace {
-            "INSERT INTO vehicle_register (vehicle, supplier, source, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (vehicle) DO UPDATE SET supplier = excluded.supplier,
-                 source = excluded.source, updated_at = excluded.updated_at"
-        } else {
-            "INSERT INTO vehicle_register (vehicle, supplier, source, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (vehicle) DO NOTHING"
-        };
-        let done = sqlx::query(sql)
-            .bind(v.vehicle.as_str())
-            .bind(v.supplier.as_str())
-            .bind(v.source.as_str())
-            .bind(v.updated_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(crate) async fn vehicle_register(
-        &self,
-        only: Option<&VehicleId>,
-    ) -> Result<Vec<VehicleRecord>, StoreError> {
-        let rows = match only {
-            Some(v) => {
-                sqlx::query(
-                    "SELECT vehicle, supplier, source, updated_at FROM vehicle_register WHERE vehicle = $1",
-                )
-                .bind(v.as_str())
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT vehicle, supplier, source, updated_at FROM vehicle_register ORDER BY vehicle",
-                )
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(VehicleRecord {
-                    vehicle: records::id(VehicleId::parse, r.try_get(0)?)?,
-                    supplier: records::id(SupplierId::parse, r.try_get(1)?)?,
-                    source: r.try_get(2)?,
-                    updated_at: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn insert_arrival(&self, a: &Arrival) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_arrival_in(&mut conn, a).await
-    }
-
-    pub(crate) async fn arrivals(
-        &self,
-        from_location: &SiteId,
-        site: &SiteId,
-        limit: i64,
-    ) -> Result<Vec<Arrival>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m FROM arrivals
-             WHERE from_location = $1 AND site = $2 ORDER BY arrived_at DESC, id DESC LIMIT $3",
-        )
-        .bind(from_location.as_str())
-        .bind(site.as_str())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(arrival_from_row).collect()
-    }
-}
-
-/// An `arrivals` row selected as `move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m`.
-fn arrival_from_row(r: &PgRow) -> Result<Arrival, StoreError> {
-    Ok(Arrival {
-        move_id: records::id(MoveId::parse, r.try_get(0)?)?,
-        vehicle: records::id(VehicleId::parse, r.try_get(1)?)?,
-        site: records::id(SiteId::parse, r.try_get(2)?)?,
-        from_location: records::id(SiteId::parse, r.try_get(3)?)?,
-        departed_at: r.try_get(4)?,
-        arrived_at: r.try_get(5)?,
-        distance_m: r.try_get(6)?,
-    })
-}
-
-/// Upserts a move and replaces its journeys, inside `conn`'s transaction.
-async fn upsert_move_in(conn: &mut PgConnection, m: &MoveRecord) -> Result<(), StoreError> {
-    sqlx::query(
-            "INSERT INTO moves (id, reference, from_location, to_location, move_date, status, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, now())
-             ON CONFLICT (id) DO UPDATE SET reference = excluded.reference,
-               from_location = excluded.from_location, to_location = excluded.to_location,
-               move_date = excluded.move_date, status = excluded.status, updated_at = excluded.updated_at",
-        )
-        .bind(m.id.as_str())
-        .bind(text(&m.reference).into_owned())
-        .bind(m.from_location.as_str())
-        .bind(m.to_location.as_str())
-        .bind(m.date)
-        .bind(text(&m.status).into_owned())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM journeys WHERE move_id = $1")
-        .bind(m.id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    for (seq, j) in m.journeys.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO journeys (id, move_id, seq, from_location, to_location, vehicle)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET move_id = excluded.move_id, seq = excluded.seq,
-                   from_location = excluded.from_location, to_location = excluded.to_location,
-                   vehicle = excluded.vehicle",
-        )
-        .bind(j.id.as_str())
-        .bind(m.id.as_str())
-        .bind(seq as i32)
-        .bind(j.from_location.as_str())
-        .bind(j.to_location.as_str())
-        .bind(j.vehicle.as_ref().map(VehicleId::as_str))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Records a completed leg; a repeat is ignored.
-async fn insert_arrival_in(conn: &mut PgConnection, a: &Arrival) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO arrivals (move_id, vehicle, site, from_location, departed_at, arrived_at, distance_m)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(a.move_id.as_str())
-    .bind(a.vehicle.as_str())
-    .bind(a.site.as_str())
-    .bind(a.from_location.as_str())
-    .bind(a.departed_at)
-    .bind(a.arrived_at)
-    .bind(a.distance_m)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes what the pipeline derived (moves, arrivals, alerts) inside `conn`'s
-/// transaction; a repeated arrival or alert is ignored.
-async fn write_derived_in<'a>(
-    conn: &mut PgConnection,
-    derived: impl Iterator<Item = &'a Derived>,
-) -> Result<(), StoreError> {
-    for d in derived {
-        for m in &d.moves {
-            upsert_move_in(conn, m).await?;
-        }
-        for a in &d.arrivals {
-            insert_arrival_in(conn, a).await?;
-        }
-        for a in &d.alerts {
-            sqlx::query(
-                "INSERT INTO alerts (kind, vehicle, move_id, ts, detail) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(text(&a.kind).into_owned())
-            .bind(a.vehicle.as_str())
-            .bind(a.move_id.as_ref().map_or("", MoveId::as_str))
-            .bind(a.ts)
-            .bind(text(&a.detail).into_owned())
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Writes the transaction's first-occurrence points and returns the indices
@@ -950,42 +362,6 @@ async fn write_positions(
         copy.finish().await?;
     }
     Ok(repeats)
-}
-
-fn move_from_row(row: &PgRow) -> Result<MoveRecord, StoreError> {
-    Ok(MoveRecord {
-        id: records::id(MoveId::parse, row.try_get(0)?)?,
-        reference: row.try_get(1)?,
-        from_location: records::id(SiteId::parse, row.try_get(2)?)?,
-        to_location: records::id(SiteId::parse, row.try_get(3)?)?,
-        date: row.try_get(4)?,
-        status: row.try_get(5)?,
-        journeys: Vec::new(),
-    })
-}
-
-fn position_from_row(row: &PgRow) -> Result<Position, StoreError> {
-    let corrupt = |e: model::IdError| StoreError::Corrupt(e.to_string());
-    Ok(Position {
-        supplier: SupplierId::parse(row.try_get(0)?).map_err(corrupt)?,
-        tracking_id: row.try_get(1)?,
-        vehicle: VehicleId::parse(row.try_get(2)?).map_err(corrupt)?,
-        ts: row.try_get(3)?,
-        lat: row.try_get(4)?,
-        lon: row.try_get(5)?,
-        journey_id: row
-            .try_get::<Option<&str>, _>(6)?
-            .map(JourneyId::parse)
-            .transpose()
-            .map_err(corrupt)?,
-        speed_kmh: row.try_get(7)?,
-        bearing: row.try_get(8)?,
-        altitude: row.try_get(9)?,
-        hdop: row.try_get(10)?,
-        vdop: row.try_get(11)?,
-        vin: row.try_get(12)?,
-        flags: PointFlags::from_bits(i64::from(row.try_get::<i16, _>(13)?)),
-    })
 }
 
 /// PostgreSQL text cannot hold NUL: each one becomes U+FFFD. Everything else
