@@ -15,6 +15,7 @@
 
 mod alerts;
 mod auth;
+mod fleet;
 pub mod history;
 mod hub;
 pub mod moves;
@@ -93,6 +94,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
         .merge(alerts::routes())
+        .merge(fleet::routes())
         .merge(pages::routes())
         .with_state(gateway)
 }
