@@ -308,7 +308,7 @@ test('control room and board at 390×844: no horizontal scroll, axe clean; recon
     assert.ok(m.clusters.length >= 1, 'clusters on the phone map');
     assertNoLabelOverlap(m.labels, 'phone');
     await sameSet(page, 'phone');
-    await page.screenshot({ path: path.join(ARTIFACTS, 'control-phone.png'), fullPage: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'control-phone-390.png'), fullPage: true });
     assert.deepEqual(await seriousA11yViolations(page), [], 'axe at 390×844');
 
     // A dropped network: failed reconnects, then back. Nothing printed holds the token.
