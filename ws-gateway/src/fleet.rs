@@ -41,11 +41,10 @@ async fn fleet(State(g): State<Gateway>, access: Access) -> Response {
             .into_iter()
             .filter_map(|v| book.details(&v.move_id))
             .map(|d| {
-                let supplier = d.view.vehicle.and_then(|v| {
-                    g.tracker
-                        .supplier_of(&v)
-                        .or_else(|| g.suppliers.owner(&v))
-                });
+                let supplier = d
+                    .view
+                    .vehicle
+                    .and_then(|v| g.tracker.supplier_of(&v).or_else(|| g.suppliers.owner(&v)));
                 json!({
                     "move_id": d.spec.id,
                     "reference": d.spec.reference,
