@@ -1,17 +1,19 @@
-// movewatch — control room page (/control): the live map of every vehicle
-// and site, the alert list, and a selected vehicle's move and recent track.
+// movewatch — control room page (/control): the alerts first (counts by
+// kind, action or information, acknowledged by whom and when, shared live
+// with every control-room screen), a search, the map (zoom and pan, nearby
+// vans grouped, labels that never overlap, site names), the chosen van's
+// details beside the map, and the table of the same vans as the map.
 //
 // Works with no internet: the basemap comes from the engine
-// (/data/basemap.geojson) and everything is drawn on a <canvas> here.
-// Live positions arrive on the WebSocket `fleet` channel; messages only update
-// an in-memory Map, and the map is redrawn at most once per animation frame.
-// The vehicle table (the text alternative to the map) is refreshed at most
-// once a second.
+// (/data/basemap.geojson) and everything is drawn on a <canvas> here (see
+// docs/PAGES.md for why not a map library). Live positions arrive on the
+// WebSocket `fleet` channel; frames only update in-memory maps, and the map
+// is redrawn at most once per animation frame; the text at most once a second.
 
 import {
-  LiveConnection, authHeaders as headersFor, forgetToken, formatTime as formatTimeShared, hideNotice as hide, readToken, saveToken, setText, showNotice as show,
+  LiveConnection, ago, authHeaders as headersFor, distance, forgetToken, formatTime as formatTimeShared,
+  hideNotice as hide, readToken, saveToken, setText, showNotice as show,
 } from '/common.js';
-
 
 // Fit England and Wales; Scotland may be cut off at the top.
 const BOUNDS = { west: -6.5, east: 2.0, south: 49.8, north: 55.9 };
@@ -19,12 +21,21 @@ const KX = Math.cos((53.5 * Math.PI) / 180);
 const MAP_W = (BOUNDS.east - BOUNDS.west) * KX; // map units (degrees of latitude)
 const MAP_H = BOUNDS.north - BOUNDS.south;
 
-const STALE_MS = 5 * 60 * 1000; // grey a van with no fix for this long
-const ALERT_RECENT_MS = 10 * 60 * 1000; // red a van with an alert this recent
-const MAX_ALERTS = 50;
-const ALERTS_SHOWN = 10;
+const STALE_MS = 5 * 60 * 1000; // no report for this long: grey, and not counted live
+const ALERT_RECENT_MS = 10 * 60 * 1000; // red a van with an action alert this recent
+const MAX_ALERTS = 100;
+const ALERTS_SHOWN = 12;
 const MAX_ANIM_MS = 2000;
 const JUMP_MAP_UNITS = 0.25; // ~25 km: larger moves are not animated
+const MIN_ZOOM = 1;
+const MAX_ZOOM = 200;
+const CLUSTER_CELL = 46; // px: vans closer than about this are grouped
+const CLUSTER_UNTIL_ZOOM = 40; // at this zoom and closer every van stands alone
+const SITE_LABELS_FROM_ZOOM = 1.5; // below this only prisons are named
+const OPERATOR_KEY = 'movewatch.operator';
+
+// Alerts that ask someone to act; any other kind is information.
+const INFO_KINDS = new Set(['arriving_30']);
 
 const COLOURS = {
   sea: '#bcd7ea',
@@ -42,6 +53,7 @@ const COLOURS = {
   court: '#f47738',
   police: '#00703c',
   other: '#912b88',
+  cluster: '#0b0c0c',
 };
 
 // ---------------------------------------------------------------------------
@@ -51,9 +63,18 @@ const COLOURS = {
 const state = {
   vehicles: new Map(),
   alerts: [],
+  /** alert key -> { by, at } */
+  acks: new Map(),
   sites: [],
   /** move id -> the latest `move` frame (or snapshot entry). */
   moves: new Map(),
+  /** move id -> reference; vehicle -> supplier (from GET /api/fleet). */
+  references: new Map(),
+  suppliers: new Map(),
+  /** The search text, lower case, trimmed. */
+  query: '',
+  /** The vans the search finds (every van when there is no search). */
+  shown: new Set(),
   /** The selected vehicle's registration, or null. */
   selected: null,
   /** The selected vehicle's recent track: [[lon, lat], ...]. */
@@ -62,9 +83,13 @@ const state = {
 };
 window.movewatchState = state;
 
+/** What the map drew last (for tests and the text alternative's checks). */
+const drawn = { vans: [], clusters: [], labels: [], zoom: 1 };
+window.movewatchMap = drawn;
+
 /** vehicle -> drawing state: animation from (x0,y0) to (x1,y1), in map units. */
 const display = new Map();
-/** vehicle -> time (ms) its latest alert was received. */
+/** vehicle -> time (ms) its latest action alert was received. */
 const alertedAt = new Map();
 
 let token = null;
@@ -104,52 +129,103 @@ const el = {
   canvas: $('map'),
   tooltip: $('map-tooltip'),
   siteCount: $('site-count'),
+  alertSummary: $('alert-summary'),
+  alertCounts: $('alert-counts'),
   alertList: $('alert-list'),
-  noAlerts: $('no-alerts'),
+  alertMore: $('alert-more'),
+  operatorGroup: $('operator-group'),
+  operatorInput: $('operator-input'),
+  operatorError: $('operator-error'),
+  search: $('search-input'),
+  searchResult: $('search-result'),
   tbody: $('vehicle-tbody'),
+  tableCount: $('vehicle-table-count'),
   detail: $('vehicle-detail'),
   detailHeading: $('detail-heading'),
+  detailEmpty: $('detail-empty'),
   detailMoves: $('detail-moves'),
   detailTrack: $('detail-track'),
   detailClose: $('detail-close'),
+  zoomIn: $('zoom-in'),
+  zoomOut: $('zoom-out'),
+  zoomReset: $('zoom-reset'),
 };
 
 // ---------------------------------------------------------------------------
 // Projection: equirectangular, x scaled by cos(53.5°). Map units are degrees
-// of latitude; `view` turns them into CSS pixels.
+// of latitude; `view` turns them into CSS pixels: the fitted scale times the
+// zoom, centred on (cx, cy) in map units.
 
 const mx = (lon) => (lon - BOUNDS.west) * KX;
 const my = (lat) => BOUNDS.north - lat;
 
-const view = { cssW: 0, cssH: 0, dpr: 1, scale: 1, ox: 0, oy: 0 };
+const view = { cssW: 0, cssH: 0, dpr: 1, fit: 1, zoom: 1, cx: MAP_W / 2, cy: MAP_H / 2, scale: 1, ox: 0, oy: 0 };
 const sx = (x) => view.ox + x * view.scale;
 const sy = (y) => view.oy + y * view.scale;
 
 const ctx = el.canvas.getContext('2d');
 const base = document.createElement('canvas');
 
+function applyView() {
+  view.zoom = Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, view.zoom));
+  view.scale = view.fit * view.zoom;
+  // Keep the centre on the map.
+  view.cx = Math.min(MAP_W, Math.max(0, view.cx));
+  view.cy = Math.min(MAP_H, Math.max(0, view.cy));
+  view.ox = view.cssW / 2 - view.cx * view.scale;
+  view.oy = view.cssH / 2 - view.cy * view.scale;
+  drawn.zoom = view.zoom;
+  el.zoomOut.disabled = view.zoom <= MIN_ZOOM;
+  el.zoomIn.disabled = view.zoom >= MAX_ZOOM;
+  renderBase();
+  requestRedraw();
+}
+
+/** Zooms by `factor` keeping the map point under (px, py) where it is. */
+function zoomAt(factor, px = view.cssW / 2, py = view.cssH / 2) {
+  const x = (px - view.ox) / view.scale;
+  const y = (py - view.oy) / view.scale;
+  view.zoom = Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, view.zoom * factor));
+  const scale = view.fit * view.zoom;
+  view.cx = x - (px - view.cssW / 2) / scale;
+  view.cy = y - (py - view.cssH / 2) / scale;
+  applyView();
+}
+
+function panBy(dx, dy) {
+  view.cx -= dx / view.scale;
+  view.cy -= dy / view.scale;
+  applyView();
+}
+
+function resetView() {
+  view.zoom = 1;
+  view.cx = MAP_W / 2;
+  view.cy = MAP_H / 2;
+  applyView();
+}
+
 function layout() {
   const cssW = Math.max(1, Math.floor(el.wrap.clientWidth));
-  const maxH = Math.max(360, Math.floor(window.innerHeight * 0.85));
+  const maxH = Math.max(320, Math.floor(window.innerHeight * 0.75));
   const cssH = Math.max(300, Math.min(Math.round((cssW * MAP_H) / MAP_W), maxH));
   const dpr = Math.min(window.devicePixelRatio || 1, 3);
   if (cssW === view.cssW && cssH === view.cssH && dpr === view.dpr) return;
   view.cssW = cssW;
   view.cssH = cssH;
   view.dpr = dpr;
-  view.scale = Math.min(cssW / MAP_W, cssH / MAP_H);
-  view.ox = (cssW - MAP_W * view.scale) / 2;
-  view.oy = (cssH - MAP_H * view.scale) / 2;
+  view.fit = Math.min(cssW / MAP_W, cssH / MAP_H);
   el.canvas.style.height = `${cssH}px`;
   el.canvas.width = Math.round(cssW * dpr);
   el.canvas.height = Math.round(cssH * dpr);
-  renderBase();
-  requestRedraw();
+  applyView();
 }
 
-// The static layer (sea, land, sites) is drawn once to an offscreen canvas and
-// blitted every frame.
+// The static layer (sea, land, site symbols) is drawn to an offscreen canvas
+// on each change of view and blitted every frame. Site names are drawn with
+// the vans' labels, so that no two labels ever overlap.
 function renderBase() {
+  if (!view.cssW) return;
   base.width = el.canvas.width;
   base.height = el.canvas.height;
   const c = base.getContext('2d');
@@ -167,21 +243,29 @@ function renderBase() {
     c.stroke(basemapPath);
   }
   c.setTransform(view.dpr, 0, 0, view.dpr, 0, 0);
-  // Sites are context: slightly muted so the vans stand out.
   c.globalAlpha = 0.8;
-  // Draw the most numerous kinds first so prisons stay on top.
-  const order = { police: 0, other: 1, court: 2, prison: 3 };
-  const sorted = [...state.sites].sort((a, b) => order[siteClass(a.kind)] - order[siteClass(b.kind)]);
-  for (const site of sorted) {
-    drawSite(c, siteClass(site.kind), sx(mx(site.lon)), sy(my(site.lat)));
+  for (const site of sitesByRank()) {
+    const x = sx(mx(site.lon));
+    const y = sy(my(site.lat));
+    if (x < -10 || y < -10 || x > view.cssW + 10 || y > view.cssH + 10) continue;
+    drawSite(c, siteClass(site.kind), x, y);
   }
   c.globalAlpha = 1;
 }
 
+const SITE_RANK = { prison: 3, court: 2, other: 1, police: 0 };
+let sitesSorted = null;
+/** Sites, least important first (drawn first, so prisons stay on top). */
+function sitesByRank() {
+  if (!sitesSorted) sitesSorted = [...state.sites].sort((a, b) => SITE_RANK[siteClass(a.kind)] - SITE_RANK[siteClass(b.kind)]);
+  return sitesSorted;
+}
+
 /** A site's name (from /api/sites), or its code when the page knows no name. */
 function siteName(code) {
-  return state.sites.find((s) => s.id === code)?.name || code;
+  return siteById.get(code)?.name || code || 'Not known';
 }
+let siteById = new Map();
 
 function siteClass(kind) {
   return kind === 'prison' || kind === 'court' || kind === 'police' ? kind : 'other';
@@ -247,7 +331,7 @@ function buildBasemap(geojson) {
 }
 
 // ---------------------------------------------------------------------------
-// Vans: animation and per-frame drawing
+// Vans: animation
 
 function currentPos(d, now) {
   if (d.dur <= 0 || now >= d.t0 + d.dur) return [d.x1, d.y1];
@@ -261,6 +345,7 @@ function applyPosition(p, now) {
   const lat = Number(p.lat);
   const lon = Number(p.lon);
   if (!Number.isFinite(lat) || !Number.isFinite(lon)) return;
+  const known = state.vehicles.has(p.vehicle);
   const pos = {
     vehicle: p.vehicle,
     lat,
@@ -272,6 +357,9 @@ function applyPosition(p, now) {
   };
   state.vehicles.set(pos.vehicle, pos);
   if (pos.vehicle === state.selected) detailDirty = true;
+  if (!known || pos.move_ids.some((m) => !state.references.has(m))) fleetInfoWanted();
+  // A new van the search takes is shown at once (the filter is re-run every second).
+  if (!known && matches(pos.vehicle, state.query)) state.shown.add(pos.vehicle);
 
   const x = mx(lon);
   const y = my(lat);
@@ -288,14 +376,63 @@ function applyPosition(p, now) {
     d.x1 = x;
     d.y1 = y;
     d.t0 = now;
-    // Glide over the time since the previous fix arrived, so a van sending
-    // every second moves continuously.
+    // Glide over the time since the previous fix arrived.
     d.dur = reducedMotion || jump ? 0 : Math.min(MAX_ANIM_MS, Math.max(0, now - d.last));
     d.last = now;
     d.tsMs = tsMs;
   }
   tableDirty = true;
 }
+
+const isStale = (pos, wall = Date.now()) => {
+  const t = Date.parse(pos?.ts);
+  return !Number.isFinite(t) || wall - t > STALE_MS;
+};
+
+// ---------------------------------------------------------------------------
+// Search: one filter for the map and the table
+
+/** Every move of a vehicle: the ones its position names and the ones naming it. */
+function movesOf(vehicle) {
+  const ids = new Set(state.vehicles.get(vehicle)?.move_ids || []);
+  for (const m of state.moves.values()) if (m.vehicle === vehicle) ids.add(m.move_id);
+  return [...ids];
+}
+
+function matches(vehicle, q) {
+  if (!q) return true;
+  if (vehicle.toLowerCase().includes(q.replace(/\s+/g, ''))) return true;
+  if ((state.suppliers.get(vehicle) || '').toLowerCase().includes(q)) return true;
+  for (const id of movesOf(vehicle)) {
+    if ((state.references.get(id) || '').toLowerCase().includes(q)) return true;
+    const m = state.moves.get(id);
+    if (!m) continue;
+    for (const code of [m.from_location, m.to_location]) {
+      if (!code) continue;
+      if (code.toLowerCase().includes(q) || siteName(code).toLowerCase().includes(q)) return true;
+    }
+  }
+  return false;
+}
+
+function refilter() {
+  const shown = new Set();
+  for (const v of state.vehicles.keys()) if (matches(v, state.query)) shown.add(v);
+  const changed = shown.size !== state.shown.size || [...shown].some((v) => !state.shown.has(v));
+  state.shown = shown;
+  if (changed) {
+    tableDirty = true;
+    requestRedraw();
+  }
+  const n = shown.size;
+  const text = state.query
+    ? `${n} ${n === 1 ? 'vehicle matches' : 'vehicles match'} “${el.search.value.trim()}”, on the map and in the table.`
+    : '';
+  setText(el.searchResult, text);
+}
+
+// ---------------------------------------------------------------------------
+// Drawing: vans, clusters, labels (decluttered)
 
 const VAN_R = 6;
 const VAN_FILL = { stale: COLOURS.stale, idle: COLOURS.idle, onMove: COLOURS.onMove, alert: COLOURS.alert };
@@ -330,6 +467,46 @@ function requestRedraw() {
   requestAnimationFrame(drawFrame);
 }
 
+const LABEL_FONT = '600 12px Arial, sans-serif';
+const SITE_FONT = '12px Arial, sans-serif';
+const LABEL_H = 16;
+const widths = new Map();
+function textWidth(text, font) {
+  const key = `${font}|${text}`;
+  let w = widths.get(key);
+  if (w === undefined) {
+    ctx.font = font;
+    w = Math.ceil(ctx.measureText(text).width);
+    if (widths.size > 5000) widths.clear();
+    widths.set(key, w);
+  }
+  return w;
+}
+
+const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+
+/**
+ * Places a label of `w` beside a point of radius `r` at (x, y): right, left,
+ * above, below — the first spot inside the map that covers no label and no
+ * mark already placed. Null when there is none (the label is left out).
+ */
+function placeLabel(taken, x, y, r, w) {
+  const h = LABEL_H;
+  const spots = [
+    { x: x + r + 3, y: y - h / 2 },
+    { x: x - r - 3 - w, y: y - h / 2 },
+    { x: x - w / 2, y: y - r - 2 - h },
+    { x: x - w / 2, y: y + r + 2 },
+  ];
+  for (const b of spots) {
+    const box = { x: b.x, y: b.y, w, h };
+    if (box.x < 0 || box.y < 0 || box.x + w > view.cssW || box.y + h > view.cssH) continue;
+    if (taken.some((t) => overlaps(t, box))) continue;
+    return box;
+  }
+  return null;
+}
+
 function drawFrame(now) {
   redrawPending = false;
   if (!running || view.cssW === 0) return;
@@ -338,37 +515,46 @@ function drawFrame(now) {
   ctx.setTransform(view.dpr, 0, 0, view.dpr, 0, 0);
 
   const wall = Date.now();
-  const groups = { onMove: [], idle: [], alert: [], stale: [] };
-  const ticks = [];
+  const singles = [];
   let animating = false;
+
+  // Screen positions of the vans the search finds.
+  const cells = new Map();
+  const clustering = view.zoom < CLUSTER_UNTIL_ZOOM;
   for (const [vehicle, d] of display) {
+    if (!state.shown.has(vehicle)) {
+      d.sx = NaN;
+      continue;
+    }
     const [x, y] = currentPos(d, now);
     if (d.dur > 0 && now < d.t0 + d.dur) animating = true;
     d.sx = sx(x);
     d.sy = sy(y);
-    const pos = state.vehicles.get(vehicle);
-    let group;
-    if (Number.isFinite(d.tsMs) && wall - d.tsMs > STALE_MS) group = 'stale';
-    else if (wall - (alertedAt.get(vehicle) ?? -Infinity) < ALERT_RECENT_MS) group = 'alert';
-    else if (pos && pos.move_ids.length > 0) group = 'onMove';
-    else group = 'idle';
-    groups[group].push(d);
-    if (pos && pos.bearing !== null && Number.isFinite(Number(pos.bearing)) && group !== 'stale') {
-      ticks.push([d.sx, d.sy, (Number(pos.bearing) * Math.PI) / 180]);
-    }
+    const key = clustering ? `${Math.floor(d.sx / CLUSTER_CELL)},${Math.floor(d.sy / CLUSTER_CELL)}` : vehicle;
+    let cell = cells.get(key);
+    if (!cell) cells.set(key, (cell = []));
+    cell.push(vehicle);
   }
 
-  // Bearing ticks under the dots.
-  if (ticks.length) {
-    ctx.beginPath();
-    for (const [x, y, b] of ticks) {
-      ctx.moveTo(x, y);
-      ctx.lineTo(x + Math.sin(b) * 14, y - Math.cos(b) * 14);
+  // Nearby vans (one grid cell) become one bubble with their count; the
+  // selected van always stands alone.
+  const clusters = [];
+  for (const members of cells.values()) {
+    const alone = members.filter((v) => v === state.selected);
+    const rest = members.filter((v) => v !== state.selected);
+    if (rest.length >= 2) {
+      let cx = 0;
+      let cy = 0;
+      for (const v of rest) {
+        cx += display.get(v).sx;
+        cy += display.get(v).sy;
+      }
+      const alert = rest.some((v) => wall - (alertedAt.get(v) ?? -Infinity) < ALERT_RECENT_MS);
+      clusters.push({ x: cx / rest.length, y: cy / rest.length, count: rest.length, members: rest, alert });
+    } else {
+      alone.push(...rest);
     }
-    ctx.lineWidth = 2.5;
-    ctx.lineCap = 'round';
-    ctx.strokeStyle = COLOURS.tick;
-    ctx.stroke();
+    singles.push(...alone);
   }
 
   // The selected vehicle's recent track, under the dots.
@@ -386,17 +572,54 @@ function drawFrame(now) {
     ctx.stroke();
   }
 
-  // Dots are blitted from small pre-drawn sprites: far cheaper than
-  // thousands of arcs when there are many vans.
+  // Single vans: bearing ticks, then dots from pre-drawn sprites.
+  const groups = { onMove: [], idle: [], alert: [], stale: [] };
+  ctx.beginPath();
+  for (const vehicle of singles) {
+    const d = display.get(vehicle);
+    const pos = state.vehicles.get(vehicle);
+    let group;
+    if (isStale(pos, wall)) group = 'stale';
+    else if (wall - (alertedAt.get(vehicle) ?? -Infinity) < ALERT_RECENT_MS) group = 'alert';
+    else if (pos && movesOf(vehicle).length > 0) group = 'onMove';
+    else group = 'idle';
+    groups[group].push(d);
+    if (pos && pos.bearing !== null && Number.isFinite(Number(pos.bearing)) && group !== 'stale') {
+      const b = (Number(pos.bearing) * Math.PI) / 180;
+      ctx.moveTo(d.sx, d.sy);
+      ctx.lineTo(d.sx + Math.sin(b) * 14, d.sy - Math.cos(b) * 14);
+    }
+  }
+  ctx.lineWidth = 2.5;
+  ctx.lineCap = 'round';
+  ctx.strokeStyle = COLOURS.tick;
+  ctx.stroke();
   for (const group of ['stale', 'idle', 'onMove', 'alert']) {
     const sprite = vanSprite(group);
-    const half = sprite.width / view.dpr / 2;
     const size = sprite.width / view.dpr;
-    for (const d of groups[group]) ctx.drawImage(sprite, d.sx - half, d.sy - half, size, size);
+    for (const d of groups[group]) ctx.drawImage(sprite, d.sx - size / 2, d.sy - size / 2, size, size);
+  }
+
+  // Cluster bubbles: a dark circle with the count (red ring if one of them
+  // has an alert needing action).
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'middle';
+  ctx.font = '700 12px Arial, sans-serif';
+  for (const c of clusters) {
+    c.r = c.count < 10 ? 11 : c.count < 100 ? 13 : 15;
+    ctx.beginPath();
+    ctx.arc(c.x, c.y, c.r, 0, Math.PI * 2);
+    ctx.fillStyle = COLOURS.cluster;
+    ctx.fill();
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = c.alert ? COLOURS.alert : '#ffffff';
+    ctx.stroke();
+    ctx.fillStyle = '#ffffff';
+    ctx.fillText(String(c.count), c.x, c.y + 0.5);
   }
 
   const picked = state.selected && display.get(state.selected);
-  if (picked) {
+  if (picked && Number.isFinite(picked.sx)) {
     ctx.beginPath();
     ctx.arc(picked.sx, picked.sy, VAN_R + 5, 0, Math.PI * 2);
     ctx.lineWidth = 3;
@@ -404,9 +627,54 @@ function drawFrame(now) {
     ctx.stroke();
   }
 
+  // Labels: the marks (dots, bubbles) are obstacles; each label goes where
+  // it covers no mark and no other label, or is left out. Most important
+  // first: the selected van, vans with alerts, vans on a move, the rest,
+  // then site names (prisons first).
+  const taken = [];
+  for (const c of clusters) taken.push({ x: c.x - c.r, y: c.y - c.r, w: c.r * 2, h: c.r * 2 });
+  for (const v of singles) {
+    const d = display.get(v);
+    taken.push({ x: d.sx - VAN_R, y: d.sy - VAN_R, w: VAN_R * 2, h: VAN_R * 2 });
+  }
+  const rank = (v) => (v === state.selected ? 0 : alertedAt.has(v) ? 1 : movesOf(v).length ? 2 : 3);
+  const order = [...singles].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : 1));
+  const labels = [];
+  for (const v of order) {
+    const d = display.get(v);
+    const box = placeLabel(taken, d.sx, d.sy, VAN_R, textWidth(v, LABEL_FONT) + 6);
+    if (!box) continue;
+    taken.push(box);
+    labels.push({ ...box, text: v, kind: 'van' });
+  }
+  const allSites = view.zoom >= SITE_LABELS_FROM_ZOOM;
+  const sites = sitesByRank();
+  for (let i = sites.length - 1; i >= 0; i--) {
+    const s = sites[i];
+    const cls = siteClass(s.kind);
+    if (!allSites && cls !== 'prison') continue;
+    const x = sx(mx(s.lon));
+    const y = sy(my(s.lat));
+    if (x < 0 || y < 0 || x > view.cssW || y > view.cssH) continue;
+    const text = s.name || s.id;
+    const box = placeLabel(taken, x, y, 4, textWidth(text, SITE_FONT) + 6);
+    if (!box) continue;
+    taken.push(box);
+    labels.push({ ...box, text, kind: 'site' });
+  }
+  ctx.textAlign = 'left';
+  ctx.textBaseline = 'middle';
+  for (const l of labels) {
+    ctx.fillStyle = l.kind === 'van' ? 'rgba(255,255,255,0.92)' : 'rgba(243,242,241,0.85)';
+    ctx.fillRect(l.x, l.y, l.w, l.h);
+    ctx.font = l.kind === 'van' ? LABEL_FONT : SITE_FONT;
+    ctx.fillStyle = l.kind === 'van' ? '#0b0c0c' : '#383f43';
+    ctx.fillText(l.text, l.x + 3, l.y + l.h / 2 + 0.5);
+  }
+
   if (hovered) {
     const d = display.get(hovered);
-    if (d) {
+    if (d && Number.isFinite(d.sx)) {
       ctx.beginPath();
       ctx.arc(d.sx, d.sy, VAN_R + 4, 0, Math.PI * 2);
       ctx.lineWidth = 4;
@@ -419,29 +687,98 @@ function drawFrame(now) {
     }
   }
 
+  drawn.vans = singles.map((v) => ({ vehicle: v, x: display.get(v).sx, y: display.get(v).sy }));
+  drawn.clusters = clusters.map((c) => ({ x: c.x, y: c.y, r: c.r, count: c.count, members: c.members }));
+  drawn.labels = labels.map(({ x, y, w, h, text, kind }) => ({ x, y, w, h, text, kind }));
+  drawn.frames = (drawn.frames || 0) + 1;
+
   if (animating) requestRedraw();
 }
 
-// Pointer hover shows the nearest van's details (the table has them all too).
-function onPointerMove(ev) {
-  const rect = el.canvas.getBoundingClientRect();
-  const x = ev.clientX - rect.left;
-  const y = ev.clientY - rect.top;
+// ---------------------------------------------------------------------------
+// Pointer: hover, choose, drag to pan, wheel and pinch to zoom
+
+/** The van or cluster under (x, y) in CSS pixels. */
+function hitTest(x, y) {
+  for (const c of drawn.clusters) if (Math.hypot(c.x - x, c.y - y) <= c.r + 3) return { cluster: c };
   let best = null;
   let bestD2 = 12 * 12;
-  for (const [vehicle, d] of display) {
-    const dx = d.sx - x;
-    const dy = d.sy - y;
-    const d2 = dx * dx + dy * dy;
+  for (const v of drawn.vans) {
+    const d2 = (v.x - x) ** 2 + (v.y - y) ** 2;
     if (d2 < bestD2) {
       bestD2 = d2;
-      best = vehicle;
+      best = v.vehicle;
     }
   }
+  return best ? { vehicle: best } : null;
+}
+
+const pointers = new Map();
+let dragged = false;
+let pinchStart = null;
+
+function local(ev) {
+  const rect = el.canvas.getBoundingClientRect();
+  return [ev.clientX - rect.left, ev.clientY - rect.top];
+}
+
+function onPointerDown(ev) {
+  el.canvas.setPointerCapture(ev.pointerId);
+  pointers.set(ev.pointerId, local(ev));
+  dragged = false;
+  if (pointers.size === 2) {
+    const [a, b] = [...pointers.values()];
+    pinchStart = { dist: Math.hypot(a[0] - b[0], a[1] - b[1]), zoom: view.zoom };
+  }
+}
+
+function onPointerMove(ev) {
+  const [x, y] = local(ev);
+  const prev = pointers.get(ev.pointerId);
+  if (prev) {
+    pointers.set(ev.pointerId, [x, y]);
+    if (pointers.size === 2 && pinchStart) {
+      const [a, b] = [...pointers.values()];
+      const dist = Math.hypot(a[0] - b[0], a[1] - b[1]);
+      if (pinchStart.dist > 0) zoomAt((pinchStart.zoom * dist) / pinchStart.dist / view.zoom, (a[0] + b[0]) / 2, (a[1] + b[1]) / 2);
+      dragged = true;
+      return;
+    }
+    const dx = x - prev[0];
+    const dy = y - prev[1];
+    if (dragged || Math.hypot(dx, dy) > 3) {
+      dragged = true;
+      el.canvas.classList.add('map--dragging');
+      panBy(dx, dy);
+    } else {
+      pointers.set(ev.pointerId, prev);
+    }
+    return;
+  }
+  const hit = hitTest(x, y);
+  const best = hit?.vehicle || null;
+  el.canvas.style.cursor = hit ? 'pointer' : 'grab';
   if (best !== hovered) {
     hovered = best;
     if (!best) el.tooltip.hidden = true;
     requestRedraw();
+  }
+}
+
+function onPointerUp(ev) {
+  const wasDrag = dragged;
+  pointers.delete(ev.pointerId);
+  if (pointers.size < 2) pinchStart = null;
+  el.canvas.classList.remove('map--dragging');
+  if (wasDrag || ev.type === 'pointercancel') return;
+  const [x, y] = local(ev);
+  const hit = hitTest(x, y);
+  if (hit?.cluster) {
+    // Zoom in on the group until its vans separate.
+    const c = hit.cluster;
+    zoomAt(4, c.x, c.y);
+  } else if (hit?.vehicle) {
+    selectVehicle(hit.vehicle);
   }
 }
 
@@ -451,12 +788,17 @@ function onPointerLeave() {
   requestRedraw();
 }
 
+function onWheel(ev) {
+  ev.preventDefault();
+  const [x, y] = local(ev);
+  zoomAt(Math.exp(-ev.deltaY * 0.002), x, y);
+}
+
 function placeTooltip(d) {
   const pos = state.vehicles.get(hovered);
   if (!pos) return;
-  const speed = pos.speed_kmh === null ? 'speed not known' : `${Math.round(pos.speed_kmh)} km/h`;
-  const moves = pos.move_ids.length ? ` · ${pos.move_ids.length} move${pos.move_ids.length === 1 ? '' : 's'}` : '';
-  const text = `${pos.vehicle} · ${speed} · ${formatTime(pos.ts)}${moves}`;
+  const ref = movesOf(hovered).map((id) => state.references.get(id)).filter(Boolean)[0];
+  const text = `${pos.vehicle}${ref ? ` · ${ref}` : ''} · ${speedText(pos.speed_kmh)} · ${formatTime(pos.ts)}`;
   if (el.tooltip.textContent !== text) el.tooltip.textContent = text;
   el.tooltip.hidden = false;
   const w = el.tooltip.offsetWidth;
@@ -471,44 +813,54 @@ function placeTooltip(d) {
 
 // Times on this page carry seconds (positions arrive every few seconds).
 const formatTime = (ts) => formatTimeShared(ts, { seconds: true });
-
-const fmtCoord = (v) => v.toFixed(5);
-const fmtSpeed = (v) => (v === null || v === undefined || !Number.isFinite(Number(v)) ? 'Not known' : String(Math.round(Number(v))));
+const speedText = (v) => (v === null || v === undefined || !Number.isFinite(Number(v)) ? 'speed not known' : `${Math.round(Number(v))} km/h`);
 
 function updateCount() {
-  const n = state.vehicles.size;
-  const noun = n === 1 ? 'vehicle' : 'vehicles';
+  const wall = Date.now();
+  let live = 0;
+  for (const pos of state.vehicles.values()) if (!isStale(pos, wall)) live++;
+  const noun = live === 1 ? 'vehicle' : 'vehicles';
+  const stale = state.vehicles.size - live;
   // While disconnected the last known positions stay on screen, but are not
-  // called live.
-  const text = state.connection === 'Live' || n === 0 ? `${n} ${noun} live` : `${n} ${noun}, not updating`;
-  if (el.count.dataset.count !== String(n)) el.count.dataset.count = String(n);
-  if (el.count.textContent !== text) el.count.textContent = text;
+  // called live; vans silent for 5 minutes are never counted live.
+  let text = state.connection === 'Live' || state.vehicles.size === 0 ? `${live} ${noun} live` : `${live} ${noun}, not updating`;
+  if (stale > 0) text += ` (${stale} silent for 5 minutes or more)`;
+  if (el.count.dataset.count !== String(live)) el.count.dataset.count = String(live);
+  setText(el.count, text);
 }
 
-/** registration -> { tr, cells: [td x5] } */
+const STATUS_NAMES = { booked: 'Booked', in_transit: 'On the way', arrived: 'Arrived', completed: 'Completed', cancelled: 'Cancelled' };
+
+/** The vehicle's main move (in transit first), or null. */
+function mainMove(vehicle) {
+  const ms = movesOf(vehicle).map((id) => state.moves.get(id) || { move_id: id });
+  return ms.find((m) => m.status === 'in_transit') || ms[0] || null;
+}
+
+/** registration -> { tr, cells: [th, td x5] } */
 const rows = new Map();
-let rowOrder = [];
 
 function updateTable() {
   if (!tableDirty || document.hidden) return;
   tableDirty = false;
-  let membershipChanged = false;
+  const wall = Date.now();
   for (const [vehicle, r] of rows) {
-    if (!state.vehicles.has(vehicle)) {
+    if (!state.shown.has(vehicle) || !state.vehicles.has(vehicle)) {
       r.tr.remove();
       rows.delete(vehicle);
-      membershipChanged = true;
     }
   }
-  for (const [vehicle, pos] of state.vehicles) {
+  for (const vehicle of state.shown) {
+    const pos = state.vehicles.get(vehicle);
+    if (!pos) continue;
     let r = rows.get(vehicle);
     if (!r) {
       const tr = document.createElement('tr');
+      tr.dataset.vehicle = vehicle;
       const cells = [];
-      for (let i = 0; i < 5; i++) {
+      for (let i = 0; i < 6; i++) {
         const cell = document.createElement(i === 0 ? 'th' : 'td');
         if (i === 0) cell.scope = 'row';
-        if (i >= 1 && i <= 3) cell.className = 'numeric';
         tr.appendChild(cell);
         cells.push(cell);
       }
@@ -520,19 +872,23 @@ function updateTable() {
       cells[0].appendChild(pick);
       r = { tr, cells };
       rows.set(vehicle, r);
-      membershipChanged = true;
     }
-    setText(r.cells[1], fmtCoord(pos.lat));
-    setText(r.cells[2], fmtCoord(pos.lon));
-    setText(r.cells[3], fmtSpeed(pos.speed_kmh));
-    setText(r.cells[4], formatTime(pos.ts));
+    const m = mainMove(vehicle);
+    setText(r.cells[1], state.suppliers.get(vehicle) || 'Not known');
+    setText(r.cells[2], m ? state.references.get(m.move_id) || 'Reference not known' : 'No move');
+    setText(r.cells[3], m && m.from_location ? `${siteName(m.from_location)} to ${siteName(m.to_location)}` : '—');
+    const status = m && m.status ? STATUS_NAMES[m.status] || m.status : 'Not on a move';
+    setText(r.cells[4], m && m.status === 'in_transit' && m.eta ? `${status}, due ${formatTimeShared(m.eta)}` : status);
+    setText(r.cells[5], isStale(pos, wall) ? `${formatTime(pos.ts)} (silent ${ago(wall - Date.parse(pos.ts))})` : formatTime(pos.ts));
   }
-  if (membershipChanged) {
-    rowOrder = [...rows.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const order = [...rows.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const current = [...el.tbody.children].map((tr) => tr.dataset.vehicle);
+  if (current.length !== order.length || current.some((v, i) => v !== order[i])) {
     const frag = document.createDocumentFragment();
-    for (const v of rowOrder) frag.appendChild(rows.get(v).tr);
+    for (const v of order) frag.appendChild(rows.get(v).tr);
     el.tbody.appendChild(frag);
   }
+  setText(el.tableCount, `(${order.length})`);
 }
 
 const ALERT_NAMES = {
@@ -550,28 +906,224 @@ function alertName(kind) {
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
+/** The key an alert and its acknowledgement share: kind, vehicle, move, time (to the ms). */
+const alertKey = (a) => `${a.kind}|${a.vehicle}|${a.move_id || ''}|${Date.parse(a.ts)}`;
+const severity = (kind) => (INFO_KINDS.has(kind) ? 'info' : 'action');
+
 function updateAlerts() {
   if (!alertsDirty) return;
   alertsDirty = false;
-  const shown = state.alerts.slice(-ALERTS_SHOWN).reverse();
-  const frag = document.createDocumentFragment();
-  for (const a of shown) {
-    const li = document.createElement('li');
-    const strong = document.createElement('strong');
-    strong.textContent = `${alertName(a.kind)}: ${a.vehicle || 'unknown vehicle'}`;
-    li.appendChild(strong);
-    if (a.detail) li.appendChild(document.createTextNode(` — ${a.detail}`));
-    const meta = document.createElement('span');
-    meta.className = 'alerts__meta';
-    meta.textContent = formatTime(a.ts) + (a.move_id ? ` · move ${a.move_id}` : '');
-    li.appendChild(meta);
-    frag.appendChild(li);
+  // Counts by kind, actions first.
+  const byKind = new Map();
+  let open = 0;
+  for (const a of state.alerts) {
+    const k = byKind.get(a.kind) || { kind: a.kind, total: 0, open: 0 };
+    k.total++;
+    if (!state.acks.has(alertKey(a))) {
+      k.open++;
+      if (severity(a.kind) === 'action') open++;
+    }
+    byKind.set(a.kind, k);
   }
+  const kinds = [...byKind.values()].sort(
+    (a, b) => (severity(a.kind) === 'action' ? 0 : 1) - (severity(b.kind) === 'action' ? 0 : 1) || b.open - a.open,
+  );
+  const counts = document.createDocumentFragment();
+  for (const k of kinds) {
+    const li = document.createElement('li');
+    li.className = `alert-count alert-count--${severity(k.kind)}`;
+    li.dataset.kind = k.kind;
+    li.dataset.count = String(k.total);
+    const n = document.createElement('strong');
+    n.textContent = String(k.total);
+    li.append(n, ` ${alertName(k.kind)}`);
+    if (k.open !== k.total) li.append(` (${k.open} not acknowledged)`);
+    counts.appendChild(li);
+  }
+  el.alertCounts.replaceChildren(counts);
+  setText(
+    el.alertSummary,
+    state.alerts.length === 0
+      ? 'No alerts.'
+      : `${state.alerts.length} recent alert${state.alerts.length === 1 ? '' : 's'}; ${open} needing action not yet acknowledged.`,
+  );
+
+  // Actions not yet acknowledged first, then everything else newest first
+  // (an acknowledged alert stays where it was, greyed, with who and when).
+  const rank = (a) => (severity(a.kind) === 'action' && !state.acks.has(alertKey(a)) ? 0 : 1);
+  const sorted = [...state.alerts].sort((a, b) => rank(a) - rank(b) || Date.parse(b.ts) - Date.parse(a.ts));
+  const shown = showAllAlerts ? sorted : sorted.slice(0, ALERTS_SHOWN);
+  const frag = document.createDocumentFragment();
+  for (const a of shown) frag.appendChild(alertItem(a));
   el.alertList.replaceChildren(frag);
-  el.noAlerts.hidden = shown.length > 0;
+  el.alertMore.hidden = sorted.length <= ALERTS_SHOWN;
+  el.alertMore.setAttribute('aria-expanded', String(showAllAlerts));
+  setText(el.alertMore, showAllAlerts ? 'Show fewer alerts' : `Show all ${sorted.length} alerts`);
+}
+
+let showAllAlerts = false;
+
+/** An engine detail with site codes put as names ("arriving at Leeds (HMP) in about 2 min"). */
+function namedDetail(text) {
+  return String(text || '').replace(/\b[A-Z0-9][A-Z0-9-]{1,39}\b/g, (code) => siteById.get(code)?.name || code);
+}
+
+function alertItem(a) {
+  const key = alertKey(a);
+  const ack = state.acks.get(key);
+  const sev = severity(a.kind);
+  const li = document.createElement('li');
+  li.className = `alert alert--${sev}${ack ? ' alert--acked' : ''}`;
+  li.dataset.key = key;
+  li.dataset.kind = a.kind;
+  const title = document.createElement('p');
+  title.className = 'alert__title';
+  const tag = document.createElement('strong');
+  tag.className = `tag tag--${sev === 'action' ? 'red' : 'blue'} alert__tag`;
+  tag.textContent = sev === 'action' ? 'Action' : 'Information';
+  const name = document.createElement('strong');
+  name.textContent = ` ${alertName(a.kind)}: `;
+  const pick = document.createElement('button');
+  pick.type = 'button';
+  pick.className = 'link-button';
+  pick.textContent = a.vehicle || 'unknown vehicle';
+  if (a.vehicle) pick.addEventListener('click', () => selectVehicle(a.vehicle));
+  title.append(tag, name, pick);
+  li.appendChild(title);
+  const about = [];
+  const ref = a.move_id && state.references.get(a.move_id);
+  if (ref) about.push(`move ${ref}`);
+  const m = a.move_id && state.moves.get(a.move_id);
+  if (m && m.from_location) about.push(`${siteName(m.from_location)} to ${siteName(m.to_location)}`);
+  const supplier = state.suppliers.get(a.vehicle);
+  if (supplier) about.push(supplier);
+  const meta = document.createElement('p');
+  meta.className = 'alerts__meta';
+  meta.textContent = [`at ${formatTimeShared(a.ts)}`, ...about].join(' · ') + (a.detail ? ` — ${namedDetail(a.detail)}` : '');
+  li.appendChild(meta);
+  if (ack) {
+    const done = document.createElement('p');
+    done.className = 'alert__ack';
+    done.textContent = `Acknowledged by ${ack.by} at ${formatTimeShared(ack.at)}`;
+    li.appendChild(done);
+  } else {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'button button--secondary button--small';
+    b.textContent = 'Acknowledge';
+    const label = `Acknowledge ${alertName(a.kind)} for ${a.vehicle}`;
+    b.setAttribute('aria-label', label);
+    b.addEventListener('click', () => acknowledge(a, b));
+    li.appendChild(b);
+  }
+  return li;
+}
+
+async function acknowledge(a, button) {
+  const by = el.operatorInput.value.trim();
+  if (!by) {
+    el.operatorError.hidden = false;
+    el.operatorGroup.classList.add('form-group--error');
+    el.operatorInput.setAttribute('aria-invalid', 'true');
+    el.operatorInput.focus();
+    return;
+  }
+  el.operatorError.hidden = true;
+  el.operatorGroup.classList.remove('form-group--error');
+  el.operatorInput.removeAttribute('aria-invalid');
+  try {
+    localStorage.setItem(OPERATOR_KEY, by);
+  } catch {
+    /* storage unavailable */
+  }
+  button.disabled = true;
+  let res;
+  try {
+    res = await fetch('/api/alerts/ack', {
+      method: 'POST',
+      headers: { ...authHeaders(), 'Content-Type': 'application/json' },
+      body: JSON.stringify({ kind: a.kind, vehicle: a.vehicle, move_id: a.move_id || null, ts: a.ts, by }),
+      cache: 'no-store',
+    });
+  } catch {
+    button.disabled = false;
+    showNotice('The acknowledgement could not be sent: the engine did not answer. Try again.');
+    return;
+  }
+  if (res.status === 401) return tokenRejected();
+  if (!res.ok) {
+    button.disabled = false;
+    let message = `HTTP ${res.status}`;
+    try {
+      message = (await res.json()).message || message;
+    } catch {
+      /* not JSON */
+    }
+    showNotice(`The acknowledgement was not kept: ${message}`);
+    return;
+  }
+  try {
+    applyAck(await res.json());
+  } catch {
+    /* the alert_ack frame brings it too */
+  }
+}
+
+function applyAck(k) {
+  if (!k || typeof k.by !== 'string' || typeof k.kind !== 'string') return;
+  state.acks.set(alertKey(k), { by: k.by, at: k.at });
+  alertsDirty = true;
+  updateAlerts();
+}
+
+/** The acknowledgements kept so far (a screen opened late, or after a reconnect). */
+async function loadAcks() {
+  try {
+    const res = await fetch('/api/alerts', { headers: authHeaders(), cache: 'no-store' });
+    if (!res.ok) return;
+    const body = await res.json();
+    for (const k of body.acks || []) applyAck(k);
+    // Alerts the snapshot did not carry (older than its window) stay out.
+  } catch {
+    /* the next snapshot tries again */
+  }
+}
+
+// The fleet's names (suppliers, move references), re-read at most every 5 s
+// when a van or move the page does not know appears.
+let fleetTimer = null;
+let fleetLoadedAt = 0;
+function fleetInfoWanted() {
+  if (fleetTimer) return;
+  const wait = Math.max(0, 5000 - (Date.now() - fleetLoadedAt));
+  fleetTimer = setTimeout(loadFleetInfo, wait);
+}
+
+async function loadFleetInfo() {
+  fleetTimer = null;
+  fleetLoadedAt = Date.now();
+  if (!running) return;
+  try {
+    const res = await fetch('/api/fleet', { headers: authHeaders(), cache: 'no-store' });
+    if (!res.ok) return;
+    const body = await res.json();
+    for (const v of body.vehicles || []) if (v && v.vehicle && v.supplier) state.suppliers.set(v.vehicle, v.supplier);
+    for (const m of body.moves || []) {
+      if (!m || !m.move_id) continue;
+      if (m.reference) state.references.set(m.move_id, m.reference);
+      if (m.vehicle && m.supplier) state.suppliers.set(m.vehicle, m.supplier);
+    }
+    tableDirty = true;
+    alertsDirty = true;
+    detailDirty = true;
+    refilter();
+  } catch {
+    /* try again on the next unknown van */
+  }
 }
 
 function uiTick() {
+  refilter();
   updateCount();
   updateTable();
   updateAlerts();
@@ -581,7 +1133,8 @@ function uiTick() {
 }
 
 // ---------------------------------------------------------------------------
-// The selected vehicle: its moves and its track over the last hour
+// The selected vehicle: beside the map — its moves by name and reference,
+// where it is (the nearest site), and its track over the last hour
 
 let detailDirty = false;
 let trackRequest = 0;
@@ -590,10 +1143,10 @@ function selectVehicle(vehicle) {
   state.selected = vehicle;
   state.track = [];
   detailDirty = true;
-  el.detail.hidden = false;
   updateDetail();
   el.detailHeading.tabIndex = -1;
-  el.detailHeading.focus();
+  el.detailHeading.focus({ preventScroll: true });
+  el.detail.scrollIntoView({ block: 'nearest' });
   loadTrack(vehicle);
   requestRedraw();
 }
@@ -601,7 +1154,8 @@ function selectVehicle(vehicle) {
 function clearSelection() {
   state.selected = null;
   state.track = [];
-  el.detail.hidden = true;
+  detailDirty = true;
+  updateDetail();
   requestRedraw();
 }
 
@@ -620,10 +1174,7 @@ async function loadTrack(vehicle) {
     const g = feature && feature.geometry;
     state.track = g && g.type === 'LineString' ? g.coordinates : g && g.type === 'Point' ? [g.coordinates] : [];
     const n = feature?.properties?.points_before ?? 0;
-    setText(
-      el.detailTrack,
-      n ? `Track of the last hour: ${n} stored fixes, drawn in red on the map.` : 'No stored fixes in the last hour.',
-    );
+    setText(el.detailTrack, n ? `Track of the last hour: ${n} stored reports, drawn in red on the map.` : 'No stored reports in the last hour.');
     el.detailTrack.dataset.points = String(n);
   } catch {
     if (request === trackRequest) setText(el.detailTrack, 'The track could not be loaded.');
@@ -631,15 +1182,36 @@ async function loadTrack(vehicle) {
   requestRedraw();
 }
 
-const STATUS_NAMES = { booked: 'Booked', in_transit: 'In transit', arrived: 'Arrived', completed: 'Completed', cancelled: 'Cancelled' };
+/** 'near Leeds (HMP), 2.3 km' — the nearest site, never raw coordinates. */
+function whereIs(pos) {
+  let best = null;
+  let bestKm = Infinity;
+  const k = Math.cos((pos.lat * Math.PI) / 180);
+  for (const s of state.sites) {
+    const km = Math.hypot((s.lat - pos.lat) * 111.2, (s.lon - pos.lon) * 111.2 * k);
+    if (km < bestKm) {
+      bestKm = km;
+      best = s;
+    }
+  }
+  if (!best) return 'Not known';
+  return bestKm < 0.5 ? `At ${best.name || best.id}` : `${distance(bestKm * 1000)} from ${best.name || best.id}`;
+}
 
 function updateDetail() {
-  if (!state.selected || !detailDirty) return;
+  if (!detailDirty) return;
   detailDirty = false;
   const vehicle = state.selected;
+  el.detailEmpty.hidden = Boolean(vehicle);
+  el.detailClose.hidden = !vehicle;
+  if (!vehicle) {
+    setText(el.detailHeading, 'No vehicle chosen');
+    el.detailMoves.replaceChildren();
+    setText(el.detailTrack, '');
+    return;
+  }
   const pos = state.vehicles.get(vehicle);
   setText(el.detailHeading, `Vehicle ${vehicle}`);
-  const frag = document.createDocumentFragment();
   const dl = document.createElement('dl');
   const row = (k, v) => {
     const dt = document.createElement('dt');
@@ -648,27 +1220,28 @@ function updateDetail() {
     dd.textContent = v;
     dl.append(dt, dd);
   };
+  row('Supplier', state.suppliers.get(vehicle) || 'Not known');
   if (pos) {
-    row('Last fix', `${formatTime(pos.ts)} at ${fmtCoord(pos.lat)}, ${fmtCoord(pos.lon)}`);
-    row('Speed', pos.speed_kmh === null ? 'Not known' : `${Math.round(pos.speed_kmh)} km/h`);
+    row('Where', whereIs(pos));
+    const silent = isStale(pos) ? ` — silent for ${ago(Date.now() - Date.parse(pos.ts))}` : '';
+    row('Last report', `${formatTime(pos.ts)}${silent}`);
+    row('Speed', speedText(pos.speed_kmh));
   }
-  const ids = new Set(pos ? pos.move_ids : []);
-  for (const m of state.moves.values()) if (m.vehicle === vehicle) ids.add(m.move_id);
-  if (ids.size === 0) row('Move', 'Not carrying a move');
+  const ids = movesOf(vehicle);
+  if (ids.length === 0) row('Move', 'Not carrying a move');
   for (const id of ids) {
     const m = state.moves.get(id);
-    if (!m) {
-      row('Move', id);
-      continue;
-    }
-    const eta = m.eta ? ` · ETA ${formatTime(m.eta)}` : '';
-    const left = Number.isFinite(Number(m.distance_remaining_m)) && m.distance_remaining_m !== null
-      ? ` · ${(Number(m.distance_remaining_m) / 1000).toFixed(1)} km to go`
-      : '';
-    row('Move', `${id}: ${siteName(m.from_location)} to ${siteName(m.to_location)}, ${STATUS_NAMES[m.status] || m.status}${eta}${left}`);
+    row('Move', state.references.get(id) || 'Reference not known');
+    if (!m) continue;
+    row('From', siteName(m.from_location));
+    row('To', siteName(m.to_location));
+    row('Status', STATUS_NAMES[m.status] || m.status || 'Not known');
+    if (m.eta) row('Expected', `${formatTimeShared(m.eta)}${m.eta_low && m.eta_high ? ` (between ${formatTimeShared(m.eta_low)} and ${formatTimeShared(m.eta_high)})` : ''}`);
+    if (m.distance_remaining_m !== null && m.distance_remaining_m !== undefined) row('Distance to go', distance(m.distance_remaining_m));
   }
-  frag.appendChild(dl);
-  el.detailMoves.replaceChildren(frag);
+  const open = state.alerts.filter((a) => a.vehicle === vehicle && !state.acks.has(alertKey(a)));
+  if (open.length) row('Alerts', open.map((a) => alertName(a.kind)).join(', '));
+  el.detailMoves.replaceChildren(dl);
 }
 
 // ---------------------------------------------------------------------------
@@ -702,7 +1275,9 @@ function handleFrame(msg, now) {
       detailDirty = true;
       tableDirty = true;
       hideNotice();
-      // The count at once; the table and alerts follow at the next tick.
+      loadAcks();
+      loadFleetInfo();
+      refilter();
       updateCount();
       break;
     }
@@ -712,10 +1287,15 @@ function handleFrame(msg, now) {
     case 'alert':
       addAlert(msg);
       break;
+    case 'alert_ack':
+      applyAck(msg);
+      break;
     case 'move':
       if (typeof msg.move_id === 'string') {
+        if (!state.references.has(msg.move_id)) fleetInfoWanted();
         state.moves.set(msg.move_id, msg);
         detailDirty = true;
+        tableDirty = true;
       }
       break;
     case 'error':
@@ -726,16 +1306,19 @@ function handleFrame(msg, now) {
       );
       break;
     default:
-      // move, arrival, departure and future frame types are not shown here.
+      // arrival, departure and future frame types are not shown here.
       break;
   }
 }
 
 function addAlert(a) {
   if (!a || typeof a !== 'object') return;
-  state.alerts.push({ kind: a.kind, vehicle: a.vehicle, move_id: a.move_id, ts: a.ts, detail: a.detail });
+  const alert = { kind: a.kind, vehicle: a.vehicle, move_id: a.move_id, ts: a.ts, detail: a.detail };
+  const key = alertKey(alert);
+  if (state.alerts.some((x) => alertKey(x) === key)) return;
+  state.alerts.push(alert);
   if (state.alerts.length > MAX_ALERTS) state.alerts.splice(0, state.alerts.length - MAX_ALERTS);
-  if (typeof a.vehicle === 'string') {
+  if (typeof a.vehicle === 'string' && severity(a.kind) === 'action') {
     const t = Date.parse(a.ts);
     // An alert from the snapshot counts from its own time; a live one from now.
     alertedAt.set(a.vehicle, Number.isFinite(t) ? Math.min(Date.now(), Math.max(t, Date.now() - ALERT_RECENT_MS)) : Date.now());
@@ -759,9 +1342,8 @@ const live = new LiveConnection({
   },
 });
 
-function setConnection(text, colour) {
-  live.setStatus(text, colour);
-}
+// Tests close the socket to check the reconnects.
+window.movewatchControl = { live };
 
 const showNotice = (text) => show(el.notice, text);
 const hideNotice = () => hide(el.notice);
@@ -783,6 +1365,8 @@ async function loadSites() {
       state.sites = (Array.isArray(list) ? list : [])
         .map((s) => ({ id: s.id, name: s.name, kind: s.kind, lat: Number(s.lat), lon: Number(s.lon), radius_m: s.radius_m }))
         .filter((s) => Number.isFinite(s.lat) && Number.isFinite(s.lon));
+      siteById = new Map(state.sites.map((s) => [s.id, s]));
+      sitesSorted = null;
       sitesLoaded = true;
       describeSites();
       renderBase();
@@ -821,7 +1405,7 @@ async function start() {
   running = true;
   el.tokenSection.hidden = true;
   el.live.hidden = false;
-  setConnection('Connecting…', 'grey');
+  live.setStatus('Connecting…', 'grey');
   layout();
   loadBasemap();
   const check = await loadSites();
@@ -839,13 +1423,19 @@ function stop() {
   live.stop();
   clearInterval(uiTimer);
   uiTimer = null;
+  clearTimeout(fleetTimer);
+  fleetTimer = null;
   state.vehicles.clear();
   state.moves.clear();
+  state.acks.clear();
   clearSelection();
   state.alerts = [];
+  state.shown = new Set();
   display.clear();
   alertedAt.clear();
   state.sites = [];
+  siteById = new Map();
+  sitesSorted = null;
   sitesLoaded = false;
   tableDirty = true;
   alertsDirty = true;
@@ -900,13 +1490,31 @@ el.tokenForm.addEventListener('submit', (ev) => {
 // ---------------------------------------------------------------------------
 // Start-up
 
+el.canvas.addEventListener('pointerdown', onPointerDown);
 el.canvas.addEventListener('pointermove', onPointerMove);
+el.canvas.addEventListener('pointerup', onPointerUp);
+el.canvas.addEventListener('pointercancel', onPointerUp);
 el.canvas.addEventListener('pointerleave', onPointerLeave);
-el.canvas.addEventListener('click', (ev) => {
-  onPointerMove(ev);
-  if (hovered) selectVehicle(hovered);
+el.canvas.addEventListener('wheel', onWheel, { passive: false });
+el.zoomIn.addEventListener('click', () => zoomAt(2));
+el.zoomOut.addEventListener('click', () => zoomAt(0.5));
+el.zoomReset.addEventListener('click', resetView);
+el.alertMore.addEventListener('click', () => {
+  showAllAlerts = !showAllAlerts;
+  alertsDirty = true;
+  updateAlerts();
 });
 el.detailClose.addEventListener('click', clearSelection);
+el.search.addEventListener('input', () => {
+  state.query = el.search.value.trim().toLowerCase();
+  refilter();
+  updateTable();
+});
+try {
+  el.operatorInput.value = localStorage.getItem(OPERATOR_KEY) || '';
+} catch {
+  /* storage unavailable */
+}
 // Lay out in the next frame, never inside the observer's own callback.
 let layoutPending = false;
 function scheduleLayout() {
@@ -924,6 +1532,6 @@ token = readToken();
 if (token) {
   start();
 } else {
-  setConnection('Not connected', 'grey');
+  live.setStatus('Not connected', 'grey');
   showTokenForm(null);
 }

@@ -99,7 +99,10 @@ pub fn start_embedded_broker(config: EmbeddedBrokerConfig) -> Result<EmbeddedBro
         engine_addr,
         std::sync::Arc::new(policy),
     ));
-    tracing::info!(%addr, %engine_addr, "embedded MQTT broker listening (topic guard on the public port)");
+    // Devices use `addr` only; the engine's own port behind the topic guard
+    // is internal, so it is no second MQTT port to announce.
+    tracing::info!(%addr, "embedded MQTT broker listening for devices");
+    tracing::debug!(%engine_addr, "embedded broker's internal engine port");
     Ok(EmbeddedBroker { addr, engine_addr })
 }
 

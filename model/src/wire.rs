@@ -110,6 +110,26 @@ pub struct AlertView {
     pub detail: String,
 }
 
+/// An `alert_ack` frame's body (and an acknowledgement in `GET /api/alerts`):
+/// the alert, named by its kind, vehicle, move and time, and who in the
+/// control room acknowledged it, when.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertAckView {
+    /// The alert's kind.
+    pub kind: String,
+    /// The alert's vehicle.
+    pub vehicle: VehicleId,
+    /// The alert's move, if it concerns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_id: Option<MoveId>,
+    /// The alert's time, RFC 3339 UTC.
+    pub ts: String,
+    /// Who acknowledged it.
+    pub by: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+}
+
 /// A `move` frame's body: a move's live status and estimate (issue #6).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MoveView {
@@ -189,6 +209,8 @@ pub enum Frame {
     Departure(SiteEventView),
     /// `alert`
     Alert(AlertView),
+    /// `alert_ack`: an alert acknowledged in the control room (`fleet` only).
+    AlertAck(AlertAckView),
     /// `error`
     Error(ErrorView),
 }

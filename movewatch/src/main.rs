@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use model::config::{Config, RoleName, SupplierConfig, TokenConfig, parse_mqtt_url};
 use movewatch::replay::{Replay, ReplayConfig};
-use movewatch::{Engine, load_sites, random_token};
+use movewatch::{Engine, random_token};
 
 #[derive(Parser)]
 #[command(
@@ -372,16 +372,65 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected supplier=password, got {s:?}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=warn,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log
+        // file, a pipe or journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Error: …` and then each cause not already said: many errors (config,
+/// store, I/O) put their source's text in their own message, and anyhow's
+/// default report would print it a second time under "Caused by". No
+/// backtrace: this is for the operator, not a developer.
+fn error_report(e: &anyhow::Error) -> String {
+    let mut said = e.to_string();
+    let mut out = format!("Error: {said}");
+    let mut causes = Vec::new();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if text.is_empty() || said.contains(&text) {
+            continue;
+        }
+        said.push('\n');
+        said.push_str(&text);
+        causes.push(text);
+    }
+    match causes.as_slice() {
+        [] => {}
+        [one] => out.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            out.push_str("\n\nCaused by:");
+            for (i, c) in many.iter().enumerate() {
+                out.push_str(&format!("\n    {i}: {c}"));
+            }
+        }
+    }
+    out
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::EvalEta {
             train_days,
             test_days,
@@ -562,8 +611,13 @@ fn usable_addr(wanted: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
     }
     let free = ingest::broker::free_port(wanted.ip())?;
     if wanted.port() != 0 {
+        let who = if what == "MQTT" {
+            "another MQTT broker may be running"
+        } else {
+            "another web server may be running"
+        };
         println!(
-            "{what} port {} is taken (another broker or server is running); using {free} instead",
+            "{what} port {} is taken ({who}); using {free} instead",
             wanted.port()
         );
     }
@@ -632,8 +686,10 @@ async fn demo(
     });
     config.validate()?;
 
-    let sites = load_sites(&config)?;
     let engine = Engine::start(config.clone()).await?;
+    // The engine's own sites: loading them again here would warn twice about
+    // a missing sites file.
+    let sites: Vec<model::Site> = engine.sites.as_ref().clone();
     let http = engine.http_addr;
     let (mqtt_host, mqtt_port) = engine.mqtt_addr.clone();
     println!();

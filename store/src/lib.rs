@@ -35,6 +35,7 @@
 //! [`spawn_maintenance`] keeps PostgreSQL's day partitions ahead of time and
 //! applies retention.
 
+mod alert_acks;
 mod outbox;
 mod pg_layout;
 mod postgres;
@@ -52,6 +53,7 @@ use model::{
     CommitOutcome, DeadLetter, IngestBatch, MoveId, Position, Reason, SiteId, SupplierId, VehicleId,
 };
 
+pub use alert_acks::{AlertAck, AlertKey};
 pub use outbox::{OutboxCounts, OutboxRow};
 pub use pg_layout::{
     Layout, PARTITIONS_AHEAD, PARTITIONS_BEHIND, choose_layout, native_partition_ddl,
@@ -469,6 +471,54 @@ impl Store {
                 failed: r.try_get(1)?,
                 delivered: r.try_get(2)?,
             })
+        })
+    }
+
+    /// Keeps `by`'s acknowledgement of the alert `key` at `at`, unless the
+    /// alert has one already; returns the acknowledgement that stands (the
+    /// first one).
+    pub async fn acknowledge_alert(
+        &self,
+        key: &AlertKey,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<AlertAck, StoreError> {
+        let move_id = key.move_id.as_ref().map(|m| m.as_str()).unwrap_or("");
+        with_pool!(self, pool => {
+            sqlx::query(alert_acks::INSERT)
+                .bind(key.kind.as_str())
+                .bind(key.vehicle.as_str())
+                .bind(move_id)
+                .bind(to_micros(&key.ts))
+                .bind(by)
+                .bind(to_micros(&at))
+                .execute(pool)
+                .await?;
+            let row = sqlx::query(alert_acks::ONE)
+                .bind(key.kind.as_str())
+                .bind(key.vehicle.as_str())
+                .bind(move_id)
+                .bind(to_micros(&key.ts))
+                .fetch_one(pool)
+                .await?;
+            alert_acks::ack_of(&row)
+        })
+    }
+
+    /// Acknowledgements of alerts raised at or after `since`, oldest alert
+    /// first, at most `limit`.
+    pub async fn alert_acks_since(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<AlertAck>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query(alert_acks::SINCE)
+                .bind(to_micros(&since))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(alert_acks::ack_of).collect()
         })
     }
 

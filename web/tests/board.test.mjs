@@ -461,7 +461,11 @@ test("the site's day: expected, on the way, arrived and outgoing, with names", {
     await pick.click();
     await control.page.getByRole('heading', { level: 2, name: `Vehicle ${VAN}` }).waitFor({ timeout: 5_000 });
     await control.page.waitForFunction(() => Number(document.querySelector('#detail-track')?.dataset.points) > 10, null, { timeout: 10_000 });
-    assert.match(await control.page.locator('#detail-moves').innerText(), new RegExp(`${MOVE}: Wakefield \\(HMP\\) to Leeds \\(HMP\\)`));
+    // By its reference and the sites' names, never the move's id.
+    await control.page.waitForFunction(() => /BRD001/.test(document.querySelector('#detail-moves')?.textContent || ''), null, { timeout: 10_000 });
+    const details = await control.page.locator('#detail-moves').innerText();
+    assert.match(details, /From\s+Wakefield \(HMP\)\s+To\s+Leeds \(HMP\)/);
+    assert.ok(!details.includes(MOVE), 'the move id is not shown as its name');
     await control.page.screenshot({ path: path.join(ARTIFACTS, 'control-selected-vehicle.png') });
     assert.deepEqual(await seriousA11yViolations(control.page), [], 'axe: serious or critical violations on /control');
     await fitsPhone(control.page, '/control');

@@ -179,7 +179,7 @@ test('the control map shows the fleet moving', { timeout: 120_000 }, async () =>
     );
     const regs = await page.locator('#vehicle-table tbody tr > :first-child').allInnerTexts();
     assert.deepEqual(regs, [...regs].sort());
-    assert.equal(await page.locator('#vehicle-table caption').innerText(), 'Vehicles');
+    assert.match(await page.locator('#vehicle-table caption').innerText(), /^Vehicles \(\d+\)$/);
     assert.equal(await page.locator('canvas#map').getAttribute('role'), 'img');
     assert.ok((await page.locator('canvas#map').getAttribute('aria-label'))?.length > 20);
 
@@ -188,7 +188,7 @@ test('the control map shows the fleet moving', { timeout: 120_000 }, async () =>
     await page.locator('#vehicle-table tbody tr').first().getByRole('button', { name: first_reg }).focus();
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { level: 2, name: `Vehicle ${first_reg}` }).waitFor({ timeout: 5_000 });
-    await page.waitForFunction(() => /stored fixes|No stored fixes/.test(document.querySelector('#detail-track')?.textContent || ''), null, {
+    await page.waitForFunction(() => /stored reports|No stored reports/.test(document.querySelector('#detail-track')?.textContent || ''), null, {
       timeout: 10_000,
     });
     assert.match(await page.locator('#detail-moves').innerText(), /Move/);

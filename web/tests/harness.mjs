@@ -2,7 +2,8 @@
 // are, and a headless Debian Chromium driven by playwright-core (never a
 // downloaded browser), with the project's flags.
 
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -87,4 +88,67 @@ export async function seriousA11yViolations(page) {
   return violations
     .filter((v) => v.impact === 'serious' || v.impact === 'critical')
     .map((v) => `${v.id} (${v.impact}: ${v.help}): ${v.targets.join(', ')}`);
+}
+
+/**
+ * Starts `movewatch demo` on free ports with a fresh data directory (pushed
+ * onto `tempDirs`) and resolves once it printed the control-room and HMP
+ * Leeds board addresses: { child, controlUrl, boardUrl, origin, token,
+ * siteToken, output() }.
+ */
+export function startDemo(tempDirs, { startupMs = 60_000 } = {}) {
+  if (!existsSync(BIN)) {
+    throw new Error(`movewatch binary not found at ${BIN}; run \`cargo build -p movewatch\` or set MOVEWATCH_BIN`);
+  }
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'movewatch-web-test-data-'));
+  tempDirs.push(dataDir);
+  const args = ['demo', '--http-listen', '127.0.0.1:0', '--mqtt-listen', '127.0.0.1:0', '--data-dir', dataDir];
+  const child = spawn(BIN, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  let out = '';
+  const keep = (chunk) => {
+    out += chunk;
+    if (out.length > 200_000) out = out.slice(-100_000);
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the demo printed no addresses within ${startupMs / 1000} s:\n${tail(out)}`)), startupMs);
+    child.stdout.setEncoding('utf8');
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', keep);
+    child.stdout.on('data', (chunk) => {
+      keep(chunk);
+      const c = /http:\/\/127\.0\.0\.1:\d+\/control\?token=[A-Za-z0-9_-]+/.exec(out);
+      const b = /http:\/\/127\.0\.0\.1:\d+\/site\/LEI\?token=[A-Za-z0-9_-]+/.exec(out);
+      if (c && b) {
+        clearTimeout(timer);
+        const u = new URL(c[0]);
+        resolve({
+          child,
+          controlUrl: c[0],
+          boardUrl: b[0],
+          origin: u.origin,
+          token: u.searchParams.get('token'),
+          siteToken: new URL(b[0]).searchParams.get('token'),
+          output: () => out,
+        });
+      }
+    });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the demo exited (code ${code}):\n${tail(out)}`));
+    });
+  });
+}
+
+/** Stops a child process: SIGTERM, then SIGKILL after 5 s. */
+export async function stopChild(child) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
 }

@@ -13,7 +13,9 @@
 //! reason, one that leaves two pings (every 20 s) unanswered likewise, and
 //! one stuck on a send for 10 s is dropped: no client ever delays another.
 
+mod alerts;
 mod auth;
+mod fleet;
 pub mod history;
 mod hub;
 pub mod moves;
@@ -86,6 +88,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/api/moves/{id}", get(moves::get_move).put(moves::put_move))
         .route("/api/moves/{id}/track", get(history::move_track))
         .route("/ws", get(ws::upgrade))
+        .merge(alerts::routes())
+        .merge(fleet::routes())
         .merge(pages::routes())
         .with_state(gateway)
 }
