@@ -143,7 +143,7 @@ async fn acknowledge(
     };
     // Only an alert the engine raised can be acknowledged: the recent ones
     // in memory, else the stored ones.
-    let recent = g.moves.lock().recent_alerts(None).iter().any(|a| {
+    let recent = g.view.recent_alerts(None).iter().any(|a| {
         a.kind == key.kind
             && a.vehicle == key.vehicle
             && a.move_id == key.move_id
@@ -191,8 +191,7 @@ async fn list(State(g): State<Gateway>, access: Access) -> Response {
         Err(e) => return store_unavailable(&e),
     };
     let alerts: Vec<serde_json::Value> = g
-        .moves
-        .lock()
+        .view
         .recent_alerts(None)
         .into_iter()
         .map(|a| {

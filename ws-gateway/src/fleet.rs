@@ -24,27 +24,28 @@ async fn fleet(State(g): State<Gateway>, access: Access) -> Response {
         );
     }
     let vehicles: Vec<serde_json::Value> = g
-        .tracker
+        .view
+        .tracker()
         .snapshot()
         .into_iter()
         .map(|p| {
             let supplier = g
-                .tracker
+                .view
                 .supplier_of(&p.vehicle)
                 .or_else(|| g.suppliers.owner(&p.vehicle));
             json!({"vehicle": p.vehicle, "supplier": supplier})
         })
         .collect();
     let moves: Vec<serde_json::Value> = {
-        let book = g.moves.lock();
-        book.move_views(None, chrono::Utc::now())
+        g.view
+            .move_views(None, chrono::Utc::now())
             .into_iter()
-            .filter_map(|v| book.details(&v.move_id))
+            .filter_map(|v| g.view.details(&v.move_id))
             .map(|d| {
                 let supplier = d
                     .view
                     .vehicle
-                    .and_then(|v| g.tracker.supplier_of(&v).or_else(|| g.suppliers.owner(&v)));
+                    .and_then(|v| g.view.supplier_of(&v).or_else(|| g.suppliers.owner(&v)));
                 json!({
                     "move_id": d.spec.id,
                     "reference": d.spec.reference,
