@@ -229,9 +229,25 @@ async fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_once() {
 /// m-chg is started on VAN1 (points with or without its journey id); VAN1
 /// breaks down half-way and `JourneyChangeVehicle` hands it to VAN2, which
 /// drives in without a journey id.
-async fn change_of_vehicle(with_journey_ids: bool) {
+///
+/// With `partitions` given, the engine runs that many and the two vans are
+/// on different ones: the journey is handed from one partition to the other.
+async fn change_of_vehicle(with_journey_ids: bool, new_van: &'static str, partitions: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(dir.path()).await;
+    let engine = match partitions {
+        None => engine(dir.path()).await,
+        Some(n) => {
+            assert_ne!(
+                engine::partition_of(&"BR0KE1".parse().unwrap(), n),
+                engine::partition_of(&new_van.parse().unwrap(), n),
+                "the two vans must be on different partitions"
+            );
+            let mut config = config(dir.path(), None);
+            config.tokens.push(site_token(LEI_TOKEN, "LEI"));
+            config.engine.partitions = n;
+            Engine::start(config).await.unwrap()
+        }
+    };
     book(&engine, "m-chg", "WDI", "LEI", Some("BR0KE1")).await;
     let mut lei_board = subscribe(&engine, LEI_TOKEN, "site:LEI").await;
     frames_until(&mut lei_board, 5, |f| f["type"] == "snapshot").await;
@@ -250,16 +266,16 @@ async fn change_of_vehicle(with_journey_ids: bool) {
     settle(&engine, old.sent).await;
     wait_status(&engine, "m-chg", "in_transit").await;
     old.event(serde_json::json!({"event_type": "JourneyChangeVehicle", "move_id": "m-chg",
-        "journey_id": "j-m-chg", "details": {"vehicle_reg": "NEW2VAN", "previous_vehicle_reg": "BR0KE1"}}))
+        "journey_id": "j-m-chg", "details": {"vehicle_reg": new_van, "previous_vehicle_reg": "BR0KE1"}}))
         .await;
     // At once, before the new van has sent anything.
     wait_for(20, "the change of vehicle", || async {
-        (state(&engine, "m-chg").await.1.as_deref() == Some("NEW2VAN")).then_some(())
+        (state(&engine, "m-chg").await.1.as_deref() == Some(new_van)).then_some(())
     })
     .await;
     // The broken-down van keeps reporting (with the journey id, if it did).
     old.park(half, 3).await;
-    let mut new = Van::new(&client, "NEW2VAN", old.t);
+    let mut new = Van::new(&client, new_van, old.t);
     new.park(half, 1).await;
     new.drive(half, lei, 10).await;
     new.park(lei, 2).await;
@@ -267,43 +283,64 @@ async fn change_of_vehicle(with_journey_ids: bool) {
     wait_status(&engine, "m-chg", "arrived").await;
     assert_eq!(
         state(&engine, "m-chg").await.1.as_deref(),
-        Some("NEW2VAN"),
+        Some(new_van),
         "the old van's points do not take the journey back"
     );
     let arrivals = engine.store.recent_arrivals(10).await.unwrap();
     assert_eq!(arrivals.len(), 1);
-    assert_eq!(arrivals[0].vehicle.as_str(), "NEW2VAN");
+    assert_eq!(arrivals[0].vehicle.as_str(), new_van);
     // The board saw the replacement, and no position of the old van after the change.
     let board = frames_until(&mut lei_board, 5, |f| f["type"] == "arrival").await;
     assert!(
         of_type(&board, "move")
             .iter()
-            .any(|m| m["vehicle"] == "NEW2VAN"),
+            .any(|m| m["vehicle"] == new_van),
         "{board:?}"
     );
     let positions = of_type(&board, "position");
     let after_change = positions
         .iter()
-        .skip_while(|p| p["vehicle"] != "NEW2VAN")
+        .skip_while(|p| p["vehicle"] != new_van)
         .filter(|p| p["vehicle"] == "BR0KE1")
         .count();
     assert_eq!(after_change, 0, "{positions:?}");
-    assert!(positions.iter().any(|p| p["vehicle"] == "NEW2VAN"));
-    assert_eq!(of_type(&board, "arrival")[0]["vehicle"], "NEW2VAN");
+    assert!(positions.iter().any(|p| p["vehicle"] == new_van));
+    assert_eq!(of_type(&board, "arrival").len(), 1, "one arrival: {board:?}");
+    assert_eq!(of_type(&board, "arrival")[0]["vehicle"], new_van);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_vehicle_after_journey_start_takes_effect_at_the_event() {
-    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(false))
+    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(false, "NEW2VAN", None))
         .await
         .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_vehicle_takes_effect_at_the_event_with_journey_ids_on_the_points() {
-    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(true))
+    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(true, "NEW2VAN", None))
         .await
         .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_vehicle_reported_by_the_old_van_hands_the_journey_to_another_partition() {
+    tokio::time::timeout(
+        Duration::from_secs(150),
+        change_of_vehicle(false, "NEW3VAN", Some(2)),
+    )
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_vehicle_across_partitions_with_journey_ids_on_the_points() {
+    tokio::time::timeout(
+        Duration::from_secs(150),
+        change_of_vehicle(true, "NEW3VAN", Some(2)),
+    )
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
