@@ -112,3 +112,109 @@ pub(crate) fn split(batch: IngestBatch, count: usize) -> Vec<(usize, IngestBatch
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use model::{Position, Source, SupplierId, VehicleId};
+
+    use super::*;
+
+    fn point(vehicle: &str, n: i64) -> Position {
+        Position::fix(
+            SupplierId::parse("geoamey").unwrap(),
+            VehicleId::parse(vehicle).unwrap(),
+            format!("{vehicle}-{n}"),
+            Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap() + chrono::Duration::seconds(n),
+            53.0,
+            -1.5,
+        )
+    }
+
+    fn batch(
+        points: Vec<Position>,
+    ) -> (IngestBatch, tokio::sync::oneshot::Receiver<CommitOutcome>) {
+        let (commit, rx) = CommitToken::new();
+        let batch = IngestBatch {
+            source: Source::Http,
+            received: std::time::Instant::now(),
+            received_at: Utc::now(),
+            positions: points,
+            events: Vec::new(),
+            dead_letters: Vec::new(),
+            transitions: Vec::new(),
+            derived: Default::default(),
+            commit,
+        };
+        (batch, rx)
+    }
+
+    /// Two vans on different partitions of two.
+    fn vans() -> (&'static str, &'static str) {
+        let a = "AB12CDE";
+        let b = ["XY99ZZZ", "NEW3VAN", "BR0KE2", "QQ11AAA"]
+            .into_iter()
+            .find(|b| {
+                partition_of(&VehicleId::parse(b).unwrap(), 2)
+                    != partition_of(&VehicleId::parse(a).unwrap(), 2)
+            })
+            .unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_two_partitions_is_acknowledged_once_both_parts_are_committed() {
+        let (a, b) = vans();
+        let (whole, done) = batch(vec![point(a, 0), point(b, 1), point(a, 2), point(b, 3)]);
+        let mut parts = split(whole, 2);
+        assert_eq!(parts.len(), 2);
+        for (i, part) in &parts {
+            assert!(
+                part.positions
+                    .iter()
+                    .all(|p| partition_of(&p.vehicle, 2) == *i)
+            );
+        }
+        let (_, second) = parts.pop().unwrap();
+        let (_, first) = parts.pop().unwrap();
+        // The first part's second point was a duplicate: index 1 of the part.
+        first.commit.complete(CommitOutcome {
+            duplicates: vec![1],
+        });
+        let mut done = done;
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), &mut done)
+                .await
+                .is_err(),
+            "not acknowledged before every part is committed"
+        );
+        second.commit.complete(CommitOutcome::default());
+        let outcome = done.await.unwrap();
+        // Index 1 of the first part is index 2 of the whole batch.
+        assert_eq!(outcome.duplicates, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_part_dropped_uncommitted_leaves_the_whole_batch_unacknowledged() {
+        let (a, b) = vans();
+        let (whole, done) = batch(vec![point(a, 0), point(b, 1)]);
+        let mut parts = split(whole, 2);
+        let (_, second) = parts.pop().unwrap();
+        let (_, first) = parts.pop().unwrap();
+        first.commit.complete(CommitOutcome::default());
+        drop(second);
+        assert!(
+            done.await.is_err(),
+            "no acknowledgement: the broker redelivers"
+        );
+    }
+
+    #[test]
+    fn one_vehicles_batch_goes_whole() {
+        let (a, _) = vans();
+        let (whole, _done) = batch(vec![point(a, 0), point(a, 1)]);
+        let parts = split(whole, 4);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].1.positions.len(), 2);
+    }
+}

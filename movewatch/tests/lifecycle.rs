@@ -232,7 +232,11 @@ async fn a_van_dropping_one_move_then_carrying_the_next_arrives_each_once() {
 ///
 /// With `partitions` given, the engine runs that many and the two vans are
 /// on different ones: the journey is handed from one partition to the other.
-async fn change_of_vehicle(with_journey_ids: bool, new_van: &'static str, partitions: Option<usize>) {
+async fn change_of_vehicle(
+    with_journey_ids: bool,
+    new_van: &'static str,
+    partitions: Option<usize>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let engine = match partitions {
         None => engine(dir.path()).await,
@@ -305,22 +309,32 @@ async fn change_of_vehicle(with_journey_ids: bool, new_van: &'static str, partit
         .count();
     assert_eq!(after_change, 0, "{positions:?}");
     assert!(positions.iter().any(|p| p["vehicle"] == new_van));
-    assert_eq!(of_type(&board, "arrival").len(), 1, "one arrival: {board:?}");
+    assert_eq!(
+        of_type(&board, "arrival").len(),
+        1,
+        "one arrival: {board:?}"
+    );
     assert_eq!(of_type(&board, "arrival")[0]["vehicle"], new_van);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_vehicle_after_journey_start_takes_effect_at_the_event() {
-    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(false, "NEW2VAN", None))
-        .await
-        .expect("test timed out");
+    tokio::time::timeout(
+        Duration::from_secs(150),
+        change_of_vehicle(false, "NEW2VAN", None),
+    )
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_vehicle_takes_effect_at_the_event_with_journey_ids_on_the_points() {
-    tokio::time::timeout(Duration::from_secs(150), change_of_vehicle(true, "NEW2VAN", None))
-        .await
-        .expect("test timed out");
+    tokio::time::timeout(
+        Duration::from_secs(150),
+        change_of_vehicle(true, "NEW2VAN", None),
+    )
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,28 +2,24 @@
 //!
 //! [`Tracker::apply`] takes each decoded batch in arrival order, flags points
 //! that must not move live state (late, or a bad fix), updates the latest
-//! fix per vehicle and the R-tree index, and returns the [`Update`]s for the
-//! gateway to fan out. The batch then goes on to the store, flags included.
+//! fix per vehicle, and returns the [`Update`]s for the gateway to fan out.
+//! The batch then goes on to the store, flags included. The tracker is
+//! shared by the engine's partitions, each writing only its own vehicles
+//! (a concurrent map: no lock is held across vehicles), and read by the
+//! gateway.
 //!
-//! Invariants: a vehicle's live fix only moves forward in time; the index
-//! holds exactly one entry per vehicle, at its live fix.
+//! Invariant: a vehicle's live fix only moves forward in time.
 
+mod distance;
 pub mod eta;
-mod index;
 pub mod moves;
-
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use model::wire::PositionView;
 use model::{IngestBatch, MoveId, Position, SupplierId, VehicleId};
 
-pub use index::{BoundingBox, haversine_m};
-use index::{VehicleIndex, indexed};
-
-/// A (latitude, longitude) pair in degrees.
-type LatLon = (f64, f64);
+pub use distance::haversine_m;
 
 /// Thresholds for bad-fix flags.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +91,6 @@ struct PreviousFix {
 pub struct Tracker {
     config: TrackerConfig,
     vehicles: DashMap<VehicleId, VehicleState>,
-    index: Mutex<VehicleIndex>,
 }
 
 impl Tracker {
@@ -104,7 +99,6 @@ impl Tracker {
         Tracker {
             config,
             vehicles: DashMap::new(),
-            index: Mutex::new(VehicleIndex::default()),
         }
     }
 
@@ -127,8 +121,6 @@ impl Tracker {
 
     /// Applies a batch: sets each point's flags and returns the live updates.
     pub fn apply(&self, batch: &mut IngestBatch) -> Vec<Update> {
-        // (vehicle, old fix if any, new fix) for the index, applied under one lock.
-        let mut moved: Vec<(VehicleId, Option<LatLon>, LatLon)> = Vec::new();
         let mut updates = Vec::new();
         for p in &mut batch.positions {
             let mut entry = self.vehicles.entry(p.vehicle);
@@ -167,24 +159,10 @@ impl Tracker {
                     view
                 }
             };
-            moved.push((p.vehicle, previous.map(|q| (q.lat, q.lon)), (p.lat, p.lon)));
             updates.push(Update::Position {
                 view,
                 supplier: p.supplier,
             });
-        }
-        if !moved.is_empty() {
-            // One lock per batch, never held across an await (there is none here).
-            let mut index = self
-                .index
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (vehicle, old, new) in moved {
-                if let Some((lat, lon)) = old {
-                    index.remove(&indexed(vehicle, lat, lon));
-                }
-                index.insert(indexed(vehicle, new.0, new.1));
-            }
         }
         metrics::gauge!("movewatch_tracked_vehicles").set(self.vehicles.len() as f64);
         updates
@@ -236,24 +214,6 @@ impl Tracker {
         let mut all: Vec<PositionView> = self.vehicles.iter().map(|s| s.view()).collect();
         all.sort_by_key(|v| v.vehicle);
         all
-    }
-
-    /// The `k` vehicles nearest to a point, nearest first, with their distance in metres.
-    pub fn nearby(&self, lat: f64, lon: f64, k: usize) -> Vec<(VehicleId, f64)> {
-        let index = self
-            .index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        index.nearest(lat, lon, k)
-    }
-
-    /// The vehicles inside a latitude/longitude box.
-    pub fn within(&self, bbox: BoundingBox) -> Vec<VehicleId> {
-        let index = self
-            .index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        index.within(bbox)
     }
 
     /// The newest fix time of any vehicle, if any.

@@ -207,12 +207,9 @@ async fn load_track(
     Ok(points)
 }
 
-/// Whether a supplier token may see a vehicle: the tracker knows it as that supplier's.
+/// Whether a supplier token may see a vehicle (the one policy: [`Gateway::can_see`]).
 fn supplier_owns(g: &Gateway, supplier: SupplierId, vehicle: &VehicleId) -> bool {
-    g.view
-        .tracker()
-        .get(vehicle)
-        .is_some_and(|state| state.supplier == supplier)
+    g.can_see(&Access::Supplier(supplier), vehicle, Utc::now())
 }
 
 /// `GET /api/vehicles/{v}/track`.

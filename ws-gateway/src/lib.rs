@@ -23,6 +23,7 @@ pub mod outbox;
 mod pages;
 pub mod register;
 mod sites;
+mod visibility;
 mod ws;
 
 use std::sync::Arc;

@@ -208,8 +208,8 @@ pub(crate) async fn get_move(
             vehicle_visible_to.iter().any(|s| sites.contains(s))
                 || (spec.status == MoveStatus::Booked && !probable)
         }
-        Access::Supplier(s) => {
-            if vehicle.is_none_or(|v| g.view.supplier_of(&v) != Some(*s)) {
+        Access::Supplier(_) => {
+            if vehicle.is_none_or(|v| !g.can_see(&access, &v, now)) {
                 return forbidden("this move is not carried by this supplier's vehicles");
             }
             true

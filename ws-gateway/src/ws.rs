@@ -66,13 +66,10 @@ fn error_frame(code: &'static str, message: String) -> Utf8Bytes {
 }
 
 fn snapshot(g: &Gateway, access: &Access, channel: &Channel) -> Utf8Bytes {
-    let visible = |v: &PositionView| match access {
-        Access::ControlRoom => true,
-        Access::Supplier(s) => g.view.tracker().supplier_of(&v.vehicle) == Some(*s),
-        // Site channels list only the vehicles their moves make visible (below).
-        Access::Site(_) => false,
-    };
     let now = chrono::Utc::now();
+    // Site channels list only the vehicles their moves make visible (below).
+    let visible =
+        |v: &PositionView| !matches!(access, Access::Site(_)) && g.can_see(access, &v.vehicle, now);
     let (mut alerts, mut moves) = (Vec::new(), Vec::new());
     let vehicles = match channel {
         Channel::Fleet => {
@@ -317,7 +314,7 @@ fn handle_client_message(
     // yet, is forbidden alike, so a probe learns nothing.
     if subscribe
         && let (Access::Supplier(supplier), Channel::Vehicle(vehicle)) = (access, &channel)
-        && g.view.tracker().supplier_of(vehicle) != Some(*supplier)
+        && !g.can_see(&Access::Supplier(*supplier), vehicle, chrono::Utc::now())
     {
         return reply(error_frame(
             "forbidden",
