@@ -19,6 +19,13 @@ use tracker::moves::{JourneySpec, MoveDetails, MoveSpec, MoveStatus};
 pub enum Command {
     /// Book a move, change its booking, or cancel it (status `cancelled`).
     Book(MoveSpec),
+    /// Say which supplier runs a vehicle (the vehicle register).
+    RegisterVehicle {
+        /// The vehicle.
+        vehicle: model::VehicleId,
+        /// Its supplier.
+        supplier: model::SupplierId,
+    },
     /// Replace a site's fence.
     ReplaceFence {
         /// The site.
@@ -56,6 +63,7 @@ pub enum CommandError {
 pub(crate) enum Reply {
     Booked(Option<MoveDetails>),
     Fenced(SiteFence),
+    Registered(DateTime<Utc>),
 }
 
 pub(crate) struct Request {
@@ -100,7 +108,7 @@ impl Commands {
     pub async fn book(&self, spec: MoveSpec) -> Result<Option<MoveDetails>, CommandError> {
         match self.send(Command::Book(spec)).await? {
             Reply::Booked(details) => Ok(details),
-            Reply::Fenced(_) => Err(CommandError::Stopped),
+            _ => Err(CommandError::Stopped),
         }
     }
 
@@ -112,7 +120,22 @@ impl Commands {
     ) -> Result<SiteFence, CommandError> {
         match self.send(Command::ReplaceFence { site, fence }).await? {
             Reply::Fenced(f) => Ok(f),
-            Reply::Booked(_) => Err(CommandError::Stopped),
+            _ => Err(CommandError::Stopped),
+        }
+    }
+
+    /// Registers a vehicle as a supplier's; once stored and live, when.
+    pub async fn register_vehicle(
+        &self,
+        vehicle: model::VehicleId,
+        supplier: model::SupplierId,
+    ) -> Result<DateTime<Utc>, CommandError> {
+        match self
+            .send(Command::RegisterVehicle { vehicle, supplier })
+            .await?
+        {
+            Reply::Registered(at) => Ok(at),
+            _ => Err(CommandError::Stopped),
         }
     }
 }
@@ -120,8 +143,16 @@ impl Commands {
 /// A boxed future, for [`Persist`].
 pub type PersistFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
-/// Keeps what is not a batch's (a replaced fence) before it is applied.
+/// Keeps what is not a batch's (a replaced fence, a register entry) before
+/// it is applied.
 pub trait Persist: Send + Sync + 'static {
+    /// Stores a register entry made through the API as of `at`.
+    fn put_vehicle<'a>(
+        &'a self,
+        vehicle: model::VehicleId,
+        supplier: model::SupplierId,
+        at: DateTime<Utc>,
+    ) -> PersistFuture<'a>;
     /// Stores a site's replaced fence (GeoJSON text) as of `at`.
     fn put_fence<'a>(
         &'a self,

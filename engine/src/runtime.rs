@@ -176,8 +176,10 @@ pub struct Start {
     pub sink: Arc<dyn Sink>,
     /// The store writer's input.
     pub store: mpsc::Sender<IngestBatch>,
-    /// Keeps replaced fences.
+    /// Keeps replaced fences and register entries.
     pub persist: Arc<dyn Persist>,
+    /// The vehicle register intake checks (a registration goes live here).
+    pub suppliers: Arc<ingest::Suppliers>,
     /// Turns true when a graceful stop begins: intake is closed and drained.
     pub stopping: watch::Receiver<bool>,
 }
@@ -225,11 +227,14 @@ pub fn start(s: Start) -> Running {
     let (command_tx, command_rx) = mpsc::channel::<Request>(64);
     let commander = tokio::spawn(run_commander(
         command_rx,
-        s.fences,
-        fences_tx,
-        peer_txs.clone(),
-        s.store,
-        s.persist,
+        Commander {
+            fences: s.fences,
+            published: fences_tx,
+            partitions: peer_txs.clone(),
+            store: s.store,
+            persist: s.persist,
+            suppliers: s.suppliers,
+        },
         s.stopping,
     ));
     tracing::info!(partitions = count, "engine partitions started");
@@ -275,21 +280,49 @@ async fn run_splitter(
     // Dropping the senders lets each partition finish its queue and end.
 }
 
-async fn run_commander(
-    mut requests: mpsc::Receiver<Request>,
-    mut fences: FenceSet,
+/// What the commander works with.
+struct Commander {
+    /// The fences as last replaced.
+    fences: FenceSet,
     published: watch::Sender<Arc<FenceSet>>,
     partitions: Vec<mpsc::UnboundedSender<Peer>>,
     store: mpsc::Sender<IngestBatch>,
     persist: Arc<dyn Persist>,
+    suppliers: Arc<ingest::Suppliers>,
+}
+
+async fn run_commander(
+    mut requests: mpsc::Receiver<Request>,
+    c: Commander,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let Commander {
+        mut fences,
+        published,
+        partitions,
+        store,
+        persist,
+        suppliers,
+    } = c;
     loop {
         let request = tokio::select! {
             _ = stopping.wait_for(|s| *s) => break,
             r = requests.recv() => match r { Some(r) => r, None => break },
         };
         match request.command {
+            Command::RegisterVehicle { vehicle, supplier } => {
+                // Stored before it is live, so a restart never forgets it.
+                let at = Utc::now();
+                let result = match persist.put_vehicle(vehicle, supplier, at).await {
+                    Err(e) => Err(CommandError::Store(e)),
+                    Ok(()) => {
+                        suppliers.register(model::fleet::RegisterEntry { vehicle, supplier });
+                        tracing::info!(%vehicle, %supplier, "vehicle registered");
+                        Ok(Reply::Registered(at))
+                    }
+                };
+                let _ = request.reply.send(result);
+            }
             Command::Book(spec) => {
                 // Durable first, through the same writer as the points.
                 let (token, stored) = CommitToken::new();

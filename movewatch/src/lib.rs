@@ -364,6 +364,23 @@ impl engine::Persist for StorePersist {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn put_vehicle<'a>(
+        &'a self,
+        vehicle: model::VehicleId,
+        supplier: model::SupplierId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> engine::PersistFuture<'a> {
+        Box::pin(async move {
+            let record = store::VehicleRecord {
+                vehicle,
+                supplier,
+                source: "api".into(),
+                updated_at: at,
+            };
+            self.0.put_vehicle(&record).await.map_err(|e| e.to_string())
+        })
+    }
 }
 
 impl Engine {
@@ -445,6 +462,7 @@ impl Engine {
             sink: Arc::new(hub.clone()),
             store: store_tx,
             persist: Arc::new(StorePersist(store.clone())),
+            suppliers: suppliers.clone(),
             stopping: stopping_rx.clone(),
         });
         let ingest_tx = running.input.clone();
@@ -542,8 +560,12 @@ impl Engine {
         )?;
 
         let auth = Arc::new(Auth::from_config(&config.tokens));
-        let register_routes =
-            ws_gateway::register::router(auth.clone(), suppliers.clone(), store.clone());
+        let register_routes = ws_gateway::register::router(
+            auth.clone(),
+            suppliers.clone(),
+            store.clone(),
+            running.commands.clone(),
+        );
         let gateway = Gateway {
             view: running.view.clone(),
             commands: running.commands.clone(),

@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ingest::Suppliers;
-use model::fleet::RegisterEntry;
 use model::{SupplierId, VehicleId};
 use serde_json::{Value, json};
 
@@ -23,16 +22,23 @@ struct RegisterState {
     auth: Arc<Auth>,
     suppliers: Arc<Suppliers>,
     store: store::Store,
+    commands: engine::Commands,
 }
 
 /// The register's routes, to be merged into the engine's router.
-pub fn router(auth: Arc<Auth>, suppliers: Arc<Suppliers>, store: store::Store) -> Router {
+pub fn router(
+    auth: Arc<Auth>,
+    suppliers: Arc<Suppliers>,
+    store: store::Store,
+    commands: engine::Commands,
+) -> Router {
     Router::new()
         .route("/api/vehicles/{vehicle}", get(get_vehicle).put(put_vehicle))
         .with_state(RegisterState {
             auth,
             suppliers,
             store,
+            commands,
         })
 }
 
@@ -131,23 +137,22 @@ async fn put_vehicle(
         Ok(s) => s,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
-    let record = store::VehicleRecord {
-        vehicle,
-        supplier,
-        source: "api".into(),
-        updated_at: chrono::Utc::now(),
-    };
-    if let Err(e) = state.store.put_vehicle(&record).await {
-        tracing::error!(%vehicle, error = %e, "cannot store a register entry");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the store did not take the entry; nothing changed; retry",
-        );
+    // The engine stores the entry before it is live.
+    match state.commands.register_vehicle(vehicle, supplier).await {
+        Ok(updated_at) => axum::Json(record_json(&store::VehicleRecord {
+            vehicle,
+            supplier,
+            source: "api".into(),
+            updated_at,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(%vehicle, error = %e, "a register entry was not carried out");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store did not take the entry; nothing changed; retry",
+            )
+        }
     }
-    state
-        .suppliers
-        .register(RegisterEntry { vehicle, supplier });
-    tracing::info!(%vehicle, %supplier, "vehicle registered");
-    axum::Json(record_json(&record)).into_response()
 }
