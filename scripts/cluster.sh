@@ -12,6 +12,9 @@
 #   bash scripts/cluster.sh ctl N ARGS...     # rabbitmqctl against node N (1..3)
 #   bash scripts/cluster.sh queues N ARGS...  # rabbitmq-queues against node N
 #   bash scripts/cluster.sh pid N             # the OS pid of node N's VM
+#   MW_SUPPLIER_PASSWORD=... bash scripts/cluster.sh supplier ID
+#                                             # a supplier's MQTT login, write-only
+#                                             # under movewatch/v1/ID/
 #
 # Environment (tests set all three to run a cluster of their own):
 #   MW_CLUSTER_DIR        data directory          (default: <repo>/.cluster)
@@ -253,6 +256,44 @@ cmd_pid() {
   cat "$pidfile"
 }
 
+first_running() {
+  local n
+  for n in "${NODES[@]}"; do
+    if running "$n"; then
+      echo "$n"
+      return 0
+    fi
+  done
+  die "no node of the cluster under $DIR is running"
+}
+
+# A supplier's devices log in to the MQTT listener as user {supplier}. The
+# user may publish to amq.topic and nothing else (configure and read: none),
+# and only routing keys under movewatch.v1.{supplier}. (topic authorisation:
+# the MQTT topic movewatch/v1/{supplier}/... with '/' as '.'). Idempotent:
+# an existing supplier's password is replaced. The password comes from
+# MW_SUPPLIER_PASSWORD and goes to rabbitmqctl on standard input, never on a
+# command line.
+cmd_supplier() {
+  local id=${1:-}
+  [[ "$id" =~ ^[a-z0-9_-]{1,32}$ ]] || die "a supplier id is [a-z0-9_-]{1,32}, not '$id'"
+  [ -n "${MW_SUPPLIER_PASSWORD:-}" ] || die "set MW_SUPPLIER_PASSWORD to the supplier's MQTT password"
+  local n users
+  n="$(first_running)"
+  users="$(ctl "$n" -q list_users --formatter json)"
+  if printf '%s' "$users" | grep -q "\"user\":\"$id\""; then
+    # Never turn an operator (guest, the engine's user) into a device login.
+    printf '%s' "$users" | grep -q "\"user\":\"$id\",\"tags\":\[\]" \
+      || die "user '$id' exists with tags (an operator account); choose another supplier id"
+    printf '%s' "$MW_SUPPLIER_PASSWORD" | ctl "$n" -q change_password "$id" >/dev/null
+  else
+    printf '%s' "$MW_SUPPLIER_PASSWORD" | ctl "$n" -q add_user "$id" >/dev/null
+  fi
+  ctl "$n" -q set_permissions -p / "$id" '^$' '^amq\.topic$' '^$'
+  ctl "$n" -q set_topic_permissions -p / "$id" amq.topic "^movewatch\\.v1\\.${id}\\." '^$'
+  info "supplier $id: may publish only under movewatch/v1/$id/"
+}
+
 need_node() {
   [[ "${1:-}" =~ ^[123]$ ]] || die "expected a node number 1, 2 or 3"
   [ -s "$DIR/.erlang.cookie" ] || die "no cluster under $DIR (run: bash scripts/cluster.sh up)"
@@ -266,5 +307,6 @@ case "${1:-}" in
   ctl) shift; need_node "${1:-}"; ctl "$@" ;;
   queues) shift; need_node "${1:-}"; queues "$@" ;;
   pid) shift; need_node "${1:-}"; cmd_pid "$1" ;;
-  *) printf 'usage: bash scripts/cluster.sh up|down [--purge]|status|ports|ctl N ARGS|queues N ARGS|pid N\n' >&2; exit 2 ;;
+  supplier) shift; [ -s "$DIR/.erlang.cookie" ] || die "no cluster under $DIR"; cmd_supplier "${1:-}" ;;
+  *) printf 'usage: bash scripts/cluster.sh up|down [--purge]|status|ports|ctl N ARGS|queues N ARGS|pid N|supplier ID\n' >&2; exit 2 ;;
 esac
