@@ -94,7 +94,16 @@ queues() { # queues N ARGS...: rabbitmq-queues against node N
   with_node "$n" "$RMQ_BIN/rabbitmq-queues" -n "$(node_name "$n")" "$@"
 }
 
-running() { ctl "$1" -q ping >/dev/null 2>&1; }
+# The pid file first: asking a node that is not there through the CLI takes
+# many seconds.
+running() {
+  local pidfile pid
+  pidfile="$(node_dir "$1")/pid"
+  [ -s "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  ctl "$1" -q ping --timeout 10 >/dev/null 2>&1
+}
 
 port_free() {
   ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" >/dev/null 2>&1
