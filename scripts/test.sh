@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every movewatch test: formatting, lints, the Rust test suites (which use
-# Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432), and the
-# browser test of the fleet page against `movewatch demo`.
+# Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432), the RabbitMQ
+# cluster test (three nodes of its own), and the browser test of the fleet
+# page against `movewatch demo`.
 #
 #   bash scripts/test.sh            # everything that runs in CI
 #   bash scripts/test.sh --soak     # ... then the soak (MOVEWATCH_SOAK_SECS, default 600)
@@ -232,6 +233,19 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   step "cargo test --workspace"
   cargo test --workspace
+fi
+
+# ---------------------------------------------------------------------------
+# Three RabbitMQ nodes of the test's own (scripts/cluster.sh on spare ports in
+# a temp dir): topology, ordering, supplier rights, single active consumer,
+# the quorum surviving its leader (docs/SCALE-OUT.md). About a minute, most
+# of it starting the nodes. MOVEWATCH_CLUSTER_TESTS=0 skips it.
+if [ "${MOVEWATCH_CLUSTER_TESTS:-1}" != "0" ]; then
+  step "RabbitMQ cluster test (three local nodes)"
+  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+  fi
+  MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch-ingest --test cluster -- --nocapture
 fi
 
 # ---------------------------------------------------------------------------

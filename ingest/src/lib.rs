@@ -10,6 +10,7 @@
 //! poll task waits, and the broker's in-flight window (unacknowledged QoS 1
 //! messages) stops further delivery. Nothing is dropped inside the engine.
 
+pub mod amqp;
 pub mod broker;
 mod convert;
 pub mod guard;

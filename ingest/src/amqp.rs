@@ -1,0 +1,336 @@
+//! The RabbitMQ topology for running past one machine (docs/SCALE-OUT.md).
+//!
+//! Devices publish QoS 1 to the cluster's MQTT listener; the MQTT plugin puts
+//! each message on `amq.topic` with the topic as routing key, `/` turned into
+//! `.` (`movewatch/v1/s/v/positions` → `movewatch.v1.s.v.positions`). From
+//! there:
+//!
+//! ```text
+//! amq.topic ──movewatch.v1.#──▶ movewatch.ingress (topic, internal)
+//!                                 │ one binding per registered vehicle:
+//!                                 │ movewatch.v1.*.{VEHICLE}.*  ──▶ movewatch.partition.{p}
+//!                                 │   p = the engine's partition of the vehicle
+//!                                 └ no binding matched ──▶ alternate exchange
+//!                                     movewatch.unrouted (fanout) ──▶ movewatch.unrouted (queue)
+//! movewatch.partitions (direct, key "{p}") ──▶ movewatch.partition.{p}   (re-routing, tools)
+//! ```
+//!
+//! Why per-vehicle bindings and not the consistent-hash exchange: that
+//! exchange hashes the whole routing key, so a van's `…positions` and
+//! `…events` land on different partitions and a `JourneyStart` could be
+//! applied after the points it should precede. The MQTT plugin sets no
+//! header or property that names the vehicle, so `hash-header` /
+//! `hash-property` have nothing to hash; and its ring is not the engine's
+//! FNV-1a, so a node owning queue `p` would get vehicles of other engine
+//! partitions. A binding whose key names the vehicle and whose queue is the
+//! engine's own partition of it keeps both topics in one queue, in the order
+//! the device published them, with no hop in between: the device's PUBACK
+//! comes once that partition's quorum queue has the message.
+//!
+//! Every queue is a quorum queue (replicated, survives the loss of a
+//! minority of brokers) with single active consumer (one engine node owns a
+//! partition at a time; another takes over, with every unacknowledged
+//! message redelivered, when it goes).
+
+use std::fmt;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Consumer, ExchangeKind};
+use model::VehicleId;
+
+/// The MQTT plugin's exchange (`mqtt.exchange`, its default).
+pub const MQTT_EXCHANGE: &str = "amq.topic";
+/// The topic exchange between `amq.topic` and the partition queues; internal
+/// (no client can publish to it directly), its alternate exchange catches
+/// whatever no vehicle binding matches.
+pub const INGRESS_EXCHANGE: &str = "movewatch.ingress";
+/// What `amq.topic` passes on to [`INGRESS_EXCHANGE`]: everything of ours.
+pub const INGRESS_KEY: &str = "movewatch.v1.#";
+/// Alternate exchange (fanout) and queue for messages under `movewatch/v1/`
+/// that no vehicle binding matched: bad topics, vehicles in no register
+/// entry, a registration not written in its normal form. Never dropped in
+/// silence: whoever consumes it dead-letters or re-routes each message.
+pub const UNROUTED: &str = "movewatch.unrouted";
+/// Direct exchange with binding key `"{p}"` to each partition queue, for
+/// re-routing a message to a partition by number (from [`UNROUTED`]) and
+/// for tools.
+pub const PARTITIONS_EXCHANGE: &str = "movewatch.partitions";
+
+/// Most partitions the topology accepts (each is a Raft group on every
+/// broker; far more than the plan in docs/SCALE-OUT.md needs).
+pub const MAX_PARTITIONS: usize = 1024;
+
+/// A topology or consumption failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The broker refused or failed an operation (the channel or connection
+    /// is closed by the broker after most of these).
+    #[error("AMQP {action} {name:?}: {source}")]
+    Broker {
+        /// What was being done ("declare queue", "bind", ...).
+        action: &'static str,
+        /// The exchange or queue it was done to.
+        name: String,
+        /// lapin's error (a broker reply such as PRECONDITION_FAILED, or I/O).
+        #[source]
+        source: lapin::Error,
+    },
+    /// The partition count is 0 or over [`MAX_PARTITIONS`].
+    #[error("partition count {0} is out of range (1..={MAX_PARTITIONS})")]
+    Partitions(usize),
+    /// The partition function returned a partition that does not exist.
+    #[error("vehicle {vehicle} mapped to partition {partition}, but there are {count}")]
+    PartitionOutOfRange {
+        /// The vehicle.
+        vehicle: String,
+        /// What the function returned.
+        partition: usize,
+        /// How many partitions there are.
+        count: usize,
+    },
+}
+
+fn broker(action: &'static str, name: impl fmt::Display) -> impl FnOnce(lapin::Error) -> AmqpError {
+    let name = name.to_string();
+    move |source| AmqpError::Broker {
+        action,
+        name,
+        source,
+    }
+}
+
+/// The queue of partition `p`.
+pub fn partition_queue(p: usize) -> String {
+    format!("movewatch.partition.{p}")
+}
+
+/// The binding key that sends both of a vehicle's topics, from any supplier,
+/// to one queue. The supplier is left to the engine's register check (a
+/// vehicle of another supplier is dead-lettered there, as on one machine).
+pub fn vehicle_binding_key(vehicle: &VehicleId) -> String {
+    format!("movewatch.v1.*.{}.*", vehicle.as_str())
+}
+
+/// The MQTT topic a message was published to, from the routing key the MQTT
+/// plugin gave it (the plugin swaps `/` and `.`, so this swaps them back).
+pub fn mqtt_topic(routing_key: &str) -> String {
+    routing_key
+        .chars()
+        .map(|c| match c {
+            '.' => '/',
+            '/' => '.',
+            c => c,
+        })
+        .collect()
+}
+
+fn str_arg(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// The arguments of every partition queue (and of [`UNROUTED`]); a queue
+/// declared earlier with other arguments is an error (PRECONDITION_FAILED),
+/// never silently kept.
+fn queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), str_arg("quorum"));
+    args.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
+    args
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn internal_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        internal: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// Declares the topology for `partitions` partitions: idempotent (every
+/// declaration and binding may be repeated, by every engine node at start).
+/// Vehicles are bound separately ([`bind_vehicle`]).
+pub async fn declare_topology(channel: &Channel, partitions: usize) -> Result<(), AmqpError> {
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(AmqpError::Partitions(partitions));
+    }
+    // The unrouted path first, so the ingress exchange's alternate exists
+    // before anything can reach it.
+    channel
+        .exchange_declare(
+            UNROUTED.into(),
+            ExchangeKind::Fanout,
+            internal_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("declare exchange", UNROUTED))?;
+    channel
+        .queue_declare(UNROUTED.into(), durable_queue(), queue_arguments())
+        .await
+        .map_err(broker("declare queue", UNROUTED))?;
+    channel
+        .queue_bind(
+            UNROUTED.into(),
+            UNROUTED.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("bind", UNROUTED))?;
+
+    let mut ingress_args = FieldTable::default();
+    ingress_args.insert(ShortString::from("alternate-exchange"), str_arg(UNROUTED));
+    channel
+        .exchange_declare(
+            INGRESS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            internal_exchange(),
+            ingress_args,
+        )
+        .await
+        .map_err(broker("declare exchange", INGRESS_EXCHANGE))?;
+    channel
+        .exchange_declare(
+            PARTITIONS_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("declare exchange", PARTITIONS_EXCHANGE))?;
+    for p in 0..partitions {
+        let queue = partition_queue(p);
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue(), queue_arguments())
+            .await
+            .map_err(broker("declare queue", &queue))?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                PARTITIONS_EXCHANGE.into(),
+                p.to_string().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("bind", &queue))?;
+    }
+    // Last: until now nothing of ours reaches the ingress exchange, so no
+    // message is routed into a half-declared topology.
+    channel
+        .exchange_bind(
+            INGRESS_EXCHANGE.into(),
+            MQTT_EXCHANGE.into(),
+            INGRESS_KEY.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("bind", INGRESS_EXCHANGE))?;
+    Ok(())
+}
+
+/// Binds a vehicle's topics to its partition's queue (idempotent). The
+/// caller passes the engine's partition of the vehicle
+/// (`engine::partition_of(vehicle, partitions)`): queue and engine partition
+/// must agree, or the node owning the queue would be handed vehicles whose
+/// state another partition holds. Call it once the register entry is stored,
+/// before the vehicle's data is expected (until then its messages go to
+/// [`UNROUTED`], as `unknown_vehicle` on one machine).
+pub async fn bind_vehicle(
+    channel: &Channel,
+    vehicle: &VehicleId,
+    partition: usize,
+    partitions: usize,
+) -> Result<(), AmqpError> {
+    if partition >= partitions {
+        return Err(AmqpError::PartitionOutOfRange {
+            vehicle: vehicle.to_string(),
+            partition,
+            count: partitions,
+        });
+    }
+    let queue = partition_queue(partition);
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            INGRESS_EXCHANGE.into(),
+            vehicle_binding_key(vehicle).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("bind", format!("{vehicle} to {queue}")))
+}
+
+/// Starts consuming partition `p` with manual acknowledgements and at most
+/// `prefetch` unacknowledged messages (the bound on what a node holds in
+/// memory; the broker sends no more until some are acknowledged). With
+/// single active consumer, the broker delivers to one consumer of the queue
+/// at a time; the others wait, and one of them takes over with every
+/// unacknowledged message when the active one's channel or connection goes.
+pub async fn consume_partition(
+    channel: &Channel,
+    p: usize,
+    prefetch: u16,
+    consumer_tag: &str,
+) -> Result<Consumer, AmqpError> {
+    let queue = partition_queue(p);
+    channel
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(broker("set prefetch on", &queue))?;
+    channel
+        .basic_consume(
+            queue.as_str().into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("consume", &queue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_turn_back_into_topics() {
+        assert_eq!(
+            mqtt_topic("movewatch.v1.geoamey.AB12CDE.positions"),
+            "movewatch/v1/geoamey/AB12CDE/positions"
+        );
+        // The plugin turns a '.' inside a topic level into '/'.
+        assert_eq!(mqtt_topic("a/b.c"), "a.b/c");
+    }
+
+    #[test]
+    fn a_vehicle_binding_matches_both_topics_of_any_supplier() {
+        let v = VehicleId::parse("ab12 cde").unwrap();
+        assert_eq!(vehicle_binding_key(&v), "movewatch.v1.*.AB12CDE.*");
+    }
+
+    #[test]
+    fn partition_queues_are_numbered() {
+        assert_eq!(partition_queue(7), "movewatch.partition.7");
+    }
+}
