@@ -2,24 +2,25 @@
 //! `main.rs` is the command line around [`Engine::start`] and [`replay::Replay`].
 
 pub mod eta_eval;
+mod metrics;
+mod persist;
+mod recovery;
 pub mod register;
 pub mod replay;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use geofence::FenceSet;
 use ingest::Suppliers;
 use ingest::broker::{ENGINE_USER, EmbeddedBrokerConfig, start_embedded_broker};
 use ingest::mqtt::{MqttSource, MqttSourceConfig, spawn_mqtt_source};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use model::config::{Config, parse_mqtt_url};
 use model::{IngestBatch, Site, TransitionKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracker::eta::EtaModel;
 use tracker::moves::{MoveBook, MovesConfig};
 use tracker::{Tracker, TrackerConfig};
 use ws_gateway::{Auth, Gateway, Hub, Readiness};
@@ -111,46 +112,6 @@ impl std::fmt::Display for ShutdownReport {
     }
 }
 
-fn prometheus() -> anyhow::Result<PrometheusHandle> {
-    // Installed once per process; a lock, not a OnceLock, because two engines
-    // starting at once (tests) must not both try to install it.
-    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-    let mut slot = HANDLE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(h) = slot.as_ref() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("movewatch_pipeline_latency_seconds".into()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ],
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full("movewatch_store_write_seconds".into()),
-            &[
-                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ],
-        )?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    // Pre-register every series so /metrics shows them before the first point.
-    metrics::counter!("movewatch_ingest_points_total").increment(0);
-    metrics::counter!("movewatch_store_points_total").increment(0);
-    for reason in model::Reason::EVERY {
-        metrics::counter!("movewatch_ingest_rejected_total", "reason" => reason.as_str())
-            .increment(0);
-    }
-    metrics::gauge!("movewatch_tracked_vehicles").set(0.0);
-    metrics::gauge!("movewatch_ws_clients").set(0.0);
-    metrics::gauge!("movewatch_webhook_pending").set(0.0);
-    metrics::counter!("movewatch_webhook_failures_total").increment(0);
-    *slot = Some(handle.clone());
-    Ok(handle)
-}
-
 /// Loads every configured sites file (`.csv` sites, `.geojson` / `.json`
 /// polygon fences) into the fence set; any error fails the whole load, naming
 /// the file and the row or feature. When the only file is the default
@@ -214,180 +175,11 @@ pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
 /// How often the time-based alerts (`gps_gap`, `device_silent`, `stopped`) are checked.
 pub const ALERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Alerts read back on start: those of the last day, at most this many.
-const RESTORED_ALERTS: i64 = 10_000;
-/// How far back those alerts go, hours.
-const RESTORED_ALERTS_H: i64 = 24;
-
-/// Arrivals the ETA model learns from on start.
-const ETA_HISTORY: i64 = 20_000;
-
-/// Where each site is, for the ETA's learning on start.
-type SitePositions = std::collections::HashMap<model::SiteId, (f64, f64)>;
-
-fn site_positions(sites: &[Site]) -> SitePositions {
-    sites
-        .iter()
-        .map(|s| (s.id.clone(), (s.lat, s.lon)))
-        .collect()
-}
-
-/// An ETA model taught the stored arrivals (routes between known sites).
-fn learned_eta_model(at: &SitePositions, arrivals: &[store::Arrival]) -> EtaModel {
-    let mut model = EtaModel::default();
-    // Oldest first, as they happened.
-    for a in arrivals.iter().rev() {
-        if let (Some(o), Some(d)) = (at.get(&a.from_location), at.get(&a.site)) {
-            let direct = tracker::haversine_m(o.0, o.1, d.0, d.1);
-            model.learn_trip(
-                &a.from_location,
-                &a.site,
-                direct,
-                a.distance_m,
-                a.departed_at,
-                a.arrived_at,
-            );
-        }
-    }
-    model
-}
-
-/// Arrivals whose stored fixes teach the ETA's curves on start.
-const ETA_TRACK_HISTORY: usize = 1_000;
-
-/// Teaches the ETA model's curves (time to go against distance to go) the
-/// stored fixes of the latest [`ETA_TRACK_HISTORY`] arrivals, oldest first.
-async fn learn_stored_tracks(
-    model: &mut EtaModel,
-    store: &store::Store,
-    at: &SitePositions,
-    arrivals: &[store::Arrival],
-) -> anyhow::Result<()> {
-    for a in arrivals.iter().take(ETA_TRACK_HISTORY).rev() {
-        let (Some(o), Some(d)) = (at.get(&a.from_location), at.get(&a.site)) else {
-            continue;
-        };
-        let fixes = store
-            .track(&a.vehicle, a.departed_at, a.arrived_at, 20_000)
-            .await
-            .context("cannot read an arrival's fixes for the ETA model")?;
-        let track: Vec<_> = fixes
-            .iter()
-            .filter(|p| !p.flags.late && !p.flags.bad_fix)
-            .map(|p| (p.ts, tracker::haversine_m(p.lat, p.lon, d.0, d.1)))
-            .collect();
-        let total = tracker::haversine_m(o.0, o.1, d.0, d.1);
-        model.learn_fixes(&a.from_location, &a.site, total, &track, a.arrived_at);
-    }
-    Ok(())
-}
-
-/// What recovery read back from the store: the partitions' state and the
-/// ETA model taught the stored arrivals.
-struct Recovery {
-    state: engine::Recovered,
-    eta: EtaModel,
-}
-
-/// Reads back what the partitions rebuild from (each takes its share): live
-/// positions, fence crossings, open moves, the alerts already raised (so a
-/// restart raises none twice), and the arrivals the ETA model learns from.
-async fn recover(store: &store::Store, sites: &[Site]) -> anyhow::Result<Recovery> {
-    let positions = store
-        .latest_positions()
-        .await
-        .context("cannot read live state back from the store")?;
-    // Vehicles inside a site when the engine stopped are inside it still:
-    // their next fix there is no new arrival.
-    let crossings = store
-        .latest_fence_transitions()
-        .await
-        .context("cannot read fence state back from the store")?;
-    let arrivals = store
-        .recent_arrivals(ETA_HISTORY)
-        .await
-        .context("cannot read arrivals for the ETA model")?;
-    let at = site_positions(sites);
-    let mut eta = learned_eta_model(&at, &arrivals);
-    learn_stored_tracks(&mut eta, store, &at, &arrivals).await?;
-    let mut open_moves = Vec::new();
-    for record in store
-        .open_moves()
-        .await
-        .context("cannot read the open moves back from the store")?
-    {
-        match engine::spec_of(&record) {
-            Some(spec) => open_moves.push(spec),
-            None => {
-                tracing::warn!(move_id = %record.id, status = %record.status, "stored move with an unknown status skipped")
-            }
-        }
-    }
-    let now = chrono::Utc::now();
-    let alerts = store
-        .alerts_since(
-            now - chrono::Duration::hours(RESTORED_ALERTS_H),
-            RESTORED_ALERTS,
-        )
-        .await
-        .context("cannot read the alerts already raised back from the store")?;
-    Ok(Recovery {
-        state: engine::Recovered {
-            positions,
-            crossings,
-            open_moves,
-            alerts,
-        },
-        eta,
-    })
-}
-
-/// Keeps replaced fences in the store for the engine (durable before live).
-struct StorePersist(store::Store);
-
-impl engine::Persist for StorePersist {
-    fn put_fence<'a>(
-        &'a self,
-        site: &'a model::SiteId,
-        fence: String,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> engine::PersistFuture<'a> {
-        Box::pin(async move {
-            let record = store::SiteFenceRecord {
-                site: site.clone(),
-                fence,
-                updated_at: at,
-            };
-            self.0
-                .put_site_fence(&record)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn put_vehicle<'a>(
-        &'a self,
-        vehicle: model::VehicleId,
-        supplier: model::SupplierId,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> engine::PersistFuture<'a> {
-        Box::pin(async move {
-            let record = store::VehicleRecord {
-                vehicle,
-                supplier,
-                source: "api".into(),
-                updated_at: at,
-            };
-            self.0.put_vehicle(&record).await.map_err(|e| e.to_string())
-        })
-    }
-}
-
 impl Engine {
     /// Starts everything the config describes. With `mqtt.url` unset the
     /// embedded broker starts on `mqtt.listen`, which must be free.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
-        let metrics = prometheus()?;
+        let metrics = metrics::prometheus()?;
         let fences = load_fences(&config)?;
         let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
         let suppliers = Arc::new(
@@ -409,7 +201,7 @@ impl Engine {
         let tracker = Arc::new(Tracker::new(TrackerConfig::from(&config.ingest)));
         let registered = register::load_register(&config, &store, &suppliers).await?;
         let claims = register::spawn_claim_writer(store.clone(), &suppliers);
-        let recovered = recover(&store, &sites).await?;
+        let recovered = recovery::recover(&store, &sites).await?;
         if suppliers.claims_on_first_report() {
             tracing::warn!(
                 "[fleet] claim_on_first_report is on: the first report for an unregistered vehicle claims it (development and demos only)"
@@ -461,7 +253,7 @@ impl Engine {
             recovered: recovered.state,
             sink: Arc::new(hub.clone()),
             store: store_tx,
-            persist: Arc::new(StorePersist(store.clone())),
+            persist: Arc::new(persist::StorePersist(store.clone())),
             suppliers: suppliers.clone(),
             stopping: stopping_rx.clone(),
         });

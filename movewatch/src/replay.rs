@@ -25,7 +25,8 @@ use tokio::task::JoinHandle;
 use tracker::{Tracker, TrackerConfig};
 use ws_gateway::{Auth, Gateway, Hub, Readiness};
 
-use crate::{prometheus, random_token};
+use crate::metrics::prometheus;
+use crate::random_token;
 
 /// Points per store query.
 const PAGE_SIZE: i64 = 2_000;
