@@ -12,7 +12,7 @@ use model::{
 };
 use tracker::Tracker;
 use tracker::Update;
-use tracker::moves::{BookView, Claim, Handover, MoveBook, MoveOutput, MoveSpec};
+use tracker::moves::{BookView, Claim, Handover, Lesson, MoveBook, MoveOutput, MoveSpec};
 
 use crate::{home_of, partition_of};
 
@@ -28,6 +28,8 @@ pub struct Effects {
     pub claims: Vec<Claim>,
     /// Journeys handed to the partition now owning them.
     pub handovers: Vec<(usize, Handover)>,
+    /// What arrivals here taught the ETA model, for every other partition's.
+    pub lessons: Vec<Arc<Lesson>>,
 }
 
 impl Effects {
@@ -37,6 +39,7 @@ impl Effects {
             && self.outputs.is_empty()
             && self.claims.is_empty()
             && self.handovers.is_empty()
+            && self.lessons.is_empty()
     }
 }
 
@@ -210,6 +213,11 @@ impl Partition {
         effects
     }
 
+    /// What another partition's arrival taught its ETA model.
+    pub fn learn(&mut self, lesson: &Lesson) {
+        self.book.learn(lesson);
+    }
+
     /// A journey handed over by the partition that carried it before.
     pub fn adopt(&mut self, handover: Handover) -> Effects {
         let mut outputs = Vec::new();
@@ -271,6 +279,10 @@ impl Partition {
                 })
                 .collect()
         };
+        let lessons = self.book.take_lessons();
+        if !single {
+            effects.lessons = lessons.into_iter().map(Arc::new).collect();
+        }
         for mut claim in self.book.take_claims() {
             if single {
                 continue;

@@ -26,7 +26,9 @@ use model::{CommitToken, Derived, IngestBatch, SiteId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracker::Tracker;
-use tracker::moves::{BookView, Claim, Handover, MoveBook, MoveDetails, MoveOutput, MoveSpec};
+use tracker::moves::{
+    BookView, Claim, Handover, Lesson, MoveBook, MoveDetails, MoveOutput, MoveSpec,
+};
 
 use crate::command::{Reply, Request};
 use crate::split::split;
@@ -77,6 +79,7 @@ enum Peer {
         fence: geofence::Fence,
     },
     Inspect(model::VehicleId, oneshot::Sender<Inspection>),
+    Lesson(Arc<Lesson>),
 }
 
 /// What a vehicle's partition knows of it (tests and diagnostics).
@@ -115,6 +118,7 @@ impl std::fmt::Debug for Peer {
             Peer::Book { .. } => "Book",
             Peer::Fence { .. } => "Fence",
             Peer::Inspect(..) => "Inspect",
+            Peer::Lesson(_) => "Lesson",
         })
     }
 }
@@ -464,7 +468,8 @@ impl Worker {
         for batch in &mut round {
             let effects = self.partition.process(batch);
             positions.push((batch.received, effects.positions));
-            if effects.outputs.is_empty() && effects.claims.is_empty() {
+            if effects.outputs.is_empty() && effects.claims.is_empty() && effects.lessons.is_empty()
+            {
                 continue;
             }
             self.dirty = true;
@@ -475,7 +480,7 @@ impl Worker {
             // Frames keep their order: the positions so far, then what this
             // batch caused.
             self.sink.positions(std::mem::take(&mut positions));
-            self.send_peers(effects.claims, effects.handovers);
+            self.send_peers(effects.claims, effects.handovers, effects.lessons);
             batch.derived.extend(self.dispatch(effects.outputs));
         }
         if !positions.is_empty() {
@@ -493,6 +498,10 @@ impl Worker {
         let effects = match peer {
             Peer::Claim(claim) => self.partition.on_claim(&claim),
             Peer::Handover(h) => self.partition.adopt(h),
+            Peer::Lesson(lesson) => {
+                self.partition.learn(&lesson);
+                return;
+            }
             Peer::Inspect(vehicle, reply) => {
                 let _ = reply.send(self.partition.inspect(&vehicle));
                 return;
@@ -529,7 +538,7 @@ impl Worker {
 
     /// Sends frames and keeps the rest through the writer (never given up).
     async fn derived_only(&mut self, effects: crate::Effects) {
-        self.send_peers(effects.claims, effects.handovers);
+        self.send_peers(effects.claims, effects.handovers, effects.lessons);
         let derived = self.dispatch(effects.outputs);
         if !derived.is_empty() {
             let _ = self
@@ -539,7 +548,19 @@ impl Worker {
         }
     }
 
-    fn send_peers(&self, claims: Vec<Claim>, handovers: Vec<(usize, Handover)>) {
+    fn send_peers(
+        &self,
+        claims: Vec<Claim>,
+        handovers: Vec<(usize, Handover)>,
+        lessons: Vec<Arc<Lesson>>,
+    ) {
+        for lesson in lessons {
+            for (i, p) in self.peers.iter().enumerate() {
+                if i != self.partition.index() {
+                    let _ = p.send(Peer::Lesson(lesson.clone()));
+                }
+            }
+        }
         for claim in claims {
             for (i, p) in self.peers.iter().enumerate() {
                 if i != self.partition.index() {

@@ -49,7 +49,7 @@ use model::{
 };
 
 pub use matching::MatchKind;
-pub use peers::{Claim, Handover};
+pub use peers::{Claim, Handover, Lesson};
 pub use view::{BookView, MoveEntry};
 pub use visibility::{MoveFacts, Visibility, redact_probable};
 
@@ -276,6 +276,9 @@ pub struct MoveBook {
     vehicles: HashMap<VehicleId, LiveVehicle>,
     eta: EtaModel,
     alerts: VecDeque<(AlertView, Vec<SiteId>)>,
+    /// Arrivals learned from since the engine last took them, for the
+    /// other partitions' ETA models ([`peers`]).
+    lessons: Vec<Lesson>,
     /// This book's partition (ranks its claims; 0 with one partition).
     partition: usize,
     /// Matches made since the engine last took them ([`peers`]).
@@ -299,6 +302,7 @@ impl MoveBook {
             eta,
             alerts: VecDeque::new(),
             partition: 0,
+            lessons: Vec::new(),
             claims: Vec::new(),
             claimed_at: HashMap::new(),
         }
@@ -574,32 +578,21 @@ impl MoveBook {
                     t.ts,
                     sites,
                 ));
-                for (made, predicted) in predictions {
-                    let actual = (t.ts - made).num_seconds() as f64 / 60.0;
-                    self.eta.learn_residual(predicted, actual);
-                }
-                // A trip redirected on the road did not start at a site: its
-                // first 10 km would teach open road as a way out of a site, so
-                // the curves do not learn it.
-                if let Some(pace) = pace.as_ref().filter(|p| p.from_origin) {
-                    self.eta
-                        .learn_track(&fact.from_location, &fact.site, pace, t.ts);
-                }
-                if let (Some(&o), Some(&d)) = (
-                    self.sites.get(&fact.from_location),
-                    self.sites.get(&fact.site),
-                ) && fact.departed_at < fact.arrived_at
-                {
-                    let direct = haversine_m(o.0, o.1, d.0, d.1);
-                    self.eta.learn_trip(
-                        &fact.from_location,
-                        &fact.site,
-                        direct,
-                        fact.distance_m,
-                        fact.departed_at,
-                        fact.arrived_at,
-                    );
-                }
+                let lesson = Lesson {
+                    residuals: predictions
+                        .into_iter()
+                        .map(|(made, predicted)| {
+                            (predicted, (t.ts - made).num_seconds() as f64 / 60.0)
+                        })
+                        .collect(),
+                    // A trip redirected on the road did not start at a site: its
+                    // first 10 km would teach open road as a way out of a site, so
+                    // the curves do not learn it.
+                    pace: pace.filter(|p| p.from_origin),
+                    fact: fact.clone(),
+                };
+                self.learn(&lesson);
+                self.lessons.push(lesson);
                 out.push(MoveOutput::Notify(Notification {
                     kind: NotificationKind::Arrival,
                     occurred_at: t.ts,

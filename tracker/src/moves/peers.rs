@@ -252,3 +252,47 @@ impl MoveBook {
         })
     }
 }
+
+/// What an arrival taught the ETA model (its estimates' errors, its track
+/// against the curve, the trip's time), for every partition's model alike.
+#[derive(Debug, Clone)]
+pub struct Lesson {
+    pub(super) residuals: Vec<(f64, f64)>,
+    pub(super) pace: Option<crate::eta::TripPace>,
+    pub(super) fact: super::ArrivalFact,
+}
+
+impl MoveBook {
+    /// The lessons of the arrivals seen since the last call.
+    pub fn take_lessons(&mut self) -> Vec<Lesson> {
+        std::mem::take(&mut self.lessons)
+    }
+
+    /// Teaches this book's ETA model an arrival (its own, or another
+    /// partition's): every partition's estimates learn from every trip.
+    pub fn learn(&mut self, lesson: &Lesson) {
+        for &(predicted, actual) in &lesson.residuals {
+            self.eta.learn_residual(predicted, actual);
+        }
+        let fact = &lesson.fact;
+        if let Some(pace) = &lesson.pace {
+            self.eta
+                .learn_track(&fact.from_location, &fact.site, pace, fact.arrived_at);
+        }
+        if let (Some(&o), Some(&d)) = (
+            self.sites.get(&fact.from_location),
+            self.sites.get(&fact.site),
+        ) && fact.departed_at < fact.arrived_at
+        {
+            let direct = crate::haversine_m(o.0, o.1, d.0, d.1);
+            self.eta.learn_trip(
+                &fact.from_location,
+                &fact.site,
+                direct,
+                fact.distance_m,
+                fact.departed_at,
+                fact.arrived_at,
+            );
+        }
+    }
+}
