@@ -15,11 +15,10 @@ import {
   hideNotice as hide, readToken, saveToken, setText, showNotice as show,
 } from '/common.js';
 import {
-  COLOURS, LABEL_FONT, MAP_H, MAP_W, MapView, VAN_R, kmBetween, loadBasemap as loadBasemapPath, mx, my, renderKey, siteClass,
+  COLOURS, LABEL_FONT, MAP_H, MAP_W, MapView, STALE_MS, VAN_R, kmBetween, loadBasemap as loadBasemapPath, mx, my, renderKey, siteClass,
 } from '/map.js';
 
 // Fit England and Wales; Scotland may be cut off at the top.
-const STALE_MS = 5 * 60 * 1000; // no report for this long: grey, and not counted live
 const ALERT_RECENT_MS = 10 * 60 * 1000; // red a van with an action alert this recent
 const MAX_ALERTS = 100;
 const ALERTS_SHOWN = 12;

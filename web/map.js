@@ -66,6 +66,13 @@ export function drawSite(c, cls, x, y) {
       c.fillStyle = COLOURS.prison;
       c.fillRect(x - 3.5, y - 3.5, 7, 7);
       return;
+    case 'origin':
+      c.fillStyle = '#ffffff';
+      c.fillRect(x - 5, y - 5, 10, 10);
+      c.lineWidth = 2;
+      c.strokeStyle = COLOURS.prison;
+      c.strokeRect(x - 5, y - 5, 10, 10);
+      return;
     case 'court':
       c.moveTo(x, y - 4.5);
       c.lineTo(x + 4.5, y + 3.5);
@@ -273,7 +280,7 @@ export class MapView {
 
   /** Sites to draw ({ id, name, kind, lat, lon, cls? }); `cls` overrides the kind's symbol. */
   setSites(sites) {
-    const rank = (s) => (s.cls === 'home' ? 9 : SITE_RANK[siteClass(s.kind)]);
+    const rank = (s) => (s.cls === 'home' ? 9 : s.cls === 'origin' ? 8 : SITE_RANK[siteClass(s.kind)]);
     this.sites = [...sites].sort((a, b) => rank(a) - rank(b));
     this.renderBase();
   }
@@ -368,8 +375,9 @@ export class MapView {
 
   /**
    * Places a label of `w` beside a point of radius `r` at (x, y): right, left,
-   * above, below — the first spot inside the map that covers no label and no
-   * mark already placed. Null when there is none (the label is left out).
+   * above, below, then the four corners — the first spot inside the map that
+   * covers no label and no mark already placed. Null when there is none (the
+   * label is left out).
    */
   placeLabel(taken, x, y, r, w, h = LABEL_H) {
     const spots = [
@@ -377,6 +385,10 @@ export class MapView {
       { x: x - r - 3 - w, y: y - h / 2 },
       { x: x - w / 2, y: y - r - 2 - h },
       { x: x - w / 2, y: y + r + 2 },
+      { x: x - r, y: y - r - 2 - h },
+      { x: x + r - w, y: y - r - 2 - h },
+      { x: x - r, y: y + r + 2 },
+      { x: x + r - w, y: y + r + 2 },
     ];
     for (const b of spots) {
       const box = { x: b.x, y: b.y, w, h };
@@ -496,12 +508,15 @@ export class MapView {
 // ---------------------------------------------------------------------------
 // The key: the same symbols as the canvas, as small SVGs beside their words.
 
+export const STALE_MS = 5 * 60 * 1000; // no report for this long: a grey dot
+
 const SVG = 'http://www.w3.org/2000/svg';
 const KEY_SHAPES = {
   van: (fill, edge = '#ffffff') => [['circle', { cx: 8, cy: 8, r: 5.5, fill, stroke: edge, 'stroke-width': 1.5 }]],
   cluster: () => [['circle', { cx: 8, cy: 8, r: 7, fill: COLOURS.cluster }], ['text', { x: 8, y: 11, 'font-size': 8, 'text-anchor': 'middle', fill: '#ffffff' }, '3']],
   home: () => [['rect', { x: 1, y: 1, width: 14, height: 14, fill: COLOURS.highlight }], ['rect', { x: 3.5, y: 3.5, width: 9, height: 9, fill: COLOURS.prison }]],
   prison: () => [['rect', { x: 4, y: 4, width: 8, height: 8, fill: COLOURS.prison }]],
+  origin: () => [['rect', { x: 3, y: 3, width: 10, height: 10, fill: '#ffffff', stroke: COLOURS.prison, 'stroke-width': 2 }]],
   court: () => [['polygon', { points: '8,3 13,12 3,12', fill: COLOURS.court, stroke: COLOURS.prison, 'stroke-width': 1 }]],
   police: () => [['circle', { cx: 8, cy: 8, r: 4, fill: COLOURS.police, stroke: '#ffffff', 'stroke-width': 1 }]],
   other: () => [['polygon', { points: '8,3 13,8 8,13 3,8', fill: COLOURS.other, stroke: '#ffffff', 'stroke-width': 1 }]],
@@ -514,6 +529,7 @@ const KEY_SYMBOLS = {
   cluster: KEY_SHAPES.cluster,
   home: KEY_SHAPES.home,
   prison: KEY_SHAPES.prison,
+  origin: KEY_SHAPES.origin,
   court: KEY_SHAPES.court,
   police: KEY_SHAPES.police,
   other: KEY_SHAPES.other,
