@@ -59,10 +59,6 @@ const state = {
 };
 window.movewatchState = state;
 
-/** What the map drew last (for tests and the text alternative's checks). */
-// `drawn` (the map layer's `window.movewatchMap`) holds what the map drew last.
-window.movewatchMap = drawn;
-
 /** vehicle -> drawing state: animation from (x0,y0) to (x1,y1), in map units. */
 const display = new Map();
 /** vehicle -> time (ms) its latest action alert was received. */
