@@ -14,21 +14,16 @@ import {
   LiveConnection, ago, authHeaders as headersFor, distance, forgetToken, formatTime as formatTimeShared,
   hideNotice as hide, readToken, saveToken, setText, showNotice as show,
 } from '/common.js';
+import {
+  COLOURS, LABEL_FONT, MAP_H, MAP_W, MapView, STALE_MS, VAN_R, kmBetween, loadBasemap as loadBasemapPath, mx, my, renderKey, siteClass,
+} from '/map.js';
 
 // Fit England and Wales; Scotland may be cut off at the top.
-const BOUNDS = { west: -6.5, east: 2.0, south: 49.8, north: 55.9 };
-const KX = Math.cos((53.5 * Math.PI) / 180);
-const MAP_W = (BOUNDS.east - BOUNDS.west) * KX; // map units (degrees of latitude)
-const MAP_H = BOUNDS.north - BOUNDS.south;
-
-const STALE_MS = 5 * 60 * 1000; // no report for this long: grey, and not counted live
 const ALERT_RECENT_MS = 10 * 60 * 1000; // red a van with an action alert this recent
 const MAX_ALERTS = 100;
 const ALERTS_SHOWN = 12;
 const MAX_ANIM_MS = 2000;
 const JUMP_MAP_UNITS = 0.25; // ~25 km: larger moves are not animated
-const MIN_ZOOM = 1;
-const MAX_ZOOM = 200;
 const CLUSTER_CELL = 46; // px: vans closer than about this are grouped
 const CLUSTER_UNTIL_ZOOM = 40; // at this zoom and closer every van stands alone
 const SITE_LABELS_FROM_ZOOM = 1.5; // below this only prisons are named
@@ -36,25 +31,6 @@ const OPERATOR_KEY = 'movewatch.operator';
 
 // Alerts that ask someone to act; any other kind is information.
 const INFO_KINDS = new Set(['arriving_30']);
-
-const COLOURS = {
-  sea: '#bcd7ea',
-  land: '#f3f2f1',
-  coast: '#6f777b',
-  tick: '#0b0c0c',
-  onMove: '#1d70b8',
-  idle: '#6f72af',
-  alert: '#d4351c',
-  stale: '#b1b4b6',
-  staleEdge: '#505a5f',
-  vanEdge: '#ffffff',
-  highlight: '#ffdd00',
-  prison: '#0b0c0c',
-  court: '#f47738',
-  police: '#00703c',
-  other: '#912b88',
-  cluster: '#0b0c0c',
-};
 
 // ---------------------------------------------------------------------------
 // State
@@ -83,10 +59,6 @@ const state = {
 };
 window.movewatchState = state;
 
-/** What the map drew last (for tests and the text alternative's checks). */
-const drawn = { vans: [], clusters: [], labels: [], zoom: 1 };
-window.movewatchMap = drawn;
-
 /** vehicle -> drawing state: animation from (x0,y0) to (x1,y1), in map units. */
 const display = new Map();
 /** vehicle -> time (ms) its latest action alert was received. */
@@ -101,8 +73,6 @@ let alertsDirty = false;
 let redrawPending = false;
 let hovered = null;
 
-let basemapPath = null;
-let basemapRequested = false;
 let sitesLoaded = false;
 
 const reducedMotion =
@@ -149,116 +119,34 @@ const el = {
   zoomIn: $('zoom-in'),
   zoomOut: $('zoom-out'),
   zoomReset: $('zoom-reset'),
+  key: $('map-key'),
 };
 
 // ---------------------------------------------------------------------------
-// Projection: equirectangular, x scaled by cos(53.5°). Map units are degrees
-// of latitude; `view` turns them into CSS pixels: the fitted scale times the
-// zoom, centred on (cx, cy) in map units.
+// The map (web/map.js): projection, basemap, site symbols, zoom and pan. The
+// control room adds the vans, their grouping and the labels' order.
 
-const mx = (lon) => (lon - BOUNDS.west) * KX;
-const my = (lat) => BOUNDS.north - lat;
-
-const view = { cssW: 0, cssH: 0, dpr: 1, fit: 1, zoom: 1, cx: MAP_W / 2, cy: MAP_H / 2, scale: 1, ox: 0, oy: 0 };
-const sx = (x) => view.ox + x * view.scale;
-const sy = (y) => view.oy + y * view.scale;
-
-const ctx = el.canvas.getContext('2d');
-const base = document.createElement('canvas');
-
-function applyView() {
-  view.zoom = Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, view.zoom));
-  view.scale = view.fit * view.zoom;
-  // Keep the centre on the map.
-  view.cx = Math.min(MAP_W, Math.max(0, view.cx));
-  view.cy = Math.min(MAP_H, Math.max(0, view.cy));
-  view.ox = view.cssW / 2 - view.cx * view.scale;
-  view.oy = view.cssH / 2 - view.cy * view.scale;
-  drawn.zoom = view.zoom;
-  el.zoomOut.disabled = view.zoom <= MIN_ZOOM;
-  el.zoomIn.disabled = view.zoom >= MAX_ZOOM;
-  renderBase();
-  requestRedraw();
-}
-
-/** Zooms by `factor` keeping the map point under (px, py) where it is. */
-function zoomAt(factor, px = view.cssW / 2, py = view.cssH / 2) {
-  const x = (px - view.ox) / view.scale;
-  const y = (py - view.oy) / view.scale;
-  view.zoom = Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, view.zoom * factor));
-  const scale = view.fit * view.zoom;
-  view.cx = x - (px - view.cssW / 2) / scale;
-  view.cy = y - (py - view.cssH / 2) / scale;
-  applyView();
-}
-
-function panBy(dx, dy) {
-  view.cx -= dx / view.scale;
-  view.cy -= dy / view.scale;
-  applyView();
-}
-
-function resetView() {
-  view.zoom = 1;
-  view.cx = MAP_W / 2;
-  view.cy = MAP_H / 2;
-  applyView();
-}
+const map = new MapView(el.canvas, {
+  minZoom: 1,
+  maxZoom: 200,
+  onView: (v) => {
+    el.zoomOut.disabled = v.zoom <= map.minZoom;
+    el.zoomIn.disabled = v.zoom >= map.maxZoom;
+    requestRedraw();
+  },
+});
+const view = map.view;
+const drawn = map.drawn;
+const ctx = map.ctx;
+const sx = (x) => map.sx(x);
+const sy = (y) => map.sy(y);
 
 function layout() {
   const cssW = Math.max(1, Math.floor(el.wrap.clientWidth));
   const maxH = Math.max(320, Math.floor(window.innerHeight * 0.75));
   const cssH = Math.max(300, Math.min(Math.round((cssW * MAP_H) / MAP_W), maxH));
-  const dpr = Math.min(window.devicePixelRatio || 1, 3);
-  if (cssW === view.cssW && cssH === view.cssH && dpr === view.dpr) return;
-  view.cssW = cssW;
-  view.cssH = cssH;
-  view.dpr = dpr;
-  view.fit = Math.min(cssW / MAP_W, cssH / MAP_H);
   el.canvas.style.height = `${cssH}px`;
-  el.canvas.width = Math.round(cssW * dpr);
-  el.canvas.height = Math.round(cssH * dpr);
-  applyView();
-}
-
-// The static layer (sea, land, site symbols) is drawn to an offscreen canvas
-// on each change of view and blitted every frame. Site names are drawn with
-// the vans' labels, so that no two labels ever overlap.
-function renderBase() {
-  if (!view.cssW) return;
-  base.width = el.canvas.width;
-  base.height = el.canvas.height;
-  const c = base.getContext('2d');
-  c.setTransform(1, 0, 0, 1, 0, 0);
-  c.fillStyle = COLOURS.sea;
-  c.fillRect(0, 0, base.width, base.height);
-  if (basemapPath) {
-    const s = view.scale * view.dpr;
-    c.setTransform(s, 0, 0, s, view.ox * view.dpr, view.oy * view.dpr);
-    c.fillStyle = COLOURS.land;
-    c.fill(basemapPath, 'evenodd');
-    c.lineWidth = (0.8 * view.dpr) / s;
-    c.lineJoin = 'round';
-    c.strokeStyle = COLOURS.coast;
-    c.stroke(basemapPath);
-  }
-  c.setTransform(view.dpr, 0, 0, view.dpr, 0, 0);
-  c.globalAlpha = 0.8;
-  for (const site of sitesByRank()) {
-    const x = sx(mx(site.lon));
-    const y = sy(my(site.lat));
-    if (x < -10 || y < -10 || x > view.cssW + 10 || y > view.cssH + 10) continue;
-    drawSite(c, siteClass(site.kind), x, y);
-  }
-  c.globalAlpha = 1;
-}
-
-const SITE_RANK = { prison: 3, court: 2, other: 1, police: 0 };
-let sitesSorted = null;
-/** Sites, least important first (drawn first, so prisons stay on top). */
-function sitesByRank() {
-  if (!sitesSorted) sitesSorted = [...state.sites].sort((a, b) => SITE_RANK[siteClass(a.kind)] - SITE_RANK[siteClass(b.kind)]);
-  return sitesSorted;
+  map.setSize(cssW, cssH);
 }
 
 /** A site's name (from /api/sites), or its code when the page knows no name. */
@@ -266,69 +154,6 @@ function siteName(code) {
   return siteById.get(code)?.name || code || 'Not known';
 }
 let siteById = new Map();
-
-function siteClass(kind) {
-  return kind === 'prison' || kind === 'court' || kind === 'police' ? kind : 'other';
-}
-
-function drawSite(c, cls, x, y) {
-  c.beginPath();
-  switch (cls) {
-    case 'prison':
-      c.fillStyle = COLOURS.prison;
-      c.fillRect(x - 3.5, y - 3.5, 7, 7);
-      return;
-    case 'court':
-      c.moveTo(x, y - 4.5);
-      c.lineTo(x + 4.5, y + 3.5);
-      c.lineTo(x - 4.5, y + 3.5);
-      c.closePath();
-      c.fillStyle = COLOURS.court;
-      c.fill();
-      c.lineWidth = 1;
-      c.strokeStyle = COLOURS.prison;
-      c.stroke();
-      return;
-    case 'police':
-      c.arc(x, y, 3, 0, Math.PI * 2);
-      c.fillStyle = COLOURS.police;
-      c.fill();
-      c.lineWidth = 0.75;
-      c.strokeStyle = '#ffffff';
-      c.stroke();
-      return;
-    default:
-      c.moveTo(x, y - 4);
-      c.lineTo(x + 4, y);
-      c.lineTo(x, y + 4);
-      c.lineTo(x - 4, y);
-      c.closePath();
-      c.fillStyle = COLOURS.other;
-      c.fill();
-      c.lineWidth = 0.75;
-      c.strokeStyle = '#ffffff';
-      c.stroke();
-  }
-}
-
-function buildBasemap(geojson) {
-  const path = new Path2D();
-  const addRing = (ring) => {
-    for (let i = 0; i < ring.length; i++) {
-      const [lon, lat] = ring[i];
-      if (i === 0) path.moveTo(mx(lon), my(lat));
-      else path.lineTo(mx(lon), my(lat));
-    }
-    path.closePath();
-  };
-  for (const f of geojson.features || []) {
-    const g = f && f.geometry;
-    if (!g) continue;
-    if (g.type === 'Polygon') g.coordinates.forEach(addRing);
-    else if (g.type === 'MultiPolygon') g.coordinates.forEach((poly) => poly.forEach(addRing));
-  }
-  return path;
-}
 
 // ---------------------------------------------------------------------------
 // Vans: animation
@@ -434,85 +259,16 @@ function refilter() {
 // ---------------------------------------------------------------------------
 // Drawing: vans, clusters, labels (decluttered)
 
-const VAN_R = 6;
-const VAN_FILL = { stale: COLOURS.stale, idle: COLOURS.idle, onMove: COLOURS.onMove, alert: COLOURS.alert };
-const sprites = new Map();
-
-/** A van dot of one colour group, drawn once per device pixel ratio. */
-function vanSprite(group) {
-  const key = `${group}@${view.dpr}`;
-  let sprite = sprites.get(key);
-  if (!sprite) {
-    const size = Math.ceil((VAN_R * 2 + 3) * view.dpr);
-    sprite = document.createElement('canvas');
-    sprite.width = size;
-    sprite.height = size;
-    const c = sprite.getContext('2d');
-    c.scale(view.dpr, view.dpr);
-    c.beginPath();
-    c.arc(size / view.dpr / 2, size / view.dpr / 2, VAN_R, 0, Math.PI * 2);
-    c.fillStyle = VAN_FILL[group];
-    c.fill();
-    c.lineWidth = 1.5;
-    c.strokeStyle = group === 'stale' ? COLOURS.staleEdge : COLOURS.vanEdge;
-    c.stroke();
-    sprites.set(key, sprite);
-  }
-  return sprite;
-}
-
 function requestRedraw() {
   if (redrawPending) return;
   redrawPending = true;
   requestAnimationFrame(drawFrame);
 }
 
-const LABEL_FONT = '600 12px Arial, sans-serif';
-const SITE_FONT = '12px Arial, sans-serif';
-const LABEL_H = 16;
-const widths = new Map();
-function textWidth(text, font) {
-  const key = `${font}|${text}`;
-  let w = widths.get(key);
-  if (w === undefined) {
-    ctx.font = font;
-    w = Math.ceil(ctx.measureText(text).width);
-    if (widths.size > 5000) widths.clear();
-    widths.set(key, w);
-  }
-  return w;
-}
-
-const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
-
-/**
- * Places a label of `w` beside a point of radius `r` at (x, y): right, left,
- * above, below — the first spot inside the map that covers no label and no
- * mark already placed. Null when there is none (the label is left out).
- */
-function placeLabel(taken, x, y, r, w) {
-  const h = LABEL_H;
-  const spots = [
-    { x: x + r + 3, y: y - h / 2 },
-    { x: x - r - 3 - w, y: y - h / 2 },
-    { x: x - w / 2, y: y - r - 2 - h },
-    { x: x - w / 2, y: y + r + 2 },
-  ];
-  for (const b of spots) {
-    const box = { x: b.x, y: b.y, w, h };
-    if (box.x < 0 || box.y < 0 || box.x + w > view.cssW || box.y + h > view.cssH) continue;
-    if (taken.some((t) => overlaps(t, box))) continue;
-    return box;
-  }
-  return null;
-}
-
 function drawFrame(now) {
   redrawPending = false;
   if (!running || view.cssW === 0) return;
-  ctx.setTransform(1, 0, 0, 1, 0, 0);
-  ctx.drawImage(base, 0, 0);
-  ctx.setTransform(view.dpr, 0, 0, view.dpr, 0, 0);
+  map.beginFrame();
 
   const wall = Date.now();
   const singles = [];
@@ -594,11 +350,7 @@ function drawFrame(now) {
   ctx.lineCap = 'round';
   ctx.strokeStyle = COLOURS.tick;
   ctx.stroke();
-  for (const group of ['stale', 'idle', 'onMove', 'alert']) {
-    const sprite = vanSprite(group);
-    const size = sprite.width / view.dpr;
-    for (const d of groups[group]) ctx.drawImage(sprite, d.sx - size / 2, d.sy - size / 2, size, size);
-  }
+  map.drawVans(Object.entries(groups).flatMap(([group, ds]) => ds.map((d) => ({ x: d.sx, y: d.sy, group }))));
 
   // Cluster bubbles: a dark circle with the count (red ring if one of them
   // has an alert needing action).
@@ -642,35 +394,14 @@ function drawFrame(now) {
   const labels = [];
   for (const v of order) {
     const d = display.get(v);
-    const box = placeLabel(taken, d.sx, d.sy, VAN_R, textWidth(v, LABEL_FONT) + 6);
+    const box = map.placeLabel(taken, d.sx, d.sy, VAN_R, map.textWidth(v, LABEL_FONT) + 6);
     if (!box) continue;
     taken.push(box);
     labels.push({ ...box, text: v, kind: 'van' });
   }
   const allSites = view.zoom >= SITE_LABELS_FROM_ZOOM;
-  const sites = sitesByRank();
-  for (let i = sites.length - 1; i >= 0; i--) {
-    const s = sites[i];
-    const cls = siteClass(s.kind);
-    if (!allSites && cls !== 'prison') continue;
-    const x = sx(mx(s.lon));
-    const y = sy(my(s.lat));
-    if (x < 0 || y < 0 || x > view.cssW || y > view.cssH) continue;
-    const text = s.name || s.id;
-    const box = placeLabel(taken, x, y, 4, textWidth(text, SITE_FONT) + 6);
-    if (!box) continue;
-    taken.push(box);
-    labels.push({ ...box, text, kind: 'site' });
-  }
-  ctx.textAlign = 'left';
-  ctx.textBaseline = 'middle';
-  for (const l of labels) {
-    ctx.fillStyle = l.kind === 'van' ? 'rgba(255,255,255,0.92)' : 'rgba(243,242,241,0.85)';
-    ctx.fillRect(l.x, l.y, l.w, l.h);
-    ctx.font = l.kind === 'van' ? LABEL_FONT : SITE_FONT;
-    ctx.fillStyle = l.kind === 'van' ? '#0b0c0c' : '#383f43';
-    ctx.fillText(l.text, l.x + 3, l.y + l.h / 2 + 0.5);
-  }
+  map.placeSiteLabels(taken, labels, (site) => allSites || siteClass(site.kind) === 'prison');
+  map.drawLabels(labels);
 
   if (hovered) {
     const d = display.get(hovered);
@@ -689,8 +420,6 @@ function drawFrame(now) {
 
   drawn.vans = singles.map((v) => ({ vehicle: v, x: display.get(v).sx, y: display.get(v).sy }));
   drawn.clusters = clusters.map((c) => ({ x: c.x, y: c.y, r: c.r, count: c.count, members: c.members }));
-  drawn.labels = labels.map(({ x, y, w, h, text, kind }) => ({ x, y, w, h, text, kind }));
-  drawn.frames = (drawn.frames || 0) + 1;
 
   if (animating) requestRedraw();
 }
@@ -713,48 +442,7 @@ function hitTest(x, y) {
   return best ? { vehicle: best } : null;
 }
 
-const pointers = new Map();
-let dragged = false;
-let pinchStart = null;
-
-function local(ev) {
-  const rect = el.canvas.getBoundingClientRect();
-  return [ev.clientX - rect.left, ev.clientY - rect.top];
-}
-
-function onPointerDown(ev) {
-  el.canvas.setPointerCapture(ev.pointerId);
-  pointers.set(ev.pointerId, local(ev));
-  dragged = false;
-  if (pointers.size === 2) {
-    const [a, b] = [...pointers.values()];
-    pinchStart = { dist: Math.hypot(a[0] - b[0], a[1] - b[1]), zoom: view.zoom };
-  }
-}
-
-function onPointerMove(ev) {
-  const [x, y] = local(ev);
-  const prev = pointers.get(ev.pointerId);
-  if (prev) {
-    pointers.set(ev.pointerId, [x, y]);
-    if (pointers.size === 2 && pinchStart) {
-      const [a, b] = [...pointers.values()];
-      const dist = Math.hypot(a[0] - b[0], a[1] - b[1]);
-      if (pinchStart.dist > 0) zoomAt((pinchStart.zoom * dist) / pinchStart.dist / view.zoom, (a[0] + b[0]) / 2, (a[1] + b[1]) / 2);
-      dragged = true;
-      return;
-    }
-    const dx = x - prev[0];
-    const dy = y - prev[1];
-    if (dragged || Math.hypot(dx, dy) > 3) {
-      dragged = true;
-      el.canvas.classList.add('map--dragging');
-      panBy(dx, dy);
-    } else {
-      pointers.set(ev.pointerId, prev);
-    }
-    return;
-  }
+function onHover(x, y) {
   const hit = hitTest(x, y);
   const best = hit?.vehicle || null;
   el.canvas.style.cursor = hit ? 'pointer' : 'grab';
@@ -765,18 +453,12 @@ function onPointerMove(ev) {
   }
 }
 
-function onPointerUp(ev) {
-  const wasDrag = dragged;
-  pointers.delete(ev.pointerId);
-  if (pointers.size < 2) pinchStart = null;
-  el.canvas.classList.remove('map--dragging');
-  if (wasDrag || ev.type === 'pointercancel') return;
-  const [x, y] = local(ev);
+function onTap(x, y) {
   const hit = hitTest(x, y);
   if (hit?.cluster) {
     // Zoom in on the group until its vans separate.
     const c = hit.cluster;
-    zoomAt(4, c.x, c.y);
+    map.zoomAt(4, c.x, c.y);
   } else if (hit?.vehicle) {
     selectVehicle(hit.vehicle);
   }
@@ -786,12 +468,6 @@ function onPointerLeave() {
   hovered = null;
   el.tooltip.hidden = true;
   requestRedraw();
-}
-
-function onWheel(ev) {
-  ev.preventDefault();
-  const [x, y] = local(ev);
-  zoomAt(Math.exp(-ev.deltaY * 0.002), x, y);
 }
 
 function placeTooltip(d) {
@@ -1186,9 +862,8 @@ async function loadTrack(vehicle) {
 function whereIs(pos) {
   let best = null;
   let bestKm = Infinity;
-  const k = Math.cos((pos.lat * Math.PI) / 180);
   for (const s of state.sites) {
-    const km = Math.hypot((s.lat - pos.lat) * 111.2, (s.lon - pos.lon) * 111.2 * k);
+    const km = kmBetween(pos.lat, pos.lon, s.lat, s.lon);
     if (km < bestKm) {
       bestKm = km;
       best = s;
@@ -1366,10 +1041,9 @@ async function loadSites() {
         .map((s) => ({ id: s.id, name: s.name, kind: s.kind, lat: Number(s.lat), lon: Number(s.lon), radius_m: s.radius_m }))
         .filter((s) => Number.isFinite(s.lat) && Number.isFinite(s.lon));
       siteById = new Map(state.sites.map((s) => [s.id, s]));
-      sitesSorted = null;
       sitesLoaded = true;
+      map.setSites(state.sites);
       describeSites();
-      renderBase();
       requestRedraw();
     } catch {
       return 'unknown';
@@ -1387,18 +1061,10 @@ function describeSites() {
 }
 
 async function loadBasemap() {
-  if (basemapRequested) return;
-  basemapRequested = true;
-  try {
-    const res = await fetch('/data/basemap.geojson', { headers: authHeaders() });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    basemapPath = buildBasemap(await res.json());
-    renderBase();
-    requestRedraw();
-  } catch (err) {
-    basemapRequested = false; // try again on the next start
-    console.warn('movewatch: basemap not loaded', err);
-  }
+  const path = await loadBasemapPath(authHeaders());
+  if (!path) return; // tried again on the next start
+  map.setBasemap(path);
+  requestRedraw();
 }
 
 async function start() {
@@ -1435,7 +1101,7 @@ function stop() {
   alertedAt.clear();
   state.sites = [];
   siteById = new Map();
-  sitesSorted = null;
+  map.setSites([]);
   sitesLoaded = false;
   tableDirty = true;
   alertsDirty = true;
@@ -1490,15 +1156,21 @@ el.tokenForm.addEventListener('submit', (ev) => {
 // ---------------------------------------------------------------------------
 // Start-up
 
-el.canvas.addEventListener('pointerdown', onPointerDown);
-el.canvas.addEventListener('pointermove', onPointerMove);
-el.canvas.addEventListener('pointerup', onPointerUp);
-el.canvas.addEventListener('pointercancel', onPointerUp);
-el.canvas.addEventListener('pointerleave', onPointerLeave);
-el.canvas.addEventListener('wheel', onWheel, { passive: false });
-el.zoomIn.addEventListener('click', () => zoomAt(2));
-el.zoomOut.addEventListener('click', () => zoomAt(0.5));
-el.zoomReset.addEventListener('click', resetView);
+map.attachPointer({ onTap, onHover, onLeave: onPointerLeave });
+el.zoomIn.addEventListener('click', () => map.zoomAt(2));
+el.zoomOut.addEventListener('click', () => map.zoomAt(0.5));
+el.zoomReset.addEventListener('click', () => map.resetView());
+renderKey(el.key, [
+  ['onMove', 'Van carrying a move'],
+  ['idle', 'Van not on a move'],
+  ['alert', 'Van with an alert needing action'],
+  ['stale', 'No report for 5 minutes (not counted live)'],
+  ['cluster', 'Vans close together: zoom in to separate them'],
+  ['prison', 'Prison'],
+  ['court', 'Court'],
+  ['police', 'Police station'],
+  ['other', 'Other site (hospital, immigration or secure children’s estate)'],
+]);
 el.alertMore.addEventListener('click', () => {
   showAllAlerts = !showAllAlerts;
   alertsDirty = true;

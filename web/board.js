@@ -6,26 +6,17 @@
 // named, not coded: the names come from GET /api/sites/{id}/incoming (which
 // also answers whether this token may see the site at all: 401 → the token
 // form, 403 → a forbidden message and no data); the WebSocket channel
-// `site:{id}` then keeps the board live. Works with no internet: the basemap
-// is the engine's own /data/basemap.geojson, drawn on a <canvas> here.
+// `site:{id}` then keeps the board live. The small map (web/map.js, the layer
+// the control room uses too) shows the site, exactly the vans On the way and
+// where they set out from; the list under it says the same in words.
 
 import {
   LiveConnection, authHeaders, countdown, distance, forgetToken, formatTime, hideNotice, readToken, saveToken, setText, showNotice,
 } from '/common.js';
+import { HOME_FONT, LABEL_FONT, MapView, STALE_MS, VAN_R, kmBetween, loadBasemap, renderKey } from '/map.js';
 
 const REFRESH_MS = 30_000; // re-read the board (moves leave it 15 min after arrival)
 const ARRIVED_KEPT_MS = 15 * 60_000;
-
-const COLOURS = {
-  sea: '#bcd7ea',
-  land: '#f3f2f1',
-  coast: '#6f777b',
-  site: '#0b0c0c',
-  van: '#1d70b8',
-  arrived: '#00703c',
-  edge: '#ffffff',
-  text: '#0b0c0c',
-};
 
 const STATUS_NAMES = { booked: 'Booked', in_transit: 'On the way', arrived: 'Arrived', completed: 'Completed', cancelled: 'Cancelled' };
 
@@ -73,6 +64,7 @@ const el = {
   wrap: $('board-map-wrap'),
   canvas: $('board-map'),
   vanList: $('van-list'),
+  key: $('board-map-key'),
 };
 for (const key of Object.keys(SECTIONS)) {
   el[key] = { tbody: $(`${key}-tbody`), empty: $(`${key}-empty`), count: $(`${key}-count`) };
@@ -93,7 +85,6 @@ let refreshTimer = null;
 let tickTimer = null;
 let refetchTimer = null;
 const suppliersAsked = new Set(); // vans whose supplier was re-read on their first fix
-let basemap = null; // GeoJSON rings [[lon, lat], ...]
 
 // ---------------------------------------------------------------------------
 // The board
@@ -275,117 +266,160 @@ function render() {
   el.count.dataset.count = String(incoming);
   setText(el.count, text);
 
-  // The text alternative to the map.
-  const items = [...state.vehicles.values()].sort((a, b) => (a.vehicle < b.vehicle ? -1 : 1));
-  const list = document.createDocumentFragment();
-  for (const v of items) {
-    const li = document.createElement('li');
-    li.textContent = `${v.vehicle}: ${Number(v.lat).toFixed(4)}, ${Number(v.lon).toFixed(4)}, last fix ${formatTime(v.ts)}`;
-    list.appendChild(li);
-  }
-  if (!items.length) {
-    const li = document.createElement('li');
-    li.textContent = 'No vans to show.';
-    list.appendChild(li);
-  }
-  el.vanList.replaceChildren(list);
+  onTheWay = grouped.ontheway;
+  describeVans();
   draw();
 }
 
 // ---------------------------------------------------------------------------
-// The small map: the site and the vans on their way, fitted to fit them all.
+// The small map: the site, exactly the vans of "On the way", and the sites
+// they set out from, fitted to show them all. Its text alternative (the list
+// under it) names the same vans in words.
+
+let onTheWay = []; // the moves of the On the way table, in its order
+const map = new MapView(el.canvas, { minZoom: 1, maxZoom: 400 });
+const drawn = map.drawn;
+let sitesKey = '';
+let keyFor = '';
+
+/** The vans to draw: one per vehicle of an On the way move that has a position. */
+function vansOnTheWay() {
+  const out = new Map();
+  for (const m of onTheWay) {
+    const pos = m.vehicle && state.vehicles.get(m.vehicle);
+    if (!pos || out.has(m.vehicle) || !Number.isFinite(Number(pos.lat)) || !Number.isFinite(Number(pos.lon))) continue;
+    out.set(m.vehicle, { vehicle: m.vehicle, lat: Number(pos.lat), lon: Number(pos.lon), ts: pos.ts, move: m });
+  }
+  return [...out.values()];
+}
+
+/** The sites the On the way moves set out from (their public locations). */
+function originsOnTheWay() {
+  const out = new Map();
+  for (const m of onTheWay) {
+    const lat = Number(m.from_lat);
+    const lon = Number(m.from_lon);
+    if (m.from_lat === null || m.from_lat === undefined || !Number.isFinite(lat) || !Number.isFinite(lon)) continue;
+    if (m.from_location === state.site?.id) continue;
+    out.set(m.from_location, { id: m.from_location, name: siteName(m, 'from'), lat, lon, cls: 'origin' });
+  }
+  return [...out.values()];
+}
 
 function draw() {
   const rect = el.wrap.getBoundingClientRect();
-  const cssW = Math.max(1, Math.floor(rect.width));
-  const cssH = Math.max(1, Math.floor(rect.height));
-  const dpr = Math.min(window.devicePixelRatio || 1, 3);
-  if (el.canvas.width !== cssW * dpr || el.canvas.height !== cssH * dpr) {
-    el.canvas.width = cssW * dpr;
-    el.canvas.height = cssH * dpr;
+  map.setSize(Math.max(1, Math.floor(rect.width)), Math.max(1, Math.floor(rect.height)));
+  const site = state.site;
+  if (!site) {
+    map.beginFrame();
+    drawn.vans = [];
+    map.drawLabels([]);
+    return;
   }
-  const c = el.canvas.getContext('2d');
-  c.setTransform(dpr, 0, 0, dpr, 0, 0);
-  c.fillStyle = COLOURS.sea;
-  c.fillRect(0, 0, cssW, cssH);
-  if (!state.site) return;
-  const pts = [[state.site.lon, state.site.lat], ...[...state.vehicles.values()].map((v) => [v.lon, v.lat])];
-  const kx = Math.cos((state.site.lat * Math.PI) / 180);
-  let [w, e, s, n] = [Infinity, -Infinity, Infinity, -Infinity];
-  for (const [lon, lat] of pts) {
-    w = Math.min(w, lon * kx);
-    e = Math.max(e, lon * kx);
-    s = Math.min(s, lat);
-    n = Math.max(n, lat);
+  const vans = vansOnTheWay();
+  const origins = originsOnTheWay();
+  const home = { ...site, lat: Number(site.lat), lon: Number(site.lon), cls: 'home' };
+  const key = JSON.stringify([home.id, ...origins.map((o) => o.id)]);
+  if (key !== sitesKey) {
+    sitesKey = key;
+    map.setSites([home, ...origins]);
   }
-  const span = Math.max(e - w, n - s, 0.2) * 1.3; // at least ~20 km across
-  const cx = (w + e) / 2;
-  const cy = (s + n) / 2;
-  const scale = Math.min(cssW, cssH) / span;
-  const px = (lon) => cssW / 2 + (lon * kx - cx) * scale;
-  const py = (lat) => cssH / 2 - (lat - cy) * scale;
+  map.fitTo([[home.lon, home.lat], ...vans.map((v) => [v.lon, v.lat]), ...origins.map((o) => [o.lon, o.lat])], { pad: 36, minKm: 20 });
+  const ctx = map.beginFrame();
+  const [x0, y0] = map.project(home.lon, home.lat);
+  // The site's fence, when it is a circle.
+  if (Number(site.radius_m) > 0) {
+    ctx.beginPath();
+    ctx.arc(x0, y0, (Number(site.radius_m) / 111_195) * map.view.scale, 0, Math.PI * 2);
+    ctx.lineWidth = 1.5;
+    ctx.strokeStyle = '#0b0c0c';
+    ctx.stroke();
+  }
+  const wall = Date.now();
+  const marks = vans.map((v) => {
+    const [x, y] = map.project(v.lon, v.lat);
+    const t = Date.parse(v.ts);
+    return { vehicle: v.vehicle, x, y, group: Number.isFinite(t) && wall - t <= STALE_MS ? 'onMove' : 'stale' };
+  });
+  map.drawVans(marks);
 
-  if (basemap) {
-    c.beginPath();
-    for (const ring of basemap) {
-      ring.forEach(([lon, lat], i) => (i === 0 ? c.moveTo(px(lon), py(lat)) : c.lineTo(px(lon), py(lat))));
-      c.closePath();
-    }
-    c.fillStyle = COLOURS.land;
-    c.fill('evenodd');
-    c.lineWidth = 1;
-    c.strokeStyle = COLOURS.coast;
-    c.stroke();
+  // Labels: the site's own name first (always: it is placed before anything
+  // else, beside its mark, inside the canvas), then the vans soonest first,
+  // then the places they set out from; a label that fits nowhere is left out.
+  const taken = [{ x: x0 - 9, y: y0 - 9, w: 18, h: 18 }];
+  for (const m of marks) taken.push({ x: m.x - VAN_R, y: m.y - VAN_R, w: VAN_R * 2, h: VAN_R * 2 });
+  for (const o of origins) {
+    const [x, y] = map.project(o.lon, o.lat);
+    taken.push({ x: x - 6, y: y - 6, w: 12, h: 12 });
   }
-  // The site: a black square, and its fence radius when it is a circle.
-  const x0 = px(state.site.lon);
-  const y0 = py(state.site.lat);
-  if (Number(state.site.radius_m) > 0) {
-    c.beginPath();
-    c.arc(x0, y0, (Number(state.site.radius_m) / 111_195) * scale, 0, Math.PI * 2);
-    c.lineWidth = 1.5;
-    c.strokeStyle = COLOURS.site;
-    c.stroke();
+  const labels = [];
+  const homeText = site.name || site.id;
+  const hw = map.textWidth(homeText, HOME_FONT) + 6;
+  const homeBox = map.placeLabel(taken, x0, y0, 9, hw, 18)
+    || map.placeLabel(taken.slice(0, 1), x0, y0, 9, hw, 18) || {
+    x: Math.min(Math.max(0, x0 + 12), map.view.cssW - hw), y: Math.min(Math.max(0, y0 - 9), map.view.cssH - 18), w: hw, h: 18,
+  };
+  taken.push(homeBox);
+  labels.push({ ...homeBox, text: homeText, kind: 'home' });
+  for (const m of marks) {
+    const box = map.placeLabel(taken, m.x, m.y, VAN_R, map.textWidth(m.vehicle, LABEL_FONT) + 6);
+    if (!box) continue;
+    taken.push(box);
+    labels.push({ ...box, text: m.vehicle, kind: 'van' });
   }
-  c.fillStyle = COLOURS.site;
-  c.fillRect(x0 - 5, y0 - 5, 10, 10);
-  c.font = '700 14px Arial, sans-serif';
-  c.fillText(state.site.id, x0 + 8, y0 - 8);
-  // Vans with their registrations.
-  for (const v of state.vehicles.values()) {
-    const arrived = [...state.moves.values()].some((m) => m.vehicle === v.vehicle && m.arrived_at && m.direction === 'incoming');
-    const x = px(v.lon);
-    const y = py(v.lat);
-    c.beginPath();
-    c.arc(x, y, 7, 0, Math.PI * 2);
-    c.fillStyle = arrived ? COLOURS.arrived : COLOURS.van;
-    c.fill();
-    c.lineWidth = 2;
-    c.strokeStyle = COLOURS.edge;
-    c.stroke();
-    c.fillStyle = COLOURS.text;
-    c.font = '700 13px Arial, sans-serif';
-    c.fillText(v.vehicle, x + 10, y + 4);
-  }
+  map.placeSiteLabels(taken, labels, (s) => s.cls === 'origin');
+  drawn.vans = marks.map(({ vehicle, x, y }) => ({ vehicle, x, y }));
+  drawn.clusters = [];
+  map.drawLabels(labels);
 }
 
-async function loadBasemap() {
-  if (basemap) return;
-  try {
-    const res = await fetch('/data/basemap.geojson');
-    if (!res.ok) return;
-    const g = await res.json();
-    const rings = [];
-    for (const f of g.features || [g]) {
-      const geom = f.geometry || f;
-      if (geom.type === 'Polygon') rings.push(...geom.coordinates);
-      else if (geom.type === 'MultiPolygon') for (const p of geom.coordinates) rings.push(...p);
-    }
-    basemap = rings;
-    draw();
-  } catch (err) {
-    console.warn('movewatch: basemap not loaded', err);
+/** The map's text alternative: each van On the way in words, never coordinates. */
+function describeVans() {
+  const site = state.site;
+  if (site && keyFor !== site.id) {
+    keyFor = site.id;
+    renderKey(el.key, [
+      ['home', `${site.name || site.id}: this site`],
+      ['onMove', 'Van on its way here'],
+      ['stale', 'Van on its way, no report for 5 minutes'],
+      ['origin', 'Where a van set out from'],
+    ]);
   }
+  const here = site ? site.name || site.id : 'here';
+  const list = document.createDocumentFragment();
+  const seen = new Set();
+  for (const m of onTheWay) {
+    if (m.vehicle && seen.has(m.vehicle)) continue;
+    if (m.vehicle) seen.add(m.vehicle);
+    const pos = m.vehicle && state.vehicles.get(m.vehicle);
+    const parts = [];
+    if (m.distance_remaining_m !== null && m.distance_remaining_m !== undefined && Number.isFinite(Number(m.distance_remaining_m))) {
+      parts.push(`${distance(m.distance_remaining_m)} from ${here}`);
+    } else if (pos && site && Number.isFinite(Number(pos.lat)) && Number.isFinite(Number(pos.lon))) {
+      parts.push(`${distance(kmBetween(Number(pos.lat), Number(pos.lon), Number(site.lat), Number(site.lon)) * 1000)} from ${here} in a straight line`);
+    } else {
+      parts.push('where it is not yet known');
+    }
+    parts.push(`from ${siteName(m, 'from')}`);
+    parts.push(pos ? `last report ${formatTime(pos.ts)}` : 'no report yet');
+    const li = document.createElement('li');
+    li.dataset.vehicle = m.vehicle || '';
+    li.textContent = `${m.vehicle || 'Van not yet known'} — ${parts.join(', ')}`;
+    list.appendChild(li);
+  }
+  if (!onTheWay.length) {
+    const li = document.createElement('li');
+    li.textContent = 'No vans are on their way here.';
+    list.appendChild(li);
+  }
+  el.vanList.replaceChildren(list);
+}
+
+async function startBasemap() {
+  const path = await loadBasemap();
+  if (!path) return;
+  map.setBasemap(path);
+  draw();
 }
 
 // ---------------------------------------------------------------------------
@@ -511,7 +545,7 @@ async function start() {
     return;
   }
   el.live.hidden = false;
-  loadBasemap();
+  startBasemap();
   render();
   live.start(token);
   tickTimer = setInterval(render, 1000); // the countdowns, and arrivals leaving after 15 min
@@ -535,6 +569,7 @@ function stop(status = 'Not connected', colour = 'grey') {
   for (const key of Object.keys(SECTIONS)) el[key].tbody.replaceChildren();
   rows.clear();
   el.vanList.replaceChildren();
+  onTheWay = [];
   el.live.hidden = true;
 }
 

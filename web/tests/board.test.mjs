@@ -380,6 +380,11 @@ test("the site's day: expected, on the way, arrived and outgoing, with names", {
     assert.equal(await cell(page, 'from').textContent(), 'Wakefield (HMP)');
     assert.equal(await cell(page, 'reference').textContent(), 'BRD001');
     await page.waitForFunction((van) => document.querySelector('#van-list')?.textContent.includes(van), VAN, { timeout: 10_000 });
+    // The map draws the van, names the site it set out from, and the list says it in words.
+    await page.waitForFunction((van) => (window.movewatchMap?.vans || []).some((v) => v.vehicle === van), VAN, { timeout: 10_000 });
+    assert.match(await page.locator('#van-list').innerText(), new RegExp(`${VAN} — [\\d.]+ k?m from Leeds \\(HMP\\), from Wakefield \\(HMP\\), last report \\d\\d:\\d\\d`));
+    const mapLabels = await page.evaluate(() => window.movewatchMap.labels);
+    assert.ok(mapLabels.some((l) => l.kind === 'site' && l.text === 'Wakefield (HMP)'), `the origin is not named on the map: ${JSON.stringify(mapLabels)}`);
     const km = async () => Number.parseFloat((await cell(page, 'distance').textContent()).replace(/[^\d.]/g, ''));
     const before = await km();
     for (let i = 13; i <= 20; i++) await mqtt.publish(topic, fix(i + 1, 40 + 30 * i, along(i / steps), 60));

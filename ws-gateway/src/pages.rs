@@ -21,6 +21,7 @@ const BOARD_HTML: &str = include_str!("../../web/board.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const BOARD_JS: &str = include_str!("../../web/board.js");
 const COMMON_JS: &str = include_str!("../../web/common.js");
+const MAP_JS: &str = include_str!("../../web/map.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 const BASEMAP: &str = include_str!("../../data/england-wales.geojson");
 
@@ -65,6 +66,7 @@ pub(crate) fn routes() -> Router<Gateway> {
         .route("/app.js", get(|| async { page(JS, APP_JS) }))
         .route("/board.js", get(|| async { page(JS, BOARD_JS) }))
         .route("/common.js", get(|| async { page(JS, COMMON_JS) }))
+        .route("/map.js", get(|| async { page(JS, MAP_JS) }))
         .route(
             "/style.css",
             get(|| async { page("text/css; charset=utf-8", STYLE_CSS) }),

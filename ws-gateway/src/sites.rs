@@ -118,7 +118,8 @@ pub(crate) async fn put_fence(
 /// with its planned vehicle), in transit (with its ETA), or arrived within
 /// the last 15 minutes; each with its `direction` (`incoming` or
 /// `outgoing`), live status, ETA and interval, distance remaining, departure
-/// and arrival, the two sites' names (`from_name`, `to_name`) and the
+/// and arrival, the two sites' names (`from_name`, `to_name`), where the
+/// move comes from (`from_lat`, `from_lon`: the origin site's public location) and the
 /// `supplier` running its vehicle (from its reports, else the vehicle
 /// register; null if neither knows); and the positions of the vehicles the site may see (those
 /// carrying its moves from the journey's start). A site token may ask only
@@ -163,10 +164,14 @@ pub(crate) async fn incoming(
                 } else {
                     "outgoing"
                 });
-                let name_of =
-                    |id: &SiteId| g.sites.iter().find(|s| &s.id == id).map(|s| s.name.clone());
-                v["from_name"] = json!(name_of(&view.from_location));
-                v["to_name"] = json!(name_of(&view.to_location));
+                let site_of = |id: &SiteId| g.sites.iter().find(|s| &s.id == id);
+                let from = site_of(&view.from_location);
+                v["from_name"] = json!(from.map(|s| s.name.clone()));
+                v["to_name"] = json!(site_of(&view.to_location).map(|s| s.name.clone()));
+                // Where the move comes from (a public prison or court), so a
+                // board can name it on its map; no vehicle data.
+                v["from_lat"] = json!(from.map(|s| s.lat));
+                v["from_lon"] = json!(from.map(|s| s.lon));
                 // The van's reports say who runs it; a planned van that has
                 // not reported yet, the register.
                 v["supplier"] = json!(
