@@ -34,6 +34,11 @@ impl EngineView {
         }
     }
 
+    /// How many partitions publish into this view.
+    pub fn partitions(&self) -> usize {
+        self.books.len()
+    }
+
     /// Live positions (read-only use).
     pub fn tracker(&self) -> &Tracker {
         &self.tracker

@@ -38,6 +38,30 @@ pub struct Config {
     pub webhook_delivery: WebhookDeliveryConfig,
     /// `[engine]`: how the engine spreads its work, not in the contract.
     pub engine: EngineSection,
+    /// `[cluster]`: this engine node among others ("Past one machine").
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: the node's name, the RabbitMQ cluster, the partition count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique per engine node.
+    pub node: String,
+    /// The RabbitMQ cluster (`amqp://…`); absent: one node, no cluster.
+    pub amqp_url: Option<String>,
+    /// Vehicles are hashed onto this many partitions; absent: `[engine] partitions`.
+    pub partitions: Option<usize>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node: "n1".into(),
+            amqp_url: None,
+            partitions: None,
+        }
+    }
 }
 
 /// `[engine]`: vehicles are hashed onto `partitions`, each with its own task.
@@ -554,6 +578,8 @@ mod tests {
                 ],
             ),
             ("[fleet]", &["files", "claim_on_first_report"]),
+            ("[engine]", &["partitions"]),
+            ("[cluster]", &["node", "amqp_url", "partitions"]),
             ("[[vehicles]]", &["registration", "supplier"]),
             ("[[suppliers]]", &["id", "api_key", "mqtt_password"]),
             ("[[tokens]]", &["token", "role", "sites", "supplier"]),

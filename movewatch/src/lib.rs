@@ -179,6 +179,12 @@ impl Engine {
     /// Starts everything the config describes. With `mqtt.url` unset the
     /// embedded broker starts on `mqtt.listen`, which must be free.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
+        // The URL holds a password: it is not repeated.
+        if config.cluster.amqp_url.is_some() {
+            anyhow::bail!(
+                "[cluster] amqp_url is set, but running engine nodes on a RabbitMQ cluster is not built yet (docs/SCALE-OUT.md says what is); remove amqp_url to run this node on its own"
+            );
+        }
         let metrics = metrics::prometheus()?;
         let fences = load_fences(&config)?;
         let sites = Arc::new(fences.iter().map(|s| s.site.clone()).collect::<Vec<_>>());
@@ -225,7 +231,11 @@ impl Engine {
         );
 
         let hub = Hub::new();
-        let partitions = match config.engine.partitions {
+        let partitions = match config
+            .cluster
+            .partitions
+            .unwrap_or(config.engine.partitions)
+        {
             0 => engine::EngineConfig::default().partitions,
             n => n,
         };
@@ -366,6 +376,7 @@ impl Engine {
             sites: sites.clone(),
             suppliers: suppliers.clone(),
             store: store.clone(),
+            node: config.cluster.node.clone(),
             readiness: Readiness {
                 broker: mqtt.connected.clone(),
                 store: store_healthy,

@@ -114,6 +114,7 @@ impl Replay {
             sites,
             suppliers: Arc::new(ingest::Suppliers::from_config(&[])),
             store: store.clone(),
+            node: "replay".into(),
             readiness: Readiness {
                 broker: watch::channel(true).1,
                 store: watch::channel(true).1,

@@ -69,6 +69,8 @@ pub struct Gateway {
     pub suppliers: Arc<ingest::Suppliers>,
     /// The store, for history and its health (read only).
     pub store: store::Store,
+    /// This engine node's name (`[cluster] node`).
+    pub node: String,
     /// For `/readyz`.
     pub readiness: Readiness,
     /// Renders `/metrics`.
@@ -81,6 +83,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/cluster", get(cluster))
         .route("/api/sites", get(sites::list))
         .route("/api/sites/{id}/fence", put(sites::put_fence))
         .route("/api/sites/{id}/incoming", get(sites::incoming))
@@ -108,6 +111,25 @@ async fn readyz(State(g): State<Gateway>) -> Response {
         axum::Json(json!({"ready": broker && store, "broker": broker, "store": store})),
     )
         .into_response()
+}
+
+/// `GET /api/cluster` (control room): this node and the partitions each
+/// node owns. One node owns every partition until the engine runs on a
+/// RabbitMQ cluster (docs/SCALE-OUT.md).
+async fn cluster(State(g): State<Gateway>, access: Access) -> Response {
+    if access != Access::ControlRoom {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the cluster's state is for the control room",
+        );
+    }
+    let partitions: Vec<usize> = (0..g.view.partitions()).collect();
+    axum::Json(json!({
+        "node": g.node,
+        "nodes": [{"id": g.node, "partitions": partitions}],
+    }))
+    .into_response()
 }
 
 async fn metrics(State(g): State<Gateway>) -> Response {
