@@ -53,6 +53,8 @@ const NORMAL_SITE: u8 = 1;
 const SLOW: u8 = 2;
 const UNCLASSIFIED: u8 = 3;
 const CLASSES: [&str; 4] = ["normal fleet", "normal site", "slow", "unclassified"];
+/// The largest `fleet` snapshot a client received, bytes.
+static FLEET_SNAPSHOT_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Vans drive at 50 km/h.
 const SPEED_MS: f64 = 50.0 / 3.6;
 
@@ -528,6 +530,10 @@ async fn connect_client(
     loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(r#"{"type":"snapshot""#) => {
+                // A fleet client's snapshot size, to set beside its memory.
+                if channel == "fleet" {
+                    FLEET_SNAPSHOT_BYTES.fetch_max(t.len() as u64, Ordering::Relaxed);
+                }
                 break;
             }
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(r#"{"type":"error""#) => {
@@ -906,11 +912,12 @@ async fn bench() {
     );
     println!(
         "memory: {:.2} KiB per vehicle (tracking, incl. moves), {:.1} KiB per client on average \
-         ({:.1} KiB per fleet client, {:.1} KiB per site client)",
+         ({:.1} KiB per fleet client, {:.1} KiB per site client); a fleet snapshot is {:.1} KiB",
         (rss_vehicles as f64 - rss_idle as f64) / vehicles as f64 / 1024.0,
         (rss_clients as f64 - rss_vehicles as f64) / clients as f64 / 1024.0,
         (rss_fleet as f64 - rss_vehicles as f64) / fleet as f64 / 1024.0,
         (rss_clients as f64 - rss_fleet as f64) / site_clients.max(1) as f64 / 1024.0,
+        FLEET_SNAPSHOT_BYTES.load(Ordering::Relaxed) as f64 / 1024.0,
     );
     println!(
         "\n| phase | all normal p50 / p99 / p999 ms | normal fleet p50 / p99 / p999 ms | normal site p50 / p99 / p999 ms | slow p99 ms | engine CPU |\n|---|---|---|---|---|---|"
