@@ -4,12 +4,18 @@
 //! geofence, store, WebSocket fan-out to one `fleet` client). Reports
 //! points/s for both and the ratio, for the embedded broker and for a
 //! bench-owned Mosquitto configured as docs/PROTOCOL.md says (no queue limit,
-//! 1000 in flight).
+//! 1000 in flight). With the engine on PostgreSQL, the same run also
+//! measures the store's ceiling: the rows the engine stored, exported as CSV
+//! and loaded with `psql \copy` into a scratch database with the store's own
+//! schema (its migrations, `Store::open`), psql's start-up included; and
+//! reports the engine's points/s over the ceiling's rows/s (issue #12's
+//! target: ≥ 90 %).
 //!
 //! `cargo bench -p movewatch-benches --bench p1_end_to_end`
 //! Environment: `P1_POINTS` (default 200000), `P1_BATCH` points per message
 //! (default 10; 1 = single-point messages), `P1_CONNECTIONS` publisher
-//! connections (default 8), `P1_MOSQUITTO=0` to skip Mosquitto,
+//! connections (default 8), `P1_MOSQUITTO=0` to skip Mosquitto (and
+//! PostgreSQL), `P1_PG=0` to skip the engine on PostgreSQL and the ceiling,
 //! `P1_ENGINE_LOG` (e.g. `info`) the engine's log on stderr.
 
 use std::sync::Arc;
@@ -298,6 +304,49 @@ impl Progress {
     }
 }
 
+/// Runs one `psql` command on database `db` of the bench server; returns how long it took
+/// (psql's start-up included, as a loader's would be).
+fn psql(db: &str, command: &str) -> Duration {
+    let started = Instant::now();
+    let status = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-X", "-q"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", command])
+        .status()
+        .expect("psql (the ceiling needs it installed)");
+    assert!(status.success(), "psql -c {command:?} failed");
+    started.elapsed()
+}
+
+/// The store's ceiling on this machine: `psql \copy` of the rows the engine
+/// stored in `engine_db` (exported first, untimed) into a scratch database
+/// given the store's schema by the store itself. Returns (rows, seconds).
+async fn copy_ceiling(engine_db: &str, scratch_db: &str) -> (u64, f64) {
+    let columns = "supplier, tracking_id, vehicle, ts, lat, lon, journey_id, speed, bearing, \
+                   altitude, hdop, vdop, vin, flags, received_at";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("positions.csv");
+    psql(
+        engine_db,
+        &format!(
+            "\\copy (SELECT {columns} FROM positions) TO '{}' csv",
+            csv.display()
+        ),
+    );
+    let rows = std::fs::read_to_string(&csv)
+        .expect("exported csv")
+        .lines()
+        .count() as u64;
+    let url = movewatch_benches::fresh_pg_database(scratch_db).await;
+    // The store's own migrations and day partitions, as the engine's database has them.
+    drop(store::Store::open(&url).await.expect("scratch schema"));
+    let took = psql(
+        scratch_db,
+        &format!("\\copy positions ({columns}) FROM '{}' csv", csv.display()),
+    );
+    movewatch_benches::pg_admin(format!("DROP DATABASE IF EXISTS {scratch_db} WITH (FORCE)")).await;
+    (rows, took.as_secs_f64())
+}
+
 /// `movewatch_store_points_total`, read from the engine's `GET /metrics`.
 async fn stored_points(http: std::net::SocketAddr) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,6 +378,7 @@ async fn main() {
     let connections = env("P1_CONNECTIONS", 8).max(1);
     println!("P1: {points} points, {batch} per message, {connections} publisher connections");
     let mut rows = Vec::new();
+    let mut ceiling_row = None;
 
     // Embedded broker: (a) a standalone embedded broker as the engine starts it; (b) the engine's own.
     let broker = ingest::broker::start_embedded_broker(ingest::broker::EmbeddedBrokerConfig {
@@ -393,6 +443,14 @@ async fn main() {
                         100.0 * b / a
                     );
                     rows.push(("mosquitto, engine on PostgreSQL", a, b));
+                    let (n, secs) = copy_ceiling(&db, &format!("{db}_ceiling")).await;
+                    let ceiling = n as f64 / secs;
+                    println!(
+                        "PostgreSQL ceiling: psql \\copy of the same {n} rows in {secs:.2} s: \
+                         {ceiling:.0} rows/s; engine / ceiling {:.1} % (target ≥ 90 %)",
+                        100.0 * b / ceiling
+                    );
+                    ceiling_row = Some((b, ceiling));
                     movewatch_benches::pg_admin(format!(
                         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
                     ))
@@ -407,5 +465,11 @@ async fn main() {
     );
     for (name, a, b) in rows {
         println!("| {name} | {a:.0} | {b:.0} | {:.1} % |", 100.0 * b / a);
+    }
+    if let Some((b, ceiling)) = ceiling_row {
+        println!(
+            "\n| engine on PostgreSQL points/s | psql \\copy rows/s (ceiling) | engine / ceiling |\n|---:|---:|---:|\n| {b:.0} | {ceiling:.0} | {:.1} % |",
+            100.0 * b / ceiling
+        );
     }
 }

@@ -25,7 +25,8 @@
 //! external broker (e.g. `mqtt://127.0.0.1:1883`) instead of the embedded
 //! one, `P4_MOSQUITTO=1` a bench-owned Mosquitto (docs/PROTOCOL.md settings)
 //! instead of the embedded broker, `P4_STORE_URL` [a SQLite file on tmpfs,
-//! `/dev/shm`, so the shared disk's fsync stalls do not hold intake].
+//! `/dev/shm`, so the shared disk's fsync stalls do not hold intake],
+//! `P4_PARTITIONS` the engine's `[engine] partitions` [0: one per core].
 //! A short run: `P4_VEHICLES=2000 P4_CLIENTS=200 P4_PHASE_SECS=5 P4_WARMUP_SECS=3`.
 
 use std::collections::HashMap;
@@ -52,6 +53,8 @@ const NORMAL_SITE: u8 = 1;
 const SLOW: u8 = 2;
 const UNCLASSIFIED: u8 = 3;
 const CLASSES: [&str; 4] = ["normal fleet", "normal site", "slow", "unclassified"];
+/// The largest `fleet` snapshot a client received, bytes.
+static FLEET_SNAPSHOT_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Vans drive at 50 km/h.
 const SPEED_MS: f64 = 50.0 / 3.6;
 
@@ -144,6 +147,7 @@ fn child() {
         // The bench's vans are in no register: the first report claims each.
         c.fleet.claim_on_first_report = true;
         c.store.url = var("P4_CHILD_STORE");
+        c.engine.partitions = var("P4_PARTITIONS").parse().expect("P4_PARTITIONS");
         c.sites.files = vec![SITES_CSV.into()];
         c.tokens.push(TokenConfig {
             token: CONTROL.into(),
@@ -288,6 +292,16 @@ impl Drop for EngineProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cpu_of(stat: &str) -> f64 {
@@ -516,6 +530,10 @@ async fn connect_client(
     loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(r#"{"type":"snapshot""#) => {
+                // A fleet client's snapshot size, to set beside its memory.
+                if channel == "fleet" {
+                    FLEET_SNAPSHOT_BYTES.fetch_max(t.len() as u64, Ordering::Relaxed);
+                }
                 break;
             }
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(r#"{"type":"error""#) => {
@@ -626,6 +644,7 @@ async fn bench() {
     let slow_pct = env("P4_SLOW_PCT", 5);
     let moving = env("P4_MOVES", 1500).min(vehicles);
     let phase_secs = env("P4_PHASE_SECS", 30) as u64;
+    let partitions = env("P4_PARTITIONS", 0);
     let warmup = env("P4_WARMUP_SECS", 10) as u64;
     let phases: Vec<Phase> = std::env::var("P4_PHASES")
         .unwrap_or_else(|_| "normal,slow".into())
@@ -671,9 +690,11 @@ async fn bench() {
         .collect();
     let routes = Arc::new(routes);
     println!(
-        "P4: {vehicles} vehicles at 1 Hz ({moving} carrying moves between {} sites), {clients} \
+        "P4 ({} UTC, load {}): {vehicles} vehicles at 1 Hz ({moving} carrying moves between {} sites), {clients} \
          clients: {fleet} fleet ({slow_fleet} slow), {site_clients} site ({slow_site} slow); \
-         phases {phases:?} of {phase_secs} s",
+         phases {phases:?} of {phase_secs} s; engine partitions {partitions} (0: one per core)",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+        loadavg(),
         boards.len()
     );
 
@@ -702,6 +723,7 @@ async fn bench() {
     }
     let mut child = command
         .env("P4_CHILD", "1")
+        .env("P4_PARTITIONS", partitions.to_string())
         .env("P4_CHILD_HTTP", http.to_string())
         .env("P4_CHILD_MQTT", mqtt.to_string())
         .env("P4_CHILD_STORE", &store)
@@ -835,12 +857,7 @@ async fn bench() {
             n + 1,
             cpu_engine * 100.0,
             cpu_bench * 100.0,
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
+            loadavg()
         );
         for c in [NORMAL_FLEET, NORMAL_SITE, SLOW, UNCLASSIFIED] {
             let [n, p50, p90, p99, p999, max] = server[usize::from(c)];
@@ -895,11 +912,12 @@ async fn bench() {
     );
     println!(
         "memory: {:.2} KiB per vehicle (tracking, incl. moves), {:.1} KiB per client on average \
-         ({:.1} KiB per fleet client, {:.1} KiB per site client)",
+         ({:.1} KiB per fleet client, {:.1} KiB per site client); a fleet snapshot is {:.1} KiB",
         (rss_vehicles as f64 - rss_idle as f64) / vehicles as f64 / 1024.0,
         (rss_clients as f64 - rss_vehicles as f64) / clients as f64 / 1024.0,
         (rss_fleet as f64 - rss_vehicles as f64) / fleet as f64 / 1024.0,
         (rss_clients as f64 - rss_fleet as f64) / site_clients.max(1) as f64 / 1024.0,
+        FLEET_SNAPSHOT_BYTES.load(Ordering::Relaxed) as f64 / 1024.0,
     );
     println!(
         "\n| phase | all normal p50 / p99 / p999 ms | normal fleet p50 / p99 / p999 ms | normal site p50 / p99 / p999 ms | slow p99 ms | engine CPU |\n|---|---|---|---|---|---|"
