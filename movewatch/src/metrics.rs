@@ -42,6 +42,19 @@ pub(crate) fn prometheus() -> anyhow::Result<PrometheusHandle> {
     metrics::gauge!("movewatch_ws_clients").set(0.0);
     metrics::gauge!("movewatch_webhook_pending").set(0.0);
     metrics::counter!("movewatch_webhook_failures_total").increment(0);
+    // Histogram samples pile up until drained: with `install_recorder` that
+    // is ours to do (a /metrics scrape drains them too, but nothing promises
+    // one). Every 5 s, on a thread of its own, for the life of the process.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .context("cannot start the metrics upkeep thread")?;
     *slot = Some(handle.clone());
     Ok(handle)
 }

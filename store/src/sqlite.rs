@@ -176,11 +176,12 @@ async fn insert_positions(
             .push_bind(to_micros(&batches[*b].received_at));
     });
     if !skip_repeats {
-        q.build().execute(&mut *tx).await?;
+        q.build().persistent(false).execute(&mut *tx).await?;
         return Ok(Vec::new());
     }
     q.push(" ON CONFLICT (supplier, tracking_id) DO NOTHING RETURNING supplier, tracking_id");
     q.build()
+        .persistent(false)
         .fetch_all(&mut *tx)
         .await?
         .iter()
