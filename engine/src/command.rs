@@ -69,6 +69,9 @@ pub(crate) enum Reply {
 pub(crate) struct Request {
     pub(crate) command: Command,
     pub(crate) reply: oneshot::Sender<Result<Reply, CommandError>>,
+    /// Made on another engine node, which stored and announced it: only
+    /// applied here.
+    pub(crate) remote: bool,
 }
 
 /// How long a caller waits for a command to be durable and applied.
@@ -94,14 +97,47 @@ impl Commands {
         let Some(tx) = &self.tx else {
             return Err(CommandError::ReadOnly);
         };
-        tx.send(Request { command, reply })
-            .await
-            .map_err(|_| CommandError::Stopped)?;
+        tx.send(Request {
+            command,
+            reply,
+            remote: false,
+        })
+        .await
+        .map_err(|_| CommandError::Stopped)?;
         match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(CommandError::Stopped),
             Err(_) => Err(CommandError::Pending(COMMAND_TIMEOUT)),
         }
+    }
+
+    /// Applies a command another engine node has stored and announced
+    /// (nothing is stored or announced again); returns once it is queued
+    /// in order with this node's own commands.
+    pub async fn apply_announced(&self, announced: Announcement) -> Result<(), CommandError> {
+        let command = match announced {
+            Announcement::Book(record) => Command::Book(spec_of(&record).ok_or_else(|| {
+                CommandError::Store(format!(
+                    "move {} has an unknown status {:?}",
+                    record.id, record.status
+                ))
+            })?),
+            Announcement::Vehicle { vehicle, supplier } => {
+                Command::RegisterVehicle { vehicle, supplier }
+            }
+            Announcement::Fence { site, fence } => Command::ReplaceFence { site, fence },
+        };
+        let Some(tx) = &self.tx else {
+            return Err(CommandError::ReadOnly);
+        };
+        let (reply, _) = oneshot::channel();
+        tx.send(Request {
+            command,
+            reply,
+            remote: true,
+        })
+        .await
+        .map_err(|_| CommandError::Stopped)
     }
 
     /// Books, changes or cancels a move; once stored and applied, its live view.
@@ -160,6 +196,35 @@ pub trait Persist: Send + Sync + 'static {
         fence: String,
         at: DateTime<Utc>,
     ) -> PersistFuture<'a>;
+}
+
+/// A command made on this node that the other engine nodes must apply too
+/// (a cluster; docs/SCALE-OUT.md): announced once it is stored, before the
+/// caller hears it is done.
+#[derive(Debug, Clone)]
+pub enum Announcement {
+    /// A move booked, changed or cancelled.
+    Book(MoveRecord),
+    /// A register entry.
+    Vehicle {
+        /// The vehicle.
+        vehicle: model::VehicleId,
+        /// Its supplier.
+        supplier: model::SupplierId,
+    },
+    /// A site's replaced fence.
+    Fence {
+        /// The site.
+        site: SiteId,
+        /// The new fence.
+        fence: Fence,
+    },
+}
+
+/// Tells the other engine nodes of a command (the cluster's command bus).
+pub trait Announce: Send + Sync + 'static {
+    /// Returns once the announcement is safe with the broker (confirmed).
+    fn announce<'a>(&'a self, announced: &'a Announcement) -> PersistFuture<'a>;
 }
 
 /// The stored form of a move.

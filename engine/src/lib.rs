@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 mod command;
 mod partition;
 pub mod runtime;
@@ -31,9 +32,12 @@ use model::wire::Frame;
 use model::{SiteId, SupplierId, VehicleId};
 use tracker::Update;
 
-pub use command::{Command, CommandError, Commands, Persist, PersistFuture, record_of, spec_of};
+pub use command::{
+    Announce, Announcement, Command, CommandError, Commands, Persist, PersistFuture, record_of,
+    spec_of,
+};
 pub use partition::{Effects, Partition, Recovered};
-pub use runtime::{EngineConfig, Inspection, Running, Start, read_only, start};
+pub use runtime::{Control, EngineConfig, Inspection, Running, Start, read_only, start};
 pub use view::EngineView;
 
 /// Position updates of one intake batch: its receipt time and, per update,

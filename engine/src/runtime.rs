@@ -80,6 +80,12 @@ enum Peer {
     },
     Inspect(model::VehicleId, oneshot::Sender<Inspection>),
     Lesson(Arc<Lesson>),
+    /// Rebuild the partition from what is stored, owning it or not.
+    Reset {
+        own: bool,
+        recovered: Option<Arc<Recovered>>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// What a vehicle's partition knows of it (tests and diagnostics).
@@ -119,6 +125,7 @@ impl std::fmt::Debug for Peer {
             Peer::Fence { .. } => "Fence",
             Peer::Inspect(..) => "Inspect",
             Peer::Lesson(_) => "Lesson",
+            Peer::Reset { .. } => "Reset",
         })
     }
 }
@@ -134,6 +141,13 @@ impl Running {
             .send(Peer::Inspect(vehicle, tx))
             .ok()?;
         rx.await.ok()
+    }
+
+    /// What a cluster node takes and releases partitions through.
+    pub fn control(&self) -> Control {
+        Control {
+            peers: self.peers.clone(),
+        }
     }
 
     /// Waits (until `deadline`) for intake to drain through the partitions
@@ -162,6 +176,53 @@ impl Running {
     }
 }
 
+/// Takes partitions and gives them up (a cluster node's coordinator).
+#[derive(Debug, Clone)]
+pub struct Control {
+    peers: Vec<mpsc::UnboundedSender<Peer>>,
+}
+
+impl Control {
+    /// How many partitions run.
+    pub fn partitions(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Rebuilds partition `p` from `recovered` (its own vehicles' share of
+    /// it), after everything queued before; `own`: whether this process now
+    /// owns the partition (a cluster node consumes its queue). A partition
+    /// not owned keeps the bookings and publishes its view, but raises,
+    /// saves and sends nothing: its owner does. Returns once it has been
+    /// rebuilt (false: the partition has stopped).
+    pub async fn reset(&self, p: usize, own: bool, recovered: Arc<Recovered>) -> bool {
+        self.ask(p, own, Some(recovered)).await
+    }
+
+    /// Partition `p` is no longer owned here (its state stays until the
+    /// next rebuild).
+    pub async fn disown(&self, p: usize) -> bool {
+        self.ask(p, false, None).await
+    }
+
+    async fn ask(&self, p: usize, own: bool, recovered: Option<Arc<Recovered>>) -> bool {
+        let (done, applied) = oneshot::channel();
+        let Some(peer) = self.peers.get(p) else {
+            return false;
+        };
+        if peer
+            .send(Peer::Reset {
+                own,
+                recovered,
+                done,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        applied.await.is_ok()
+    }
+}
+
 /// What every partition needs to start.
 pub struct Start {
     /// Engine settings.
@@ -172,8 +233,13 @@ pub struct Start {
     pub fences: FenceSet,
     /// The fence rules' parameters.
     pub fence_rules: geofence::EngineConfig,
-    /// A fresh move book (one per partition; each with the learned ETA model).
-    pub book: Box<dyn Fn() -> MoveBook + Send>,
+    /// A fresh move book (one per partition, and again whenever one is
+    /// rebuilt; each with the learned ETA model).
+    pub book: Arc<dyn Fn() -> MoveBook + Send + Sync>,
+    /// Whether this process owns every partition from the start (one
+    /// machine), or none until it takes them ([`Running::reset`]; a cluster
+    /// node).
+    pub owned: bool,
     /// What the store held.
     pub recovered: Recovered,
     /// Where frames go.
@@ -186,6 +252,10 @@ pub struct Start {
     pub suppliers: Arc<ingest::Suppliers>,
     /// Turns true when a graceful stop begins: intake is closed and drained.
     pub stopping: watch::Receiver<bool>,
+    /// Which node owns which partitions (one machine: this one, all).
+    pub membership: watch::Receiver<Arc<crate::cluster::Membership>>,
+    /// Tells the other engine nodes of this node's commands (a cluster).
+    pub announce: Option<Arc<dyn crate::Announce>>,
 }
 
 /// Starts the partitions, the splitter and the commander.
@@ -206,6 +276,7 @@ pub fn start(s: Start) -> Running {
     }
     let mut views = Vec::with_capacity(count);
     let mut partitions = Vec::with_capacity(count);
+    let (fences_tx, fences_rx) = watch::channel(Arc::new(s.fences.clone()));
     for (index, (batches, peers)) in batch_rxs.into_iter().zip(peer_rxs).enumerate() {
         let fences = GeofenceEngine::new(s.fences.clone(), s.fence_rules.clone());
         let mut partition = Partition::new(index, count, s.tracker.clone(), fences, (s.book)());
@@ -214,6 +285,13 @@ pub fn start(s: Start) -> Running {
         views.push(view_rx);
         let worker = Worker {
             partition,
+            owned: s.owned,
+            rebuild: Rebuild {
+                tracker: s.tracker.clone(),
+                fences: fences_rx.clone(),
+                rules: s.fence_rules.clone(),
+                book: s.book.clone(),
+            },
             count,
             config: s.config,
             sink: s.sink.clone(),
@@ -227,7 +305,6 @@ pub fn start(s: Start) -> Running {
     }
     let (input, intake) = mpsc::channel::<IngestBatch>(s.config.capacity);
     let splitter = tokio::spawn(run_splitter(intake, batch_txs, s.stopping.clone()));
-    let (fences_tx, fences_rx) = watch::channel(Arc::new(s.fences.clone()));
     let (command_tx, command_rx) = mpsc::channel::<Request>(64);
     let commander = tokio::spawn(run_commander(
         command_rx,
@@ -238,12 +315,13 @@ pub fn start(s: Start) -> Running {
             store: s.store,
             persist: s.persist,
             suppliers: s.suppliers,
+            announce: s.announce,
         },
         s.stopping,
     ));
     tracing::info!(partitions = count, "engine partitions started");
     Running {
-        view: EngineView::new(s.tracker, views, fences_rx),
+        view: EngineView::new(s.tracker, views, fences_rx, s.membership),
         commands: Commands {
             tx: Some(command_tx),
         },
@@ -293,6 +371,24 @@ struct Commander {
     store: mpsc::Sender<IngestBatch>,
     persist: Arc<dyn Persist>,
     suppliers: Arc<ingest::Suppliers>,
+    announce: Option<Arc<dyn crate::Announce>>,
+}
+
+/// Tells the other nodes (when there are any, and the command was made
+/// here); the error to give the caller if they could not be told.
+async fn tell_others(
+    announce: &Option<Arc<dyn crate::Announce>>,
+    remote: bool,
+    what: impl FnOnce() -> crate::Announcement,
+) -> Result<(), CommandError> {
+    let Some(announce) = announce.as_ref().filter(|_| !remote) else {
+        return Ok(());
+    };
+    announce.announce(&what()).await.map_err(|e| {
+        CommandError::Store(format!(
+            "stored, but the other engine nodes could not be told ({e}); send it again"
+        ))
+    })
 }
 
 async fn run_commander(
@@ -307,18 +403,35 @@ async fn run_commander(
         store,
         persist,
         suppliers,
+        announce,
     } = c;
     loop {
         let request = tokio::select! {
             _ = stopping.wait_for(|s| *s) => break,
             r = requests.recv() => match r { Some(r) => r, None => break },
         };
+        let remote = request.remote;
         match request.command {
             Command::RegisterVehicle { vehicle, supplier } => {
                 // Stored before it is live, so a restart never forgets it.
                 let at = Utc::now();
-                let result = match persist.put_vehicle(vehicle, supplier, at).await {
+                let stored = if remote {
+                    Ok(())
+                } else {
+                    persist.put_vehicle(vehicle, supplier, at).await
+                };
+                let told = match stored {
                     Err(e) => Err(CommandError::Store(e)),
+                    Ok(()) => {
+                        tell_others(&announce, remote, || crate::Announcement::Vehicle {
+                            vehicle,
+                            supplier,
+                        })
+                        .await
+                    }
+                };
+                let result = match told {
+                    Err(e) => Err(e),
                     Ok(()) => {
                         suppliers.register(model::fleet::RegisterEntry { vehicle, supplier });
                         tracing::info!(%vehicle, %supplier, "vehicle registered");
@@ -330,17 +443,25 @@ async fn run_commander(
             Command::Book(spec) => {
                 // Durable first, through the same writer as the points.
                 let (token, stored) = CommitToken::new();
+                let record = crate::record_of(&spec);
                 let derived = Derived {
-                    moves: vec![crate::record_of(&spec)],
+                    moves: vec![record.clone()],
                     ..Default::default()
                 };
-                if store
-                    .send(IngestBatch::derived_only(derived, token))
-                    .await
-                    .is_err()
-                    || stored.await.is_err()
+                if !remote
+                    && (store
+                        .send(IngestBatch::derived_only(derived, token))
+                        .await
+                        .is_err()
+                        || stored.await.is_err())
                 {
                     let _ = request.reply.send(Err(CommandError::Stopped));
+                    continue;
+                }
+                if let Err(e) =
+                    tell_others(&announce, remote, || crate::Announcement::Book(record)).await
+                {
+                    let _ = request.reply.send(Err(e));
                     continue;
                 }
                 let reply: DetailsReply = Arc::new(Mutex::new(Some(request.reply)));
@@ -366,8 +487,23 @@ async fn run_commander(
                     Err(e) => Err(CommandError::Fence(e.to_string())),
                     Ok(_) => {
                         let json = geofence::fence_to_json(&fence).to_string();
-                        match persist.put_fence(&site, json, Utc::now()).await {
+                        let stored = if remote {
+                            Ok(())
+                        } else {
+                            persist.put_fence(&site, json, Utc::now()).await
+                        };
+                        let told = match stored {
                             Err(e) => Err(CommandError::Store(e)),
+                            Ok(()) => {
+                                tell_others(&announce, remote, || crate::Announcement::Fence {
+                                    site: site.clone(),
+                                    fence: fence.clone(),
+                                })
+                                .await
+                            }
+                        };
+                        match told {
+                            Err(e) => Err(e),
                             Ok(()) => {
                                 fences = next;
                                 published.send_replace(Arc::new(fences.clone()));
@@ -395,8 +531,19 @@ async fn run_commander(
     }
 }
 
+/// What rebuilding a partition needs.
+struct Rebuild {
+    tracker: Arc<Tracker>,
+    fences: watch::Receiver<Arc<FenceSet>>,
+    rules: geofence::EngineConfig,
+    book: Arc<dyn Fn() -> MoveBook + Send + Sync>,
+}
+
 struct Worker {
     partition: Partition,
+    /// Whether this process owns the partition (always, on one machine).
+    owned: bool,
+    rebuild: Rebuild,
     count: usize,
     config: EngineConfig,
     sink: Arc<dyn Sink>,
@@ -443,7 +590,7 @@ impl Worker {
                         break;
                     }
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if self.owned => {
                     let effects = self.partition.tick(Utc::now());
                     self.dirty = true;
                     self.publish_view();
@@ -506,6 +653,34 @@ impl Worker {
                 let _ = reply.send(self.partition.inspect(&vehicle));
                 return;
             }
+            Peer::Reset {
+                own,
+                recovered,
+                done,
+            } => {
+                let index = self.partition.index();
+                let Some(recovered) = recovered else {
+                    self.owned = own;
+                    let _ = done.send(());
+                    return;
+                };
+                let r = &self.rebuild;
+                // The fences as last replaced (the commander publishes them
+                // before it sends a replacement to the partitions).
+                let fences = GeofenceEngine::new((**r.fences.borrow()).clone(), r.rules.clone());
+                self.partition =
+                    Partition::new(index, self.count, r.tracker.clone(), fences, (r.book)());
+                let estimated = self.partition.recover(&recovered, Utc::now());
+                self.owned = own;
+                self.publish_view();
+                let _ = done.send(());
+                tracing::debug!(
+                    partition = index,
+                    owned = own,
+                    "partition rebuilt from the store"
+                );
+                estimated
+            }
             Peer::Fence { site, fence } => {
                 if let Err(e) = self.partition.replace_fence(&site, fence) {
                     tracing::error!(partition = self.partition.index(), site = %site, error = %e, "a stored fence did not apply");
@@ -538,6 +713,10 @@ impl Worker {
 
     /// Sends frames and keeps the rest through the writer (never given up).
     async fn derived_only(&mut self, effects: crate::Effects) {
+        if !self.owned {
+            // Its owner (another node) raises, saves and sends these.
+            return;
+        }
         self.send_peers(effects.claims, effects.handovers, effects.lessons);
         let derived = self.dispatch(effects.outputs);
         if !derived.is_empty() {
@@ -617,8 +796,9 @@ fn changes_status(o: &MoveOutput) -> bool {
 /// commands that change nothing (a replay of history serves these).
 pub fn read_only(tracker: Arc<Tracker>, fences: FenceSet) -> (EngineView, Commands) {
     let (_, fences) = watch::channel(Arc::new(fences));
+    let (_, membership) = watch::channel(Arc::default());
     (
-        EngineView::new(tracker, Vec::new(), fences),
+        EngineView::new(tracker, Vec::new(), fences, membership),
         Commands { tx: None },
     )
 }

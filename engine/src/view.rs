@@ -13,12 +13,15 @@ use tokio::sync::watch;
 use tracker::Tracker;
 use tracker::moves::{BookView, MoveDetails};
 
+use crate::cluster::Membership;
+
 /// A read-only view of the engine's live state.
 #[derive(Clone, Debug)]
 pub struct EngineView {
     tracker: Arc<Tracker>,
     books: Vec<watch::Receiver<Arc<BookView>>>,
     fences: watch::Receiver<Arc<FenceSet>>,
+    membership: watch::Receiver<Arc<Membership>>,
 }
 
 impl EngineView {
@@ -26,12 +29,19 @@ impl EngineView {
         tracker: Arc<Tracker>,
         books: Vec<watch::Receiver<Arc<BookView>>>,
         fences: watch::Receiver<Arc<FenceSet>>,
+        membership: watch::Receiver<Arc<Membership>>,
     ) -> Self {
         EngineView {
             tracker,
             books,
             fences,
+            membership,
         }
+    }
+
+    /// Which node owns which partitions now.
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership.borrow().clone()
     }
 
     /// How many partitions publish into this view.

@@ -16,6 +16,7 @@ mod convert;
 pub mod guard;
 pub mod http;
 pub mod mqtt;
+pub mod partition_intake;
 mod suppliers;
 
 pub use convert::{batch_from_http, batch_from_mqtt};

@@ -91,6 +91,17 @@ impl Suppliers {
         self.owners.get(vehicle).map(|s| *s)
     }
 
+    /// Every register entry now.
+    pub fn entries(&self) -> Vec<RegisterEntry> {
+        self.owners
+            .iter()
+            .map(|e| RegisterEntry {
+                vehicle: *e.key(),
+                supplier: *e.value(),
+            })
+            .collect()
+    }
+
     /// How many vehicles the register holds.
     pub fn registered(&self) -> usize {
         self.owners.len()

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::ids::{JourneyId, MoveId, SiteId, VehicleId};
 
 /// A move as booked (`PUT /api/moves/{id}`), with its journeys.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MoveRecord {
     /// The move id (BaSM uses UUIDs).
     pub id: MoveId,
@@ -27,7 +27,7 @@ pub struct MoveRecord {
 }
 
 /// One leg of a move.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JourneyRecord {
     /// The journey id.
     pub id: JourneyId,

@@ -1,6 +1,7 @@
 //! The movewatch engine, wired: broker → ingest → tracker (+ geofence) → gateway and store.
 //! `main.rs` is the command line around [`Engine::start`] and [`replay::Replay`].
 
+mod cluster;
 pub mod eta_eval;
 mod metrics;
 mod persist;
@@ -31,6 +32,9 @@ const PIPELINE_CAPACITY: usize = 1024;
 /// The most intake batches the pipeline takes in one round.
 const PIPELINE_ROUND: usize = 64;
 
+/// A cluster node's broker connection and its command bus.
+type ClusterLink = (Arc<lapin::Connection>, Arc<engine::cluster::CommandBus>);
+
 /// The shipped sites, used when the configured default file is absent.
 const SHIPPED_SITES: &str = include_str!("../../data/sites.csv");
 
@@ -42,6 +46,9 @@ pub struct Engine {
     pub mqtt_addr: (String, u16),
     /// Whether the broker is the embedded one.
     pub embedded_broker: bool,
+    /// On a RabbitMQ cluster: this node's name (devices publish to the
+    /// cluster's MQTT listeners, not to this process).
+    pub cluster_node: Option<String>,
     /// Live state.
     pub tracker: Arc<Tracker>,
     /// The store.
@@ -51,7 +58,11 @@ pub struct Engine {
     /// The engine's read view (moves, alerts and fences as the partitions
     /// last published them).
     pub view: engine::EngineView,
-    mqtt: MqttSource,
+    /// The MQTT source (none on a cluster: partitions are consumed from
+    /// the cluster's queues).
+    mqtt: Option<MqttSource>,
+    /// This node's part in the cluster.
+    joined: Option<cluster::Joined>,
     hub: Hub,
     /// Turns true when a graceful shutdown begins: `/tracks` answers 503 and
     /// the pipeline closes its input and drains.
@@ -179,10 +190,10 @@ impl Engine {
     /// Starts everything the config describes. With `mqtt.url` unset the
     /// embedded broker starts on `mqtt.listen`, which must be free.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
-        // The URL holds a password: it is not repeated.
-        if config.cluster.amqp_url.is_some() {
+        let cluster_url = config.cluster.amqp_url.clone();
+        if cluster_url.is_some() && !config.store.url.starts_with("postgres") {
             anyhow::bail!(
-                "[cluster] amqp_url is set, but running engine nodes on a RabbitMQ cluster is not built yet (docs/SCALE-OUT.md says what is); remove amqp_url to run this node on its own"
+                "[cluster] amqp_url is set, but [store] url is not PostgreSQL: the engine nodes of a cluster share one store (url = \"postgres://user@host/db\")"
             );
         }
         let metrics = metrics::prometheus()?;
@@ -231,14 +242,50 @@ impl Engine {
         );
 
         let hub = Hub::new();
-        let partitions = match config
-            .cluster
-            .partitions
-            .unwrap_or(config.engine.partitions)
-        {
-            0 => engine::EngineConfig::default().partitions,
-            n => n,
+        let partitions = match (&cluster_url, config.cluster.partitions) {
+            (_, Some(n)) if n > 0 => n,
+            // A cluster's partition count is fixed up front (every node and
+            // the queues agree on it): the contract's default.
+            (Some(_), _) => 16,
+            (None, _) => match config.engine.partitions {
+                0 => engine::EngineConfig::default().partitions,
+                n => n,
+            },
         };
+        let node = config.cluster.node.clone();
+        let (membership_tx, membership) = watch::channel(Arc::new(engine::cluster::Membership {
+            node: node.clone(),
+            nodes: vec![(
+                node.clone(),
+                if cluster_url.is_some() {
+                    Vec::new()
+                } else {
+                    (0..partitions).collect()
+                },
+            )],
+        }));
+        // On a cluster: the queues and the register's bindings first, and
+        // this node's queue on the command bus, before anything is served.
+        let (amqp, persist, announce): (Option<ClusterLink>, Arc<dyn engine::Persist>, _) =
+            match &cluster_url {
+                None => (None, Arc::new(persist::StorePersist(store.clone())), None),
+                Some(url) => {
+                    let connection = cluster::connect(url).await?;
+                    let channel = cluster::prepare(&connection, &suppliers, partitions).await?;
+                    let bus = engine::cluster::CommandBus::open(&connection, &node)
+                        .await
+                        .context("cannot open the cluster's command bus")?;
+                    (
+                        Some((connection, bus.clone())),
+                        Arc::new(cluster::ClusterPersist {
+                            inner: persist::StorePersist(store.clone()),
+                            channel,
+                            partitions,
+                        }),
+                        Some(bus as Arc<dyn engine::Announce>),
+                    )
+                }
+            };
         let inside = recovered
             .state
             .crossings
@@ -248,6 +295,7 @@ impl Engine {
         let open_moves = recovered.state.open_moves.len();
         let eta = recovered.eta;
         let book_sites = sites.clone();
+        let owned = cluster_url.is_none();
         let running = engine::start(engine::Start {
             config: engine::EngineConfig {
                 partitions,
@@ -259,13 +307,16 @@ impl Engine {
             tracker: tracker.clone(),
             fences,
             fence_rules: geofence::EngineConfig::default(),
-            book: Box::new(move || MoveBook::new(&book_sites, MovesConfig::default(), eta.clone())),
+            book: Arc::new(move || MoveBook::new(&book_sites, MovesConfig::default(), eta.clone())),
+            owned,
             recovered: recovered.state,
             sink: Arc::new(hub.clone()),
             store: store_tx,
-            persist: Arc::new(persist::StorePersist(store.clone())),
+            persist,
             suppliers: suppliers.clone(),
             stopping: stopping_rx.clone(),
+            membership,
+            announce,
         });
         let ingest_tx = running.input.clone();
 
@@ -273,6 +324,8 @@ impl Engine {
         // `engine_broker`, which differs when the topic guard fronts the broker.
         let (mqtt_host, mqtt_port, engine_broker, embedded_broker, credentials) =
             match &config.mqtt.url {
+                // Devices publish to the cluster's MQTT listeners.
+                _ if cluster_url.is_some() => (String::new(), 0, (String::new(), 0), false, None),
                 Some(url) => {
                     let (host, port) = parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
                     let creds = config
@@ -350,17 +403,47 @@ impl Engine {
             )?)
         };
 
-        let mqtt = spawn_mqtt_source(
-            MqttSourceConfig {
-                host: engine_broker.0,
-                port: engine_broker.1,
-                client_id: config.mqtt.client_id.clone(),
-                credentials,
-            },
-            suppliers.clone(),
-            ingest_tx.clone(),
-        )?;
-
+        let mqtt = match &amqp {
+            Some(_) => None,
+            None => Some(spawn_mqtt_source(
+                MqttSourceConfig {
+                    host: engine_broker.0,
+                    port: engine_broker.1,
+                    client_id: config.mqtt.client_id.clone(),
+                    credentials,
+                },
+                suppliers.clone(),
+                ingest_tx.clone(),
+            )?),
+        };
+        let broker_ready = match (&mqtt, &amqp) {
+            (Some(m), _) => m.connected.clone(),
+            (None, Some((connection, _))) => cluster::readiness(connection.clone()),
+            (None, None) => watch::channel(false).1,
+        };
+        let joined = match amqp {
+            None => None,
+            Some((connection, bus)) => {
+                let bus_task = bus
+                    .apply(running.commands.clone(), running.view.clone())
+                    .await
+                    .context("cannot consume the cluster's command bus")?;
+                Some(
+                    cluster::join(cluster::JoinParts {
+                        connection,
+                        node: node.clone(),
+                        running: running.control(),
+                        input: ingest_tx.clone(),
+                        suppliers: suppliers.clone(),
+                        tracker: tracker.clone(),
+                        store: store.clone(),
+                        membership: membership_tx,
+                        bus_task,
+                    })
+                    .await?,
+                )
+            }
+        };
         let auth = Arc::new(Auth::from_config(&config.tokens));
         let register_routes = ws_gateway::register::router(
             auth.clone(),
@@ -378,20 +461,37 @@ impl Engine {
             store: store.clone(),
             node: config.cluster.node.clone(),
             readiness: Readiness {
-                broker: mqtt.connected.clone(),
+                broker: broker_ready,
                 store: store_healthy,
             },
             metrics,
         };
-        let app =
-            ws_gateway::router(gateway)
-                .merge(register_routes)
-                .merge(ingest::http::tracks_router(
-                    suppliers,
-                    ingest_tx,
-                    ingest::http::RateLimit::from_config(&config.ingest),
-                    stopping_rx,
-                ));
+        let tracks = if joined.is_some() {
+            // A batch must reach its vehicles' owners through their queues,
+            // in order with the devices' MQTT messages; not built yet.
+            axum::Router::new().route(
+                "/tracks",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({
+                            "error": "not_on_a_cluster",
+                            "message": "this engine node runs on a RabbitMQ cluster: publish the points over MQTT to the cluster's listener (docs/SCALE-OUT.md); POST /tracks is served by single-machine engines only"
+                        })),
+                    )
+                }),
+            )
+        } else {
+            ingest::http::tracks_router(
+                suppliers,
+                ingest_tx,
+                ingest::http::RateLimit::from_config(&config.ingest),
+                stopping_rx,
+            )
+        };
+        let app = ws_gateway::router(gateway)
+            .merge(register_routes)
+            .merge(tracks);
         let (http_done, http_done_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             // With the peer's address (a benchmark's send observer tells clients apart by it).
@@ -411,11 +511,13 @@ impl Engine {
             http_addr,
             mqtt_addr: (mqtt_host, mqtt_port),
             embedded_broker,
+            cluster_node: joined.as_ref().map(|_| node.clone()),
             tracker,
             store,
             sites,
             view: running.view.clone(),
             mqtt,
+            joined,
             hub,
             stopping,
             http_done: Some(http_done),
@@ -440,15 +542,20 @@ impl Engine {
 
     /// Whether the engine's MQTT client is connected now.
     pub fn mqtt_connected(&self) -> bool {
-        *self.mqtt.connected.borrow()
+        self.mqtt.as_ref().is_some_and(|m| *m.connected.borrow())
     }
 
     /// Stops the engine's tasks at once, committing and acknowledging
     /// nothing more (tests; the embedded broker lives until the process ends).
     /// [`Engine::shutdown`] is the graceful stop.
     pub fn stop(self) {
-        self.mqtt.poll_task.abort();
-        self.mqtt.ack_task.abort();
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.poll_task.abort();
+            mqtt.ack_task.abort();
+        }
+        if let Some(joined) = &self.joined {
+            joined.abort();
+        }
         self.running.abort();
         for t in [self.writer, self.server]
             .into_iter()
@@ -481,26 +588,37 @@ impl Engine {
             websockets,
             "shutting down: intake stopped, draining"
         );
+        let mut unfinished = Vec::new();
+        // A cluster node first hands its partitions over: each drained,
+        // committed and acknowledged, and the others told to take them now.
+        if let Some(joined) = &mut self.joined
+            && !joined.node.leave(bound).await
+        {
+            unfinished.push("partition handover");
+        }
         self.stopping.send_replace(true);
-        self.mqtt.stop_intake();
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.stop_intake();
+        }
         self.hub.close_clients();
 
-        let mut unfinished = Vec::new();
         if !self.running.drained(deadline).await {
             unfinished.push("pipeline drain");
         }
         if !finished_by(deadline, &mut self.writer).await {
             unfinished.push("store flush");
         }
-        if !finished_by(deadline, &mut self.mqtt.ack_task).await {
-            unfinished.push("MQTT acks");
-        }
-        // Queued behind every ack, so it goes out after them.
-        let disconnect = tokio::time::timeout_at(deadline, self.mqtt.disconnect()).await;
-        if !matches!(disconnect, Ok(Ok(())))
-            || !finished_by(deadline, &mut self.mqtt.poll_task).await
-        {
-            unfinished.push("MQTT disconnect");
+        if let Some(mqtt) = &mut self.mqtt {
+            if !finished_by(deadline, &mut mqtt.ack_task).await {
+                unfinished.push("MQTT acks");
+            }
+            // Queued behind every ack, so it goes out after them.
+            let disconnect = tokio::time::timeout_at(deadline, mqtt.disconnect()).await;
+            if !matches!(disconnect, Ok(Ok(())))
+                || !finished_by(deadline, &mut mqtt.poll_task).await
+            {
+                unfinished.push("MQTT disconnect");
+            }
         }
         if let Some(done) = self.http_done.take() {
             let _ = done.send(());

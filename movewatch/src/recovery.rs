@@ -85,6 +85,22 @@ pub(crate) struct Recovery {
 /// positions, fence crossings, open moves, the alerts already raised (so a
 /// restart raises none twice), and the arrivals the ETA model learns from.
 pub(crate) async fn recover(store: &store::Store, sites: &[Site]) -> anyhow::Result<Recovery> {
+    let arrivals = store
+        .recent_arrivals(ETA_HISTORY)
+        .await
+        .context("cannot read arrivals for the ETA model")?;
+    let at = site_positions(sites);
+    let mut eta = learned_eta_model(&at, &arrivals);
+    learn_stored_tracks(&mut eta, store, &at, &arrivals).await?;
+    Ok(Recovery {
+        state: recover_state(store).await?,
+        eta,
+    })
+}
+
+/// The partitions' share of [`recover`] (a cluster node reads it again for
+/// each partition it takes, and for those it follows).
+pub(crate) async fn recover_state(store: &store::Store) -> anyhow::Result<engine::Recovered> {
     let positions = store
         .latest_positions()
         .await
@@ -95,13 +111,6 @@ pub(crate) async fn recover(store: &store::Store, sites: &[Site]) -> anyhow::Res
         .latest_fence_transitions()
         .await
         .context("cannot read fence state back from the store")?;
-    let arrivals = store
-        .recent_arrivals(ETA_HISTORY)
-        .await
-        .context("cannot read arrivals for the ETA model")?;
-    let at = site_positions(sites);
-    let mut eta = learned_eta_model(&at, &arrivals);
-    learn_stored_tracks(&mut eta, store, &at, &arrivals).await?;
     let mut open_moves = Vec::new();
     for record in store
         .open_moves()
@@ -123,13 +132,10 @@ pub(crate) async fn recover(store: &store::Store, sites: &[Site]) -> anyhow::Res
         )
         .await
         .context("cannot read the alerts already raised back from the store")?;
-    Ok(Recovery {
-        state: engine::Recovered {
-            positions,
-            crossings,
-            open_moves,
-            alerts,
-        },
-        eta,
+    Ok(engine::Recovered {
+        positions,
+        crossings,
+        open_moves,
+        alerts,
     })
 }

@@ -1,7 +1,8 @@
 //! `GET /api/cluster` on one node: its name, owning every partition; for
-//! the control room only. A node told to join a RabbitMQ cluster refuses
-//! to start (that mode is not built yet) without repeating the URL's
-//! password.
+//! the control room only. A node told to join a RabbitMQ cluster with a
+//! store of its own (SQLite) refuses to start, without repeating the URL's
+//! password: a cluster's nodes share one PostgreSQL store. Nodes on a real
+//! cluster: `cluster_failover.rs`.
 
 mod common;
 
@@ -40,7 +41,7 @@ async fn one_node_owns_every_partition_and_only_the_control_room_asks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_told_to_join_a_cluster_refuses_to_start_without_leaking_the_password() {
+async fn a_cluster_node_with_a_store_of_its_own_refuses_to_start_without_leaking_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), None);
     config.cluster.amqp_url = Some("amqp://guest:s3cret-pw@127.0.0.1:5672/%2f".into());
@@ -48,6 +49,6 @@ async fn a_node_told_to_join_a_cluster_refuses_to_start_without_leaking_the_pass
         Ok(_) => panic!("started"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("not built yet"), "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
     assert!(!err.contains("s3cret-pw"), "{err}");
 }

@@ -114,8 +114,8 @@ async fn readyz(State(g): State<Gateway>) -> Response {
 }
 
 /// `GET /api/cluster` (control room): this node and the partitions each
-/// node owns. One node owns every partition until the engine runs on a
-/// RabbitMQ cluster (docs/SCALE-OUT.md).
+/// live node owns, as this node knows them (one machine: itself, owning
+/// every partition; a cluster: from the nodes' heartbeats, docs/SCALE-OUT.md).
 async fn cluster(State(g): State<Gateway>, access: Access) -> Response {
     if access != Access::ControlRoom {
         return error(
@@ -124,10 +124,15 @@ async fn cluster(State(g): State<Gateway>, access: Access) -> Response {
             "the cluster's state is for the control room",
         );
     }
-    let partitions: Vec<usize> = (0..g.view.partitions()).collect();
+    let membership = g.view.membership();
+    let nodes: Vec<serde_json::Value> = membership
+        .nodes
+        .iter()
+        .map(|(id, partitions)| json!({"id": id, "partitions": partitions}))
+        .collect();
     axum::Json(json!({
         "node": g.node,
-        "nodes": [{"id": g.node, "partitions": partitions}],
+        "nodes": nodes,
     }))
     .into_response()
 }

@@ -1,0 +1,212 @@
+//! Wiring of an engine node on a RabbitMQ cluster (`[cluster] amqp_url`;
+//! docs/SCALE-OUT.md): the connection, the topology, the register's
+//! bindings, the command bus and the node's membership.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use engine::cluster::{Membership, Node, NodeConfig, NodeParts, Recover};
+use ingest::Suppliers;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How long a node keeps trying to reach the broker at start.
+const CONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// The broker URL without its password, for messages.
+pub(crate) fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Connects, retrying for a while (a cluster's nodes may start in any order).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Arc<Connection>> {
+    let deadline = Instant::now() + CONNECT_FOR;
+    loop {
+        match Connection::connect(url, ConnectionProperties::default()).await {
+            Ok(c) => return Ok(Arc::new(c)),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(broker = %redacted(url), error = %e, "cannot reach the RabbitMQ cluster yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach the RabbitMQ cluster at {} ([cluster] amqp_url) for {} s; is it up (bash scripts/cluster.sh up)?",
+                        redacted(url),
+                        CONNECT_FOR.as_secs()
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Declares the partitions' topology and binds every registered vehicle to
+/// its partition's queue (idempotent: every node does it at start).
+pub(crate) async fn prepare(
+    connection: &Connection,
+    suppliers: &Suppliers,
+    partitions: usize,
+) -> anyhow::Result<lapin::Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel on the RabbitMQ cluster")?;
+    ingest::amqp::declare_topology(&channel, partitions)
+        .await
+        .context("cannot declare the partitions' queues")?;
+    let entries = suppliers.entries();
+    let started = Instant::now();
+    for e in &entries {
+        ingest::amqp::bind_vehicle(
+            &channel,
+            &e.vehicle,
+            engine::partition_of(&e.vehicle, partitions),
+            partitions,
+        )
+        .await
+        .with_context(|| format!("cannot bind vehicle {} to its partition", e.vehicle))?;
+    }
+    tracing::info!(
+        vehicles = entries.len(),
+        partitions,
+        took_ms = started.elapsed().as_millis() as u64,
+        "partition queues declared and the register's vehicles bound"
+    );
+    Ok(channel)
+}
+
+/// Whether the broker connection is up, checked each second (for `/readyz`).
+pub(crate) fn readiness(connection: Arc<Connection>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(connection.status().connected());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(connection.status().connected());
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A node's cluster parts, started once the engine is.
+pub(crate) struct Joined {
+    pub(crate) node: Node,
+    bus: JoinHandle<()>,
+}
+
+impl Joined {
+    pub(crate) fn abort(&self) {
+        self.node.abort();
+        self.bus.abort();
+    }
+}
+
+/// What joining needs.
+pub(crate) struct JoinParts {
+    pub(crate) connection: Arc<Connection>,
+    pub(crate) node: String,
+    pub(crate) running: engine::Control,
+    pub(crate) input: mpsc::Sender<model::IngestBatch>,
+    pub(crate) suppliers: Arc<Suppliers>,
+    pub(crate) tracker: Arc<tracker::Tracker>,
+    pub(crate) store: store::Store,
+    pub(crate) membership: watch::Sender<Arc<Membership>>,
+    pub(crate) bus_task: JoinHandle<()>,
+}
+
+/// Joins the cluster: from now on the node takes its share of partitions.
+pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
+    let store = p.store.clone();
+    let recover: Recover = Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            crate::recovery::recover_state(&store)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    });
+    let node = Node::join(
+        NodeConfig::new(p.node),
+        NodeParts {
+            connection: p.connection,
+            control: p.running,
+            input: p.input,
+            suppliers: p.suppliers,
+            tracker: p.tracker,
+            recover,
+            membership: p.membership,
+        },
+    )
+    .await
+    .context("cannot join the cluster")?;
+    Ok(Joined {
+        node,
+        bus: p.bus_task,
+    })
+}
+
+/// Binds a vehicle to its partition once its register entry is stored (a
+/// cluster node's [`engine::Persist`]: the entry is kept by `inner`, then
+/// its messages start reaching the partition's queue).
+pub(crate) struct ClusterPersist {
+    pub(crate) inner: crate::persist::StorePersist,
+    pub(crate) channel: lapin::Channel,
+    pub(crate) partitions: usize,
+}
+
+impl engine::Persist for ClusterPersist {
+    fn put_fence<'a>(
+        &'a self,
+        site: &'a model::SiteId,
+        fence: String,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> engine::PersistFuture<'a> {
+        self.inner.put_fence(site, fence, at)
+    }
+
+    fn put_vehicle<'a>(
+        &'a self,
+        vehicle: model::VehicleId,
+        supplier: model::SupplierId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> engine::PersistFuture<'a> {
+        Box::pin(async move {
+            self.inner.put_vehicle(vehicle, supplier, at).await?;
+            ingest::amqp::bind_vehicle(
+                &self.channel,
+                &vehicle,
+                engine::partition_of(&vehicle, self.partitions),
+                self.partitions,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_broker_url_is_shown_without_its_password() {
+        assert_eq!(
+            super::redacted("amqp://guest:s3cret@10.0.0.1:5672/%2f"),
+            "amqp://guest:***@10.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            super::redacted("amqp://10.0.0.1:5672"),
+            "amqp://10.0.0.1:5672"
+        );
+    }
+}
