@@ -48,8 +48,8 @@
 #![deny(missing_docs)]
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -120,14 +120,20 @@ fn broker(action: &'static str, name: impl fmt::Display) -> impl FnOnce(lapin::E
     }
 }
 
-/// What was dropped and rejected, for the metrics and for tests.
+/// What was dropped and rejected (for the metrics and for tests), and the
+/// name of this node's queue.
 #[derive(Debug, Default)]
 struct Counts {
     dropped: AtomicU64,
     rejected: AtomicU64,
+    queue: Mutex<String>,
 }
 
 impl Counts {
+    fn set_queue(&self, name: &str) {
+        *self.queue.lock().unwrap_or_else(|p| p.into_inner()) = name.to_owned();
+    }
+
     fn dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("movewatch_live_dropped_total").increment(1);
@@ -308,6 +314,16 @@ impl Live {
         self.counts.dropped.load(Ordering::Relaxed)
     }
 
+    /// The name the broker gave this node's queue; a new one each time the
+    /// consumer's channel is re-opened.
+    pub fn queue(&self) -> String {
+        self.counts
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Stops the publisher and the consumer (their channels close as they go;
     /// the node's queue, auto-delete, goes with its consumer).
     pub fn abort(&self) {
@@ -329,14 +345,19 @@ impl Live {
 /// them already); the others are routed into `hub` with
 /// [`Hub::route_remote`]. Node names must differ across the cluster.
 ///
-/// **Channel loss.** If either channel closes while the connection lives
-/// (a broker error on the channel, or the broker node holding the queue
-/// went and the connection's recovery re-connected), the task logs it and
-/// re-opens its channel on the same connection, waiting 100 ms, doubling up
-/// to 5 s between attempts; meanwhile envelopes are dropped (counted) and
-/// other nodes' frames are missed. Once the connection itself is closed
-/// or failed, the tasks log it and end: re-connecting is the caller's
-/// business (call `start_live` again on a new connection).
+/// **Channel loss.** If a channel closes while the connection lives (a
+/// broker error on the channel), or the consumer is cancelled (the broker
+/// node holding this node's queue went, or the queue was deleted), the task
+/// logs it and re-opens its channel (and a new queue) on the same
+/// connection, waiting 100 ms, doubling up to 5 s between attempts;
+/// meanwhile envelopes are dropped (counted) and other nodes' frames are
+/// missed. Once the connection itself is closed or failed, the tasks log it
+/// and end: re-connecting is the caller's business (call `start_live` again
+/// on a new connection).
+///
+/// Takes the connection shared (`Arc`) rather than borrowed: re-opening a
+/// channel needs it after this returns, and lapin's `Connection` is not
+/// `Clone`.
 pub async fn start_live(
     connection: Arc<Connection>,
     node: &str,
@@ -349,6 +370,7 @@ pub async fn start_live(
     let counts = Arc::new(Counts::default());
     let publisher = open_publisher(&connection).await?;
     let consumer = open_consumer(&connection, &node).await?;
+    counts.set_queue(consumer.2.as_str());
     let (tx, rx) = mpsc::channel(CAPACITY);
     let tasks = vec![
         tokio::spawn(publish(
@@ -404,7 +426,7 @@ async fn open_publisher(connection: &Connection) -> Result<Channel, LiveError> {
 async fn open_consumer(
     connection: &Connection,
     node: &str,
-) -> Result<(Channel, Consumer), LiveError> {
+) -> Result<(Channel, Consumer, ShortString), LiveError> {
     let channel = connection
         .create_channel()
         .await
@@ -458,7 +480,7 @@ async fn open_consumer(
         )
         .await
         .map_err(broker("consume", &name))?;
-    Ok((channel, consumer))
+    Ok((channel, consumer, name))
 }
 
 /// True once the connection is closed or failed for good (not while it is
@@ -511,7 +533,7 @@ async fn publish(
         .with_app_id(node.as_ref().into());
     while let Some(body) = rx.recv().await {
         if !channel.status().connected() {
-            tracing::warn!("live publisher: channel closed");
+            tracing::warn!("live publisher: channel closed; re-opening");
             match reopen(&connection, "publisher", || open_publisher(&connection)).await {
                 Some(c) => channel = c,
                 None => return,
@@ -543,12 +565,12 @@ async fn publish(
 /// channel closes, while the connection lives.
 async fn consume(
     connection: Arc<Connection>,
-    opened: (Channel, Consumer),
+    opened: (Channel, Consumer, ShortString),
     node: Arc<str>,
     hub: Hub,
     counts: Arc<Counts>,
 ) {
-    let (mut _channel, mut consumer) = opened;
+    let (mut _channel, mut consumer, _) = opened;
     loop {
         while let Some(delivery) = consumer.next().await {
             match delivery {
@@ -559,13 +581,15 @@ async fn consume(
                 }
             }
         }
-        tracing::warn!("live consumer: channel closed");
+        tracing::warn!("live consumer: ended (its channel closed or its queue went); re-opening");
         match reopen(&connection, "consumer", || {
             open_consumer(&connection, &node)
         })
         .await
         {
-            Some((c, q)) => {
+            Some((c, q, name)) => {
+                tracing::info!(queue = %name, "live consumer: consuming again");
+                counts.set_queue(name.as_str());
                 _channel = c;
                 consumer = q;
             }
@@ -874,6 +898,64 @@ mod tests {
             b.rejected()
         );
         assert_eq!(a.dropped() + b.dropped(), 0);
+
+        a.abort();
+        b.abort();
+        for conn in [conn_a, conn_b] {
+            let _ = conn.close(200, "test done".into()).await;
+        }
+    }
+
+    /// The consumer's queue goes (as when the broker node holding it dies,
+    /// or an operator deletes it): the consumer opens a new one on the same
+    /// connection, and frames flow again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_consumer_comes_back_when_its_queue_goes() {
+        if !amqp_tests_enabled() {
+            eprintln!("MOVEWATCH_AMQP_TESTS=0: skipped");
+            return;
+        }
+        let run = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let (conn_a, conn_b) = (connect().await, connect().await);
+        let (hub_a, hub_b) = (Hub::new(), Hub::new());
+        let a = start_live(conn_a.clone(), &format!("a-{run}"), hub_a)
+            .await
+            .expect("start node a");
+        let b = start_live(conn_b.clone(), &format!("b-{run}"), hub_b.clone())
+            .await
+            .expect("start node b");
+        let (b_control, _bc) = client(&hub_b, Access::ControlRoom, Subscription::Fleet);
+
+        let first = b.queue();
+        assert!(!first.is_empty());
+        // Exclusive: only b's own connection may delete it.
+        let side = conn_b.create_channel().await.expect("channel");
+        side.queue_delete(
+            first.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete b's queue");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.queue() == first && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_ne!(b.queue(), first, "b's consumer did not re-open within 5 s");
+
+        let text = Frame::Alert(AlertView {
+            kind: "stopped".into(),
+            vehicle: vehicle(),
+            move_id: None,
+            ts: "2026-11-21T09:00:05Z".into(),
+            detail: format!("live re-open test run {run}"),
+        });
+        a.sink.frame(&text, Some(vehicle()), None, vec![]);
+        let want = [text.to_json()];
+        let got = collect(&b_control, &want, Duration::from_secs(1)).await;
+        assert_eq!(got, want, "b's control room after b's queue was re-opened");
 
         a.abort();
         b.abort();
