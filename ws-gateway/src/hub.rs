@@ -170,12 +170,70 @@ impl Routes {
 pub type ScopedBatch = (Instant, Vec<(Update, Vec<SiteId>)>);
 
 /// A position frame, serialised, before it is routed.
-struct PositionFrame {
-    text: Utf8Bytes,
-    vehicle: VehicleId,
-    supplier: SupplierId,
-    sites: Vec<SiteId>,
-    mark: Arc<LatencyMark>,
+pub(crate) struct PositionFrame {
+    /// The frame's JSON, as clients receive it.
+    pub(crate) text: Utf8Bytes,
+    /// Its vehicle (the frame conflates by it).
+    pub(crate) vehicle: VehicleId,
+    /// The vehicle's supplier.
+    pub(crate) supplier: SupplierId,
+    /// The site channels that may see it.
+    pub(crate) sites: Vec<SiteId>,
+    /// Its batch's broker receipt.
+    pub(crate) mark: Option<Arc<LatencyMark>>,
+}
+
+/// Serialises the position updates of several intake batches, each frame
+/// once, before any lock is taken (for [`Hub::route_positions`]).
+pub(crate) fn render_positions(
+    batches: impl IntoIterator<Item = ScopedBatch>,
+) -> Vec<PositionFrame> {
+    batches
+        .into_iter()
+        .filter(|(_, updates)| !updates.is_empty())
+        .flat_map(|(received, updates)| {
+            let mark = LatencyMark::new(received);
+            updates
+                .into_iter()
+                .map(move |(update, sites)| match update {
+                    Update::Position { view, supplier } => {
+                        let vehicle = view.vehicle;
+                        PositionFrame {
+                            text: Utf8Bytes::from(Frame::Position(view).to_json()),
+                            vehicle,
+                            supplier,
+                            sites,
+                            mark: Some(mark.clone()),
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Which kind of frame came from another node ([`Hub::route_remote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteKind {
+    /// A `position` frame: conflates by its vehicle in a slow client's queue.
+    Position,
+    /// Any other frame (`move`, `arrival`, `departure`, `alert`): never conflated.
+    Frame,
+}
+
+/// A frame another engine node serialised, with what routes it.
+#[derive(Debug, Clone)]
+pub struct RemoteFrame {
+    /// Position or other frame.
+    pub kind: RemoteKind,
+    /// The frame's JSON exactly as that node's clients received it.
+    pub text: Utf8Bytes,
+    /// The vehicle it concerns (always set for a position).
+    pub vehicle: Option<VehicleId>,
+    /// The vehicle's supplier.
+    pub supplier: Option<SupplierId>,
+    /// The site channels that may see it.
+    pub sites: Vec<SiteId>,
 }
 
 /// A frame on its way to the clients.
@@ -342,28 +400,13 @@ impl Hub {
     /// rather than once per frame: the pipeline hands over what queued up
     /// while it was busy, so the busier it is the cheaper each frame gets.
     pub fn publish_batches(&self, batches: impl IntoIterator<Item = ScopedBatch>) {
-        // Serialised before the lock is taken; each frame once.
-        let frames: Vec<PositionFrame> = batches
-            .into_iter()
-            .filter(|(_, updates)| !updates.is_empty())
-            .flat_map(|(received, updates)| {
-                let mark = LatencyMark::new(received);
-                updates
-                    .into_iter()
-                    .map(move |(update, sites)| match update {
-                        Update::Position { view, supplier } => {
-                            let vehicle = view.vehicle;
-                            PositionFrame {
-                                text: Utf8Bytes::from(Frame::Position(view).to_json()),
-                                vehicle,
-                                supplier,
-                                sites,
-                                mark: mark.clone(),
-                            }
-                        }
-                    })
-            })
-            .collect();
+        self.route_positions(render_positions(batches));
+    }
+
+    /// Routes position frames serialised by [`render_positions`], under one
+    /// read of the routes; each conflates with the vehicle's earlier
+    /// position in a slow client's queue.
+    pub(crate) fn route_positions(&self, frames: Vec<PositionFrame>) {
         if frames.is_empty() {
             return;
         }
@@ -377,7 +420,7 @@ impl Hub {
                     vehicle: Some(f.vehicle),
                     supplier: Some(f.supplier),
                     sites: &f.sites,
-                    mark: Some(f.mark),
+                    mark: f.mark,
                 },
                 now,
             );
@@ -394,18 +437,57 @@ impl Hub {
         supplier: Option<SupplierId>,
         sites: Vec<SiteId>,
     ) {
-        let text = Utf8Bytes::from(frame.to_json());
+        self.route_frame(Utf8Bytes::from(frame.to_json()), vehicle, supplier, &sites);
+    }
+
+    /// Routes one frame already serialised (as [`Hub::send`] does after
+    /// serialising it): never conflated, no latency mark.
+    pub(crate) fn route_frame(
+        &self,
+        text: Utf8Bytes,
+        vehicle: Option<VehicleId>,
+        supplier: Option<SupplierId>,
+        sites: &[SiteId],
+    ) {
         self.read().route(
             &Routed {
                 text,
                 conflate: None,
                 vehicle,
                 supplier,
-                sites: &sites,
+                sites,
                 mark: None,
             },
             Instant::now(),
         );
+    }
+
+    /// Routes frames another engine node serialised and published on the
+    /// live exchange ([`crate::live`]), exactly as this node routes its own:
+    /// a position conflates by its vehicle like a local one, any other frame
+    /// is never conflated. No latency mark: the broker receipt was on
+    /// another machine, so `movewatch_pipeline_latency_seconds` measures
+    /// local batches only. The routes are read once for the lot.
+    pub fn route_remote(&self, frames: impl IntoIterator<Item = RemoteFrame>) {
+        let now = Instant::now();
+        let routes = self.read();
+        for f in frames {
+            let conflate = match f.kind {
+                RemoteKind::Position => f.vehicle,
+                RemoteKind::Frame => None,
+            };
+            routes.route(
+                &Routed {
+                    text: f.text,
+                    conflate,
+                    vehicle: f.vehicle,
+                    supplier: f.supplier,
+                    sites: &f.sites,
+                    mark: None,
+                },
+                now,
+            );
+        }
     }
 
     /// How many WebSocket clients are connected.

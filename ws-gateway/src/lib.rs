@@ -18,6 +18,7 @@ mod auth;
 mod fleet;
 pub mod history;
 mod hub;
+pub mod live;
 pub mod moves;
 pub mod outbox;
 mod pages;
@@ -39,7 +40,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use auth::{Access, Auth};
-pub use hub::{Hub, ScopedBatch, SendObserver, SendRecorder};
+pub use hub::{Hub, RemoteFrame, RemoteKind, ScopedBatch, SendObserver, SendRecorder};
 
 /// What `/readyz` checks.
 #[derive(Debug, Clone)]
