@@ -104,12 +104,16 @@ pub(crate) fn readiness(connection: Arc<Connection>) -> watch::Receiver<bool> {
 pub(crate) struct Joined {
     pub(crate) node: Node,
     bus: JoinHandle<()>,
+    live: Option<ws_gateway::live::Live>,
 }
 
 impl Joined {
     pub(crate) fn abort(&self) {
         self.node.abort();
         self.bus.abort();
+        if let Some(live) = &self.live {
+            live.abort();
+        }
     }
 }
 
@@ -124,6 +128,7 @@ pub(crate) struct JoinParts {
     pub(crate) store: store::Store,
     pub(crate) membership: watch::Sender<Arc<Membership>>,
     pub(crate) bus_task: JoinHandle<()>,
+    pub(crate) live: Option<ws_gateway::live::Live>,
 }
 
 /// Joins the cluster: from now on the node takes its share of partitions.
@@ -154,6 +159,7 @@ pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
     Ok(Joined {
         node,
         bus: p.bus_task,
+        live: p.live,
     })
 }
 

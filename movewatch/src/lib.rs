@@ -91,6 +91,8 @@ pub struct ShutdownReport {
     pub websockets_left: usize,
     /// The stages that did not finish within the bound (empty: a clean stop).
     pub unfinished: Vec<&'static str>,
+    /// Whether this was a cluster node (it handed its partitions over).
+    pub cluster: bool,
 }
 
 impl ShutdownReport {
@@ -115,7 +117,12 @@ impl std::fmt::Display for ShutdownReport {
         if self.is_clean() {
             write!(
                 f,
-                "; intake stopped, pipeline drained, store flushed, acks sent, MQTT disconnected"
+                "; intake stopped, pipeline drained, store flushed, acks sent, {}",
+                if self.cluster {
+                    "partitions handed over"
+                } else {
+                    "MQTT disconnected"
+                }
             )
         } else {
             write!(f, "; NOT finished: {}", self.unfinished.join(", "))
@@ -294,6 +301,16 @@ impl Engine {
             .count();
         let open_moves = recovered.state.open_moves.len();
         let eta = recovered.eta;
+        // On a cluster every node's frames go to every other node's clients.
+        let (sink, live): (Arc<dyn engine::Sink>, _) = match &amqp {
+            None => (Arc::new(hub.clone()), None),
+            Some((connection, _)) => {
+                let live = ws_gateway::live::start_live(connection.clone(), &node, hub.clone())
+                    .await
+                    .context("cannot open the cluster's live exchange")?;
+                (Arc::new(live.sink.clone()), Some(live))
+            }
+        };
         let book_sites = sites.clone();
         let owned = cluster_url.is_none();
         let running = engine::start(engine::Start {
@@ -310,7 +327,7 @@ impl Engine {
             book: Arc::new(move || MoveBook::new(&book_sites, MovesConfig::default(), eta.clone())),
             owned,
             recovered: recovered.state,
-            sink: Arc::new(hub.clone()),
+            sink,
             store: store_tx,
             persist,
             suppliers: suppliers.clone(),
@@ -439,6 +456,7 @@ impl Engine {
                         store: store.clone(),
                         membership: membership_tx,
                         bus_task,
+                        live,
                     })
                     .await?,
                 )
@@ -640,6 +658,7 @@ impl Engine {
             websockets,
             websockets_left,
             unfinished,
+            cluster: self.joined.is_some(),
         };
         self.stop();
         report

@@ -484,10 +484,16 @@ async fn serve(
     }
     config.validate()?;
     let engine = Engine::start(config).await?;
-    println!(
-        "movewatch serving on http://{} (MQTT {}:{})",
-        engine.http_addr, engine.mqtt_addr.0, engine.mqtt_addr.1
-    );
+    match &engine.cluster_node {
+        Some(node) => println!(
+            "movewatch node {node} serving on http://{} (devices publish to the RabbitMQ cluster's MQTT listeners)",
+            engine.http_addr
+        ),
+        None => println!(
+            "movewatch serving on http://{} (MQTT {}:{})",
+            engine.http_addr, engine.mqtt_addr.0, engine.mqtt_addr.1
+        ),
+    }
     let signal = stop_signal().await?;
     eprintln!("movewatch: {signal}: shutting down gracefully (a second signal exits at once)");
     let report = tokio::select! {
