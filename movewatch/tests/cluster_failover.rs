@@ -785,6 +785,10 @@ async fn engine_sigkill_hands_partitions_over_and_loses_nothing() {
         assert_eq!(missing, 0, "{missing} acknowledged points were never stored");
         assert!(duplicates.is_empty(), "points stored more than once: {duplicates:?}");
         assert_eq!(row(MOVE_A), 1, "move A's arrival rows: {arrivals:?}");
+        assert!(
+            arrivals.contains(&(MOVE_A.into(), van_a.clone(), "LEI".into())),
+            "move A arrives at LEI with {van_a}: {arrivals:?}"
+        );
         assert!(doubled_alerts.is_empty(), "alerts stored twice: {doubled_alerts:?}");
         assert!(silent.is_empty(), "no position frame on n2 after the kill for {silent:?}");
         assert_eq!(arrival_frames_a, 1, "arrival frames for move A on n2");
@@ -793,6 +797,10 @@ async fn engine_sigkill_hands_partitions_over_and_loses_nothing() {
         assert!(move_b_on_n2.is_some(), "n2 does not know move B, booked on n1 before the kill");
         assert!(b_arrived, "move B did not arrive on n2: {move_b_on_n2:?}");
         assert_eq!(row(MOVE_B), 1, "move B's arrival rows: {arrivals:?}");
+        assert!(
+            arrivals.contains(&(MOVE_B.into(), van_b.clone(), "WDI".into())),
+            "move B arrives at WDI with {van_b}: {arrivals:?}"
+        );
         assert_eq!(arrival_frames_b, 1, "arrival frames for move B on n2");
     })
     .await
