@@ -536,6 +536,7 @@ impl Coordinator {
     }
 
     fn publish_membership(&self) {
+        metrics::gauge!("movewatch_cluster_partitions_owned").set(self.owned.len() as f64);
         let mut nodes: Vec<(String, Vec<usize>)> = self
             .peers
             .iter()

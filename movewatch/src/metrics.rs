@@ -42,6 +42,10 @@ pub(crate) fn prometheus() -> anyhow::Result<PrometheusHandle> {
     metrics::gauge!("movewatch_ws_clients").set(0.0);
     metrics::gauge!("movewatch_webhook_pending").set(0.0);
     metrics::counter!("movewatch_webhook_failures_total").increment(0);
+    metrics::gauge!("movewatch_cluster_partitions_owned").set(0.0);
+    metrics::counter!("movewatch_cluster_partitions_taken_total").increment(0);
+    metrics::counter!("movewatch_live_dropped_total").increment(0);
+    metrics::counter!("movewatch_live_rejected_total").increment(0);
     // Histogram samples pile up until drained: with `install_recorder` that
     // is ours to do (a /metrics scrape drains them too, but nothing promises
     // one). Every 5 s, on a thread of its own, for the life of the process.
