@@ -27,26 +27,39 @@ pub(crate) fn redacted(url: &str) -> String {
     }
 }
 
-/// Connects, retrying for a while (a cluster's nodes may start in any order).
-pub(crate) async fn connect(url: &str) -> anyhow::Result<Arc<Connection>> {
+/// Connects to the first broker node that answers among `urls` (one URL,
+/// or several separated by commas), trying them in turn for a while (a
+/// cluster's nodes may start in any order).
+pub(crate) async fn connect(urls: &str) -> anyhow::Result<Arc<Connection>> {
+    let urls: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let shown = urls.iter().map(|u| redacted(u)).collect::<Vec<_>>().join(", ");
     let deadline = Instant::now() + CONNECT_FOR;
     loop {
-        match Connection::connect(url, ConnectionProperties::default()).await {
-            Ok(c) => return Ok(Arc::new(c)),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(broker = %redacted(url), error = %e, "cannot reach the RabbitMQ cluster yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the RabbitMQ cluster at {} ([cluster] amqp_url) for {} s; is it up (bash scripts/cluster.sh up)?",
-                        redacted(url),
-                        CONNECT_FOR.as_secs()
-                    )
-                });
+        let mut last = None;
+        for url in &urls {
+            match Connection::connect(url, ConnectionProperties::default()).await {
+                Ok(c) => {
+                    tracing::info!(broker = %redacted(url), "connected to the RabbitMQ cluster");
+                    return Ok(Arc::new(c));
+                }
+                Err(e) => {
+                    tracing::warn!(broker = %redacted(url), error = %e, "cannot reach this broker node");
+                    last = Some(e);
+                }
             }
         }
+        if Instant::now() >= deadline {
+            let detail = last.map_or_else(|| "no URL given".to_owned(), |e| e.to_string());
+            anyhow::bail!(
+                "cannot reach the RabbitMQ cluster at {shown} ([cluster] amqp_url) for {} s ({detail}); is it up (bash scripts/cluster.sh up)?",
+                CONNECT_FOR.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

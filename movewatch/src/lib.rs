@@ -63,6 +63,8 @@ pub struct Engine {
     mqtt: Option<MqttSource>,
     /// This node's part in the cluster.
     joined: Option<cluster::Joined>,
+    /// Whether the broker (or the cluster's connection) is up.
+    broker_ready: watch::Receiver<bool>,
     hub: Hub,
     /// Turns true when a graceful shutdown begins: `/tracks` answers 503 and
     /// the pipeline closes its input and drains.
@@ -190,6 +192,9 @@ pub fn load_sites(config: &Config) -> anyhow::Result<Vec<Site>> {
         .collect())
 }
 
+/// How long a cluster node may be cut off from its broker before it stops.
+pub const CLUSTER_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the time-based alerts (`gps_gap`, `device_silent`, `stopped`) are checked.
 pub const ALERT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -313,6 +318,9 @@ impl Engine {
         };
         let book_sites = sites.clone();
         let owned = cluster_url.is_none();
+        if owned {
+            ::metrics::gauge!("movewatch_cluster_partitions_owned").set(partitions as f64);
+        }
         let running = engine::start(engine::Start {
             config: engine::EngineConfig {
                 partitions,
@@ -479,7 +487,7 @@ impl Engine {
             store: store.clone(),
             node: config.cluster.node.clone(),
             readiness: Readiness {
-                broker: broker_ready,
+                broker: broker_ready.clone(),
                 store: store_healthy,
             },
             metrics,
@@ -536,6 +544,7 @@ impl Engine {
             view: running.view.clone(),
             mqtt,
             joined,
+            broker_ready,
             hub,
             stopping,
             http_done: Some(http_done),
@@ -551,6 +560,28 @@ impl Engine {
     /// ETA model's learning (tests and diagnostics).
     pub async fn inspect(&self, vehicle: model::VehicleId) -> Option<engine::Inspection> {
         self.running.inspect(vehicle).await
+    }
+
+    /// Resolves once a cluster node has been cut off from its RabbitMQ
+    /// cluster for [`CLUSTER_LOST_AFTER`] (never on one machine): its
+    /// partitions have gone to the other nodes, and it does not reconnect
+    /// by itself (`serve` stops, for a supervisor to restart it).
+    pub fn cluster_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ready = self.joined.as_ref().map(|_| self.broker_ready.clone());
+        async move {
+            let Some(mut ready) = ready else {
+                return std::future::pending().await;
+            };
+            loop {
+                if ready.wait_for(|up| !*up).await.is_err() {
+                    return std::future::pending().await;
+                }
+                let back = tokio::time::timeout(CLUSTER_LOST_AFTER, ready.wait_for(|up| *up)).await;
+                if back.is_err() {
+                    return;
+                }
+            }
+        }
     }
 
     /// The fan-out hub (benchmarks install a send observer on it).

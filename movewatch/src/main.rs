@@ -494,8 +494,17 @@ async fn serve(
             engine.http_addr, engine.mqtt_addr.0, engine.mqtt_addr.1
         ),
     }
-    let signal = stop_signal().await?;
-    eprintln!("movewatch: {signal}: shutting down gracefully (a second signal exits at once)");
+    let lost = engine.cluster_lost();
+    let lost_broker = tokio::select! {
+        signal = stop_signal() => {
+            eprintln!("movewatch: {}: shutting down gracefully (a second signal exits at once)", signal?);
+            false
+        }
+        () = lost => {
+            eprintln!("movewatch: lost the RabbitMQ cluster for {} s: the other nodes take this node's partitions; stopping so that a supervisor restarts it (on another broker node: list several in [cluster] amqp_url)", movewatch::CLUSTER_LOST_AFTER.as_secs());
+            true
+        }
+    };
     let report = tokio::select! {
         report = engine.shutdown() => report,
         second = stop_signal() => {
@@ -503,6 +512,9 @@ async fn serve(
         }
     };
     eprintln!("movewatch: {report}");
+    if lost_broker {
+        anyhow::bail!("stopped: this node lost its RabbitMQ cluster");
+    }
     if !report.is_clean() {
         anyhow::bail!(
             "the shutdown did not finish within {} s: {}; unacknowledged messages will be redelivered",
