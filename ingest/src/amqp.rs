@@ -79,6 +79,9 @@ pub enum AmqpError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker refused a message (a negative publisher confirm).
+    #[error("the broker refused a message (negative confirm)")]
+    Refused,
     /// The partition count is 0 or over [`MAX_PARTITIONS`].
     #[error("partition count {0} is out of range (1..={MAX_PARTITIONS})")]
     Partitions(usize),
@@ -307,6 +310,52 @@ pub async fn consume_partition(
         )
         .await
         .map_err(broker("consume", &queue))
+}
+
+/// Publishes a batch decoded elsewhere (`POST /tracks` on a cluster node)
+/// as the devices' MQTT messages would arrive: each point and event in the
+/// contract's wire form, one message each, on [`MQTT_EXCHANGE`] with its
+/// topic's routing key, so it reaches its vehicle's partition queue in order
+/// with that vehicle's MQTT messages. `channel` must be in confirm mode;
+/// returns once the broker has confirmed every message (each is then on its
+/// quorum queue), or the first failure.
+pub async fn publish_batch(channel: &Channel, batch: &model::IngestBatch) -> Result<(), AmqpError> {
+    let mut confirms = Vec::with_capacity(batch.positions.len() + batch.events.len());
+    let publish = |key: String, body: Vec<u8>| async move {
+        channel
+            .basic_publish(
+                MQTT_EXCHANGE.into(),
+                key.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(broker("publish to", key))
+    };
+    for p in &batch.positions {
+        let key = format!("movewatch.v1.{}.{}.positions", p.supplier, p.vehicle);
+        let body = serde_json::to_vec(&p.to_wire()).unwrap_or_default();
+        confirms.push(publish(key, body).await?);
+    }
+    for e in &batch.events {
+        let key = format!("movewatch.v1.{}.{}.events", e.supplier, e.vehicle);
+        let body = serde_json::json!({
+            "event_type": e.kind.as_str(),
+            "occurred_at": model::format_ts(&e.occurred_at),
+            "move_id": e.move_id,
+            "journey_id": e.journey_id,
+            "details": e.details,
+        });
+        confirms.push(publish(key, body.to_string().into_bytes()).await?);
+    }
+    for confirm in confirms {
+        let confirmation = confirm.await.map_err(broker("confirm", MQTT_EXCHANGE))?;
+        if confirmation.is_nack() {
+            return Err(AmqpError::Refused);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,7 +36,11 @@ pub(crate) async fn connect(urls: &str) -> anyhow::Result<Arc<Connection>> {
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
-    let shown = urls.iter().map(|u| redacted(u)).collect::<Vec<_>>().join(", ");
+    let shown = urls
+        .iter()
+        .map(|u| redacted(u))
+        .collect::<Vec<_>>()
+        .join(", ");
     let deadline = Instant::now() + CONNECT_FOR;
     loop {
         let mut last = None;
@@ -174,6 +178,51 @@ pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
         bus: p.bus_task,
         live: p.live,
     })
+}
+
+/// `POST /tracks` on a cluster node: each decoded batch is published to the
+/// cluster as the devices' MQTT messages (so it reaches its vehicles'
+/// owners through their queues, in order with the devices' own messages),
+/// and answered 202 once the broker confirmed every message, i.e. once it
+/// is on its replicated queue, as a device's PUBACK is. The request's dead
+/// letters are stored through this node's writer. A batch the broker does
+/// not confirm is answered 503 (the commit token is dropped).
+pub(crate) async fn spawn_tracks_forwarder(
+    connection: &Connection,
+    local: mpsc::Sender<model::IngestBatch>,
+) -> anyhow::Result<(mpsc::Sender<model::IngestBatch>, JoinHandle<()>)> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel for POST /tracks")?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .context("cannot turn on publisher confirms for POST /tracks")?;
+    let (tx, mut rx) = mpsc::channel::<model::IngestBatch>(64);
+    let task = tokio::spawn(async move {
+        while let Some(mut batch) = rx.recv().await {
+            let published = ingest::amqp::publish_batch(&channel, &batch).await;
+            let commit = std::mem::replace(&mut batch.commit, model::CommitToken::detached());
+            match published {
+                Ok(()) => {
+                    if !batch.dead_letters.is_empty() {
+                        batch.positions.clear();
+                        batch.events.clear();
+                        if local.send(batch).await.is_err() {
+                            // Stopping: the request is answered 503.
+                            continue;
+                        }
+                    }
+                    commit.complete(model::CommitOutcome::default());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "POST /tracks: the cluster did not take the batch; answered 503");
+                }
+            }
+        }
+    });
+    Ok((tx, task))
 }
 
 /// Binds a vehicle to its partition once its register entry is stored (a

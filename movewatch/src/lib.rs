@@ -446,6 +446,12 @@ impl Engine {
             (None, Some((connection, _))) => cluster::readiness(connection.clone()),
             (None, None) => watch::channel(false).1,
         };
+        let tracks_forwarder = match &amqp {
+            None => None,
+            Some((connection, _)) => {
+                Some(cluster::spawn_tracks_forwarder(connection, ingest_tx.clone()).await?)
+            }
+        };
         let joined = match amqp {
             None => None,
             Some((connection, bus)) => {
@@ -492,29 +498,18 @@ impl Engine {
             },
             metrics,
         };
-        let tracks = if joined.is_some() {
-            // A batch must reach its vehicles' owners through their queues,
-            // in order with the devices' MQTT messages; not built yet.
-            axum::Router::new().route(
-                "/tracks",
-                axum::routing::post(|| async {
-                    (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(serde_json::json!({
-                            "error": "not_on_a_cluster",
-                            "message": "this engine node runs on a RabbitMQ cluster: publish the points over MQTT to the cluster's listener (docs/SCALE-OUT.md); POST /tracks is served by single-machine engines only"
-                        })),
-                    )
-                }),
-            )
-        } else {
-            ingest::http::tracks_router(
-                suppliers,
-                ingest_tx,
-                ingest::http::RateLimit::from_config(&config.ingest),
-                stopping_rx,
-            )
+        // On a cluster a batch goes to its vehicles' owners through their
+        // queues, as the devices' MQTT messages do.
+        let tracks_out = match &tracks_forwarder {
+            Some((tx, _)) => tx.clone(),
+            None => ingest_tx,
         };
+        let tracks = ingest::http::tracks_router(
+            suppliers,
+            tracks_out,
+            ingest::http::RateLimit::from_config(&config.ingest),
+            stopping_rx,
+        );
         let app = ws_gateway::router(gateway)
             .merge(register_routes)
             .merge(tracks);
@@ -552,7 +547,11 @@ impl Engine {
             running,
             writer,
             server,
-            background: [maintenance, claims].into_iter().chain(webhooks).collect(),
+            background: [maintenance, claims]
+                .into_iter()
+                .chain(webhooks)
+                .chain(tracks_forwarder.map(|(_, task)| task))
+                .collect(),
         })
     }
 
