@@ -370,6 +370,9 @@ async fn request(
     .flatten()
 }
 
+/// `GET /api/cluster`: node id -> its partitions.
+type View = BTreeMap<String, Vec<usize>>;
+
 /// `GET /api/cluster` as `{node id: partitions}`, or `None`.
 async fn cluster_view(addr: SocketAddr) -> Option<BTreeMap<String, Vec<usize>>> {
     let reply = request(addr, "GET", "/api/cluster", None).await?;
@@ -1319,7 +1322,7 @@ async fn broker_kill(
     fleet.disrupted();
     watcher.since = killed_at;
     // Ownership as both nodes see it, every 250 ms until publishing stops.
-    let mut views: Vec<(f64, &str, Option<BTreeMap<String, Vec<usize>>>)> = Vec::new();
+    let mut views: Vec<(f64, &str, Option<View>)> = Vec::new();
     let until = (fleet.started + PUBLISH_FOR).max(killed_at + PUBLISH_AFTER);
     while Instant::now() < until {
         for node in [&*n1, &*n2] {
