@@ -36,12 +36,9 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use ingest::Suppliers;
 use ingest::partition_intake::PartitionIntake;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ExchangeKind};
+use lapin::{BasicProperties, Connection};
 use model::IngestBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -61,6 +58,9 @@ pub type Recover = Arc<dyn Fn() -> BoxFuture<'static, Result<Recovered, String>>
 /// A cluster failure that stops a node from joining.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// A declaration failed.
+    #[error(transparent)]
+    Amqp(ingest::amqp::AmqpError),
     /// The broker refused or failed an operation.
     #[error("AMQP {action}: {source}")]
     Broker {
@@ -166,40 +166,13 @@ impl Node {
             .create_channel()
             .await
             .map_err(broker("open a channel"))?;
-        channel
-            .exchange_declare(
-                NODES_EXCHANGE.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declare the heartbeat exchange"))?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declare this node's heartbeat queue"))?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                NODES_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("bind this node's heartbeat queue"))?;
+        let queue =
+            ingest::amqp::fanout_queue(&channel, NODES_EXCHANGE, false, FieldTable::default())
+                .await
+                .map_err(ClusterError::Amqp)?;
         let mut consumer = channel
             .basic_consume(
-                queue.name().clone(),
+                queue,
                 format!("{}-nodes", config.node).as_str().into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -643,43 +616,13 @@ impl CommandBus {
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
             .map_err(broker("turn on publisher confirms"))?;
-        channel
-            .exchange_declare(
-                COMMANDS_EXCHANGE.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declare the command bus"))?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declare this node's command queue"))?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                COMMANDS_EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("bind this node's command queue"))?;
+        let queue =
+            ingest::amqp::fanout_queue(&channel, COMMANDS_EXCHANGE, true, FieldTable::default())
+                .await
+                .map_err(ClusterError::Amqp)?;
         Ok(Arc::new(CommandBus {
             node: node.to_owned(),
-            queue: queue.name().to_string(),
+            queue: queue.to_string(),
             channel,
             publishing: tokio::sync::Mutex::new(()),
         }))

@@ -251,6 +251,55 @@ pub async fn declare_topology(channel: &Channel, partitions: usize) -> Result<()
     Ok(())
 }
 
+/// Declares the fanout `exchange` (durable or not) and this process's own
+/// queue on it: server-named, exclusive and deleted with the connection,
+/// with `queue_args` (length and age limits), bound; every process with
+/// such a queue gets every message (heartbeats, the command bus, live
+/// frames). Returns the queue's name.
+pub async fn fanout_queue(
+    channel: &Channel,
+    exchange: &str,
+    durable: bool,
+    queue_args: FieldTable,
+) -> Result<ShortString, AmqpError> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("declare exchange", exchange))?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            queue_args,
+        )
+        .await
+        .map_err(broker("declare queue (server-named) on", exchange))?;
+    let name = queue.name().clone();
+    channel
+        .queue_bind(
+            name.clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("bind", &name))?;
+    Ok(name)
+}
+
 /// Binds a vehicle's topics to its partition's queue (idempotent). The
 /// caller passes the engine's partition of the vehicle
 /// (`engine::partition_of(vehicle, partitions)`): queue and engine partition

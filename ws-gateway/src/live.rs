@@ -54,10 +54,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use model::wire::Frame;
@@ -106,6 +103,9 @@ pub enum LiveError {
         #[source]
         source: lapin::Error,
     },
+    /// The exchange or this node's queue could not be declared.
+    #[error(transparent)]
+    Amqp(#[from] ingest::amqp::AmqpError),
     /// The node name is empty (envelopes are told apart by it).
     #[error("the node name is empty")]
     NoNode,
@@ -431,7 +431,6 @@ async fn open_consumer(
         .create_channel()
         .await
         .map_err(broker("open channel for", EXCHANGE))?;
-    declare_exchange(&channel).await?;
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-max-length"),
@@ -441,32 +440,7 @@ async fn open_consumer(
         ShortString::from("x-message-ttl"),
         AMQPValue::LongLongInt(QUEUE_TTL_MS),
     );
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .map_err(broker(
-            "declare queue",
-            format!("(server-named) on {EXCHANGE}"),
-        ))?;
-    let name = queue.name().clone();
-    channel
-        .queue_bind(
-            name.clone(),
-            EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker("bind", &name))?;
+    let name = ingest::amqp::fanout_queue(&channel, EXCHANGE, false, args).await?;
     let consumer = channel
         .basic_consume(
             name.clone(),

@@ -100,6 +100,17 @@ impl Cluster {
         self.base + 10 + node
     }
 
+    /// SIGKILLs broker node `node`'s VM (`cluster.sh pid N`: by its own pid, never by name).
+    pub fn kill_node(&self, node: u16) {
+        let pid = self.script_ok(&["pid", &node.to_string()], &[]);
+        let pid = pid.trim();
+        let status = Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {pid} (broker node {node})");
+    }
+
     pub fn node_name(&self, node: u16) -> String {
         format!("{}{node}@localhost", self.name)
     }
@@ -135,6 +146,18 @@ pub enum DeviceEvent {
 
 impl Device {
     pub async fn connect(port: u16, client_id: &str, user: &str, password: &str) -> Device {
+        Device::try_connect(port, client_id, user, password)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} did not connect: {e}"))
+    }
+
+    /// As `connect`, but a refused or lost connection (a dead broker node) is an `Err`.
+    pub async fn try_connect(
+        port: u16,
+        client_id: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Device, String> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options
             .set_credentials(user, password)
@@ -163,13 +186,10 @@ impl Device {
             events,
             task,
         };
-        let first = device.next(Duration::from_secs(20)).await;
-        assert_eq!(
-            first,
-            Some(DeviceEvent::Connected),
-            "{client_id} did not connect"
-        );
-        device
+        match device.next(Duration::from_secs(20)).await {
+            Some(DeviceEvent::Connected) => Ok(device),
+            other => Err(format!("no CONNACK from port {port}: {other:?}")),
+        }
     }
 
     pub async fn next(&mut self, wait: Duration) -> Option<DeviceEvent> {
@@ -181,19 +201,37 @@ impl Device {
 
     /// Publishes QoS 1 messages in order and waits for every PUBACK.
     pub async fn publish_acked(&mut self, messages: &[(String, Vec<u8>)]) {
+        if let Err(e) = self.try_publish_acked(messages).await {
+            panic!("{e}");
+        }
+    }
+
+    /// As `publish_acked`, but a lost connection (or 30 s without a PUBACK)
+    /// is an `Err`: the caller reconnects and publishes again what was not
+    /// acknowledged.
+    pub async fn try_publish_acked(
+        &mut self,
+        messages: &[(String, Vec<u8>)],
+    ) -> Result<(), String> {
         for (topic, payload) in messages {
             self.client
                 .publish(topic, QoS::AtLeastOnce, false, payload.clone())
                 .await
-                .expect("queue publish");
+                .map_err(|e| format!("queue publish: {e}"))?;
         }
         let mut acked = 0;
         while acked < messages.len() {
             match self.next(Duration::from_secs(30)).await {
                 Some(DeviceEvent::PubAck(_)) => acked += 1,
-                other => panic!("waiting for PUBACK {acked}/{}: {other:?}", messages.len()),
+                other => {
+                    return Err(format!(
+                        "waiting for PUBACK {acked}/{}: {other:?}",
+                        messages.len()
+                    ));
+                }
             }
         }
+        Ok(())
     }
 }
 
