@@ -54,6 +54,9 @@ pub struct Recovered {
     pub open_moves: Vec<MoveSpec>,
     /// The alerts raised lately (not to be raised twice).
     pub alerts: Vec<AlertRecord>,
+    /// The latest arrivals, newest first (their moves' departure and
+    /// arrival times).
+    pub arrivals: Vec<model::Arrival>,
 }
 
 /// One partition: the vehicles hashed onto it, with their fence states,
@@ -108,6 +111,7 @@ impl Partition {
         for spec in &stored.open_moves {
             drop(self.book.upsert(spec.clone(), now));
         }
+        self.book.restore_times(&stored.arrivals, &stored.crossings);
         let (count, index) = (self.count, self.index);
         let local = |v: &VehicleId| partition_of(v, count) == index;
         for c in stored

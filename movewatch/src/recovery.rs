@@ -11,6 +11,9 @@ const RESTORED_ALERTS: i64 = 10_000;
 /// How far back those alerts go, hours.
 const RESTORED_ALERTS_H: i64 = 24;
 
+/// Arrivals read back for their moves' times (newest first).
+const RESTORED_ARRIVALS: i64 = 5_000;
+
 /// Arrivals the ETA model learns from on start.
 const ETA_HISTORY: i64 = 20_000;
 
@@ -132,10 +135,17 @@ pub(crate) async fn recover_state(store: &store::Store) -> anyhow::Result<engine
         )
         .await
         .context("cannot read the alerts already raised back from the store")?;
+    // The open moves' departure and arrival times (an arrived move stays
+    // on its site's day for a while).
+    let arrivals = store
+        .recent_arrivals(RESTORED_ARRIVALS)
+        .await
+        .context("cannot read the latest arrivals back from the store")?;
     Ok(engine::Recovered {
         positions,
         crossings,
         open_moves,
         alerts,
+        arrivals,
     })
 }

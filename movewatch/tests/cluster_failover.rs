@@ -1000,9 +1000,11 @@ async fn run_scenario(scenario: Scenario, cluster: &Cluster) {
         .await
         .unwrap();
         missing = acked.len() - present as usize;
-        b_arrived = get_move(outcome.query, MOVE_B)
-            .await
-            .is_some_and(|m| m["status"] == "arrived");
+        // With its times, whichever node owns it: a board needs the
+        // arrival time to keep the move on its site's day.
+        b_arrived = get_move(outcome.query, MOVE_B).await.is_some_and(|m| {
+            m["status"] == "arrived" && m["arrived_at"].is_string() && m["departed_at"].is_string()
+        });
         let a_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM arrivals WHERE move_id = $1")
             .bind(MOVE_A)
             .fetch_one(&pg)

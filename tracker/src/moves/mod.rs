@@ -415,6 +415,42 @@ impl MoveBook {
             .unwrap_or_default()
     }
 
+    /// Restores the times the stored status does not carry (on start, or
+    /// when a cluster node rebuilds a partition): an arrived move's
+    /// departure and arrival from its stored arrival, and a move in
+    /// transit's departure from its vehicle's last stored exit of the
+    /// origin. Without them an arrived move would leave its site's day at
+    /// once, and a board would lose its "arrived" row.
+    pub fn restore_times(&mut self, arrivals: &[model::Arrival], crossings: &[FenceTransition]) {
+        let arrived: HashMap<&MoveId, &model::Arrival> =
+            arrivals.iter().map(|a| (&a.move_id, a)).collect();
+        for m in self.moves.values_mut() {
+            match m.spec.status {
+                MoveStatus::Arrived | MoveStatus::Completed if m.arrived_at.is_none() => {
+                    if let Some(a) = arrived.get(&m.spec.id) {
+                        m.departed_at = m.departed_at.or(Some(a.departed_at));
+                        m.started_at = m.started_at.or(Some(a.departed_at));
+                        m.arrived_at = Some(a.arrived_at);
+                    }
+                }
+                MoveStatus::InTransit if m.departed_at.is_none() => {
+                    let left = m.vehicle.and_then(|v| {
+                        crossings.iter().find(|c| {
+                            c.vehicle == v
+                                && c.site == m.spec.from_location
+                                && c.kind == model::TransitionKind::Exit
+                        })
+                    });
+                    if let Some(c) = left {
+                        m.departed_at = Some(c.ts);
+                        m.started_at = m.started_at.or(Some(c.ts));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Marks a vehicle as inside a site (restored on start from the stored
     /// crossings), without any arrival: `stopped` is not raised there.
     pub fn restore_inside(&mut self, vehicle: VehicleId, site: &SiteId) {

@@ -324,6 +324,53 @@ mod tests {
     use super::*;
     use crate::moves::test_support::*;
 
+    /// A rebuilt book (a restart, or a cluster node's follower) knows an
+    /// arrived move's times again from the stored arrival, and an in-transit
+    /// move's departure from the stored exit: the arrived move stays on its
+    /// sites' day for the grace period, not one second more.
+    #[test]
+    fn a_rebuilt_book_keeps_an_arrived_move_on_its_sites_day() {
+        let mut b = book();
+        let now = at(600);
+        let mut arrived = spec("m1", Some(VAN));
+        arrived.status = MoveStatus::Arrived;
+        let mut going = spec("m2", Some("GO22VAN"));
+        going.status = MoveStatus::InTransit;
+        drop(b.upsert(arrived, now));
+        drop(b.upsert(going, now));
+        // As stored status alone, the arrived move has no arrival time.
+        assert!(
+            b.move_views(Some(&site("DST")), now)
+                .iter()
+                .all(|m| m.move_id != mid("m1"))
+        );
+        let arrival = model::Arrival {
+            move_id: mid("m1"),
+            vehicle: v(VAN),
+            site: site("DST"),
+            from_location: site("ORG"),
+            departed_at: at(0),
+            arrived_at: at(500),
+            distance_m: 55_000.0,
+        };
+        let exit = crossing("GO22VAN", "ORG", model::TransitionKind::Exit, at(300));
+        b.restore_times(&[arrival], &[exit]);
+        let day = b.move_views(Some(&site("DST")), now);
+        assert!(day.iter().any(|m| m.move_id == mid("m1")), "{day:?}");
+        let m1 = b.details(&mid("m1")).unwrap();
+        assert_eq!(
+            (m1.departed_at, m1.arrived_at),
+            (Some(at(0)), Some(at(500)))
+        );
+        assert_eq!(b.details(&mid("m2")).unwrap().departed_at, Some(at(300)));
+        // Past the grace period it leaves the day.
+        assert!(
+            b.move_views(Some(&site("DST")), at(500) + Duration::minutes(16))
+                .iter()
+                .all(|m| m.move_id != mid("m1"))
+        );
+    }
+
     fn grace() -> Visibility {
         Visibility::new(Duration::minutes(15))
     }
