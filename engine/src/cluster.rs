@@ -737,3 +737,107 @@ impl crate::Announce for CommandBus {
         })
     }
 }
+
+/// Consumes `movewatch.unrouted` (what no vehicle binding matched: a
+/// vehicle in no register entry, a bad topic, a registration not in its
+/// normal form) on every node, one node at a time (single active
+/// consumer), so nothing a device sends is dropped in silence. Each message
+/// is decoded as on one machine: what the register now accepts (registered
+/// since, or claimed on first report) is bound to its partition and sent
+/// on to the partition's queue (confirmed); the rest becomes dead letters,
+/// stored through this node's engine. Either way the message is
+/// acknowledged only after that.
+pub async fn consume_unrouted(
+    connection: &Connection,
+    node: &str,
+    partitions: usize,
+    suppliers: Arc<Suppliers>,
+    input: mpsc::Sender<IngestBatch>,
+) -> Result<JoinHandle<()>, ClusterError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(broker("open the unrouted queue's channel"))?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(broker("turn on publisher confirms"))?;
+    let mut consumer = ingest::amqp::consume_queue(
+        &channel,
+        ingest::amqp::UNROUTED,
+        64,
+        &format!("{node}-unrouted"),
+    )
+    .await
+    .map_err(ClusterError::Amqp)?;
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let topic = ingest::amqp::mqtt_topic(delivery.routing_key.as_str());
+            let (token, committed) = model::CommitToken::new();
+            let mut batch = ingest::batch_from_mqtt(&topic, &delivery.data, &suppliers, token);
+            let vehicle = batch
+                .positions
+                .first()
+                .map(|p| p.vehicle)
+                .or_else(|| batch.events.first().map(|e| e.vehicle));
+            let done = match vehicle {
+                Some(vehicle) => {
+                    // Accepted now: bound, then on to its partition.
+                    let p = partition_of(&vehicle, partitions);
+                    let forwarded = async {
+                        ingest::amqp::bind_vehicle(&channel, &vehicle, p, partitions).await?;
+                        ingest::amqp::forward_to_partition(&channel, p, &delivery).await
+                    }
+                    .await;
+                    batch.positions.clear();
+                    batch.events.clear();
+                    match forwarded {
+                        Ok(()) if batch.dead_letters.is_empty() => Ok(()),
+                        Ok(()) => stored(&input, batch, committed).await,
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                None => stored(&input, batch, committed).await,
+            };
+            let result = match done {
+                Ok(()) => {
+                    delivery
+                        .acker
+                        .ack(lapin::options::BasicAckOptions::default())
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "an unrouted message could not be handled; returned to its queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    delivery
+                        .acker
+                        .nack(lapin::options::BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "cannot acknowledge an unrouted message; it comes again");
+            }
+        }
+        tracing::warn!("unrouted queue consumer ended");
+    }))
+}
+
+/// Hands a batch of dead letters to the engine and waits for its commit.
+async fn stored(
+    input: &mpsc::Sender<IngestBatch>,
+    batch: IngestBatch,
+    committed: tokio::sync::oneshot::Receiver<model::CommitOutcome>,
+) -> Result<(), String> {
+    input
+        .send(batch)
+        .await
+        .map_err(|_| "the engine is stopping".to_owned())?;
+    committed
+        .await
+        .map(drop)
+        .map_err(|_| "the store did not commit".to_owned())
+}

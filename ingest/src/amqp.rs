@@ -345,20 +345,69 @@ pub async fn consume_partition(
     prefetch: u16,
     consumer_tag: &str,
 ) -> Result<Consumer, AmqpError> {
-    let queue = partition_queue(p);
+    consume_queue(channel, &partition_queue(p), prefetch, consumer_tag).await
+}
+
+/// Consumes any queue with manual acknowledgements and at most `prefetch`
+/// unacknowledged (its consumer tag `consumer_tag`).
+pub async fn consume_queue(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+    consumer_tag: &str,
+) -> Result<Consumer, AmqpError> {
     channel
         .basic_qos(prefetch.max(1), BasicQosOptions::default())
         .await
-        .map_err(broker("set prefetch on", &queue))?;
+        .map_err(broker("set prefetch on", queue))?;
     channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             consumer_tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
-        .map_err(broker("consume", &queue))
+        .map_err(broker("consume", queue))
+}
+
+/// Sends a delivery on to partition `p`'s queue unchanged and waits for the
+/// broker's confirm (`channel` in confirm mode). The partitions' exchange
+/// routes by number, so the device's routing key travels as the message's
+/// `type` ([`device_routing_key`] reads it back).
+pub async fn forward_to_partition(
+    channel: &Channel,
+    p: usize,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), AmqpError> {
+    let confirm = channel
+        .basic_publish(
+            PARTITIONS_EXCHANGE.into(),
+            p.to_string().as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            &delivery.data,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_type(delivery.routing_key.clone()),
+        )
+        .await
+        .map_err(broker("forward to", partition_queue(p)))?
+        .await
+        .map_err(broker("confirm", partition_queue(p)))?;
+    if confirm.is_nack() {
+        return Err(AmqpError::Refused);
+    }
+    Ok(())
+}
+
+/// The routing key a partition delivery was published with by a device:
+/// its own, or, for one sent on from the unrouted queue by number, the
+/// original kept as the message's `type`.
+pub fn device_routing_key(delivery: &lapin::message::Delivery) -> &str {
+    match delivery.properties.kind() {
+        Some(kind) if delivery.exchange.as_str() == PARTITIONS_EXCHANGE => kind.as_str(),
+        _ => delivery.routing_key.as_str(),
+    }
 }
 
 /// Publishes a batch decoded elsewhere (`POST /tracks` on a cluster node)

@@ -166,7 +166,7 @@ async fn run(
         if let Some(first) = before_first.take() {
             first().await;
         }
-        let topic = mqtt_topic(delivery.routing_key.as_str());
+        let topic = mqtt_topic(crate::amqp::device_routing_key(&delivery));
         let (token, committed) = CommitToken::new();
         let batch = crate::convert::batch_from_mqtt(&topic, &delivery.data, &suppliers, token);
         if out.send(batch).await.is_err() {

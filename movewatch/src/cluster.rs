@@ -121,6 +121,7 @@ pub(crate) fn readiness(connection: Arc<Connection>) -> watch::Receiver<bool> {
 pub(crate) struct Joined {
     pub(crate) node: Node,
     bus: JoinHandle<()>,
+    unrouted: JoinHandle<()>,
     live: Option<ws_gateway::live::Live>,
 }
 
@@ -128,6 +129,7 @@ impl Joined {
     pub(crate) fn abort(&self) {
         self.node.abort();
         self.bus.abort();
+        self.unrouted.abort();
         if let Some(live) = &self.live {
             live.abort();
         }
@@ -159,6 +161,17 @@ pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
                 .map_err(|e| format!("{e:#}"))
         })
     });
+    // What no vehicle binding matched: dead-lettered, or sent on once the
+    // register accepts it (one node at a time: single active consumer).
+    let unrouted = engine::cluster::consume_unrouted(
+        &p.connection,
+        &p.node,
+        p.running.partitions(),
+        p.suppliers.clone(),
+        p.input.clone(),
+    )
+    .await
+    .context("cannot consume the cluster's unrouted queue")?;
     let node = Node::join(
         NodeConfig::new(p.node),
         NodeParts {
@@ -176,6 +189,7 @@ pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
     Ok(Joined {
         node,
         bus: p.bus_task,
+        unrouted,
         live: p.live,
     })
 }
