@@ -3,7 +3,8 @@
 # (docs/SCALE-OUT.md, "Measured per-node figures"): runs `movewatch demo
 # --cluster --nodes N` with a fleet large enough to offer more than the
 # machine takes, lets it warm up, then counts the points stored in
-# PostgreSQL (position_keys) over a window, and each node's RSS.
+# PostgreSQL (position_keys) over a window once the first 1,000 are
+# stored, and each node's RSS.
 #
 #   bash scripts/cluster-figures.sh BIN NODES [VEHICLES] [INTERVAL] [WARMUP_S] [WINDOW_S]
 #
@@ -28,6 +29,9 @@ until grep -q '^Press Ctrl-C' "$OUT/demo.out"; do
   sleep 1
 done
 PIDS=$(sed -n 's/^  node \(n[0-9]\) *pid \([0-9]*\).*/\1=\2/p' "$OUT/demo.out")
+# The demo registers the day's moves before its fleet publishes: wait for
+# the first points, then the warm-up.
+for _ in $(seq 1 240); do [ "$(count 2>/dev/null || echo 0)" -ge 1000 ] && break; sleep 1; done
 sleep "$WARMUP"
 a=$(count); t0=$(date +%s.%N)
 sleep "$WINDOW"

@@ -153,6 +153,34 @@ async fn reset_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Empties the partition queues (and `movewatch.unrouted`) of an earlier
+/// demo: with the store re-created, its vans' messages would only be
+/// dead letters. A queue not declared yet is skipped.
+async fn purge_queues(amqp_url: &str) -> anyhow::Result<u32> {
+    let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to the RabbitMQ cluster at {amqp_url}"))?;
+    let mut purged = 0;
+    let queues = (0..PARTITIONS)
+        .map(ingest::amqp::partition_queue)
+        .chain([ingest::amqp::UNROUTED.to_owned()]);
+    for queue in queues {
+        // A missing queue closes the channel: one channel per queue.
+        let channel = connection.create_channel().await?;
+        if let Ok(n) = channel
+            .queue_purge(
+                queue.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+        {
+            purged += n;
+        }
+    }
+    let _ = connection.close(200, "purged".into()).await;
+    Ok(purged)
+}
+
 /// `scripts/cluster.sh`: under the current directory, else in the source tree
 /// this binary was built from.
 fn cluster_script() -> anyhow::Result<PathBuf> {
@@ -313,6 +341,14 @@ pub(crate) async fn run(d: ClusterDemo) -> anyhow::Result<()> {
     }
 
     reset_database(&d.database_url).await?;
+    let purged = purge_queues(&format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        amqp_port(amqp_nodes[0])
+    ))
+    .await?;
+    if purged > 0 {
+        println!("emptied the partition queues of an earlier demo ({purged} messages)");
+    }
 
     // The suppliers' MQTT logins (RabbitMQ's own users: username = supplier
     // id, publish only under movewatch/v1/{id}/).
