@@ -45,6 +45,7 @@ impl Drop for Demo {
             let _ = Command::new("kill")
                 .arg("-KILL")
                 .arg(pid.to_string())
+                .stderr(Stdio::null())
                 .status();
         }
         let _ = self.child.kill();
