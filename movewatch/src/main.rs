@@ -1,5 +1,7 @@
 //! `movewatch serve | demo | replay | simulate`.
 
+mod demo_cluster;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +71,24 @@ enum Command {
         /// Seconds between each van's fixes.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Run engine nodes (child processes) on the local RabbitMQ cluster
+        /// (`bash scripts/cluster.sh up` first) and PostgreSQL instead.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: how many engine nodes (n1 on --http-listen, n2 on the next port, ...).
+        #[arg(long, default_value_t = 2, requires = "cluster")]
+        nodes: usize,
+        /// With --cluster: the cluster's base port (broker node N: AMQP base+N, MQTT base+10+N),
+        /// as MW_CLUSTER_BASE_PORT for scripts/cluster.sh.
+        #[arg(long, default_value_t = 5800, requires = "cluster")]
+        cluster_base_port: u16,
+        /// With --cluster: the nodes' shared database, dropped and re-created at start.
+        #[arg(
+            long,
+            default_value = "postgres://postgres@127.0.0.1:5432/movewatch_demo",
+            requires = "cluster"
+        )]
+        database_url: String,
     },
     /// Stream stored history through the gateway as if it were live (incident review).
     Replay {
@@ -453,7 +473,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mqtt_listen,
             data_dir,
             interval,
+            cluster: false,
+            ..
         } => demo(vehicles, http_listen, mqtt_listen, data_dir, interval).await,
+        Command::Demo {
+            vehicles,
+            http_listen,
+            data_dir,
+            interval,
+            cluster: true,
+            nodes,
+            cluster_base_port,
+            database_url,
+            ..
+        } => {
+            demo_cluster::run(demo_cluster::ClusterDemo {
+                vehicles,
+                nodes,
+                http_listen,
+                base_port: cluster_base_port,
+                database_url,
+                data_dir,
+                interval,
+                day_start_s: DEMO_DAY_START_S,
+                prefix: DEMO_PREFIX,
+            })
+            .await
+        }
         Command::Replay {
             from,
             to,

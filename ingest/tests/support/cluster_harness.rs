@@ -92,6 +92,16 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The environment that points `scripts/cluster.sh` (and a program
+    /// that runs it, such as `movewatch demo --cluster`) at this cluster.
+    pub fn script_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MW_CLUSTER_DIR", self.dir.path().display().to_string()),
+            ("MW_CLUSTER_BASE_PORT", self.base.to_string()),
+            ("MW_CLUSTER_NAME", self.name.clone()),
+        ]
+    }
+
     pub fn amqp_url(&self, node: u16) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.base + node)
     }
