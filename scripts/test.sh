@@ -239,17 +239,21 @@ fi
 # Three RabbitMQ nodes of the test's own (scripts/cluster.sh on spare ports in
 # a temp dir): topology, ordering, supplier rights, single active consumer,
 # the quorum surviving its leader (docs/SCALE-OUT.md). About a minute, most
-# of it starting the nodes. Then the engine-node failover on a cluster of its
-# own: two `movewatch serve` nodes on PostgreSQL, one SIGKILLed under load
-# (about two minutes). MOVEWATCH_CLUSTER_TESTS=0 skips both.
+# of it starting the nodes. Then the engine nodes on a cluster of their own:
+# two `movewatch serve` nodes on PostgreSQL through an engine SIGKILL, a
+# rolling restart and a broker SIGKILL under load (about three minutes), and
+# `movewatch demo --cluster` (about a minute). MOVEWATCH_CLUSTER_TESTS=0
+# skips them.
 if [ "${MOVEWATCH_CLUSTER_TESTS:-1}" != "0" ]; then
   step "RabbitMQ cluster test (three local nodes)"
   if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     apt_install rabbitmq-server
   fi
   MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch-ingest --test cluster -- --nocapture
-  step "Engine SIGKILL on the cluster (two engine nodes, three RabbitMQ nodes, PostgreSQL)"
+  step "Failover on the cluster: engine SIGKILL, rolling restart, broker SIGKILL (two engine nodes, three RabbitMQ nodes, PostgreSQL)"
   MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch --test cluster_failover -- --nocapture
+  step "movewatch demo --cluster (two engine nodes on a cluster of the test's own)"
+  MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch --test demo_cluster -- --nocapture
 fi
 
 # ---------------------------------------------------------------------------
