@@ -578,6 +578,15 @@ enum BusBody {
         site: model::SiteId,
         fence: serde_json::Value,
     },
+    /// A partition's claim on a move (for every other node's partitions).
+    Claim {
+        claim: tracker::moves::Claim,
+    },
+    /// A journey handed to partition `to`, owned by another node.
+    Handover {
+        to: usize,
+        handover: tracker::moves::PortableHandover,
+    },
 }
 
 /// The command bus: announces this node's commands (with publisher
@@ -652,11 +661,23 @@ impl CommandBus {
                 match serde_json::from_slice::<BusMessage>(&delivery.data) {
                     Ok(m) if m.node == me => {}
                     Ok(m) => {
-                        if let Some(announced) = announced_of(m.body, &view) {
-                            let from = m.node;
-                            if let Err(e) = commands.apply_announced(announced).await {
-                                tracing::warn!(node = %from, error = %e, "an announced command did not apply");
+                        let from = m.node;
+                        let applied = match m.body {
+                            BusBody::Claim { claim } => {
+                                commands.relay(crate::RemotePeer::Claim(claim)).await
                             }
+                            BusBody::Handover { to, handover } => {
+                                commands
+                                    .relay(crate::RemotePeer::Handover { to, handover })
+                                    .await
+                            }
+                            body => match announced_of(body, &view) {
+                                Some(announced) => commands.apply_announced(announced).await,
+                                None => Ok(()),
+                            },
+                        };
+                        if let Err(e) = applied {
+                            tracing::warn!(node = %from, error = %e, "a message from another node did not apply");
                         }
                     }
                     Err(e) => {
@@ -674,8 +695,52 @@ impl CommandBus {
     }
 }
 
+impl CommandBus {
+    /// Passes this node's partitions' claims and handovers to the other
+    /// nodes, in order, on the bus (not confirmed one by one: they are
+    /// small and ordered, and a node that misses one rebuilds the move from
+    /// the store when it next takes or follows the partition).
+    pub fn relay(
+        self: Arc<Self>,
+        mut peers: mpsc::UnboundedReceiver<crate::RemotePeer>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(peer) = peers.recv().await {
+                let body = match peer {
+                    crate::RemotePeer::Claim(claim) => BusBody::Claim { claim },
+                    crate::RemotePeer::Handover { to, handover } => {
+                        BusBody::Handover { to, handover }
+                    }
+                };
+                let message = BusMessage {
+                    node: self.node.clone(),
+                    body,
+                };
+                let Ok(bytes) = serde_json::to_vec(&message) else {
+                    continue;
+                };
+                let _order = self.publishing.lock().await;
+                if let Err(e) = self
+                    .channel
+                    .basic_publish(
+                        COMMANDS_EXCHANGE.into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &bytes,
+                        BasicProperties::default(),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot pass a claim or handover to the other nodes");
+                }
+            }
+        })
+    }
+}
+
 fn announced_of(body: BusBody, view: &crate::EngineView) -> Option<crate::Announcement> {
     Some(match body {
+        BusBody::Claim { .. } | BusBody::Handover { .. } => return None,
         BusBody::Book { record } => crate::Announcement::Book(record),
         BusBody::Vehicle { vehicle, supplier } => {
             crate::Announcement::Vehicle { vehicle, supplier }

@@ -33,6 +33,9 @@ pub enum Command {
         /// Its new fence.
         fence: Fence,
     },
+    /// A claim or a journey from a partition on another engine node (a
+    /// cluster), passed to the partitions here in order with the commands.
+    Relay(crate::RemotePeer),
 }
 
 /// Why a command was not carried out.
@@ -64,6 +67,7 @@ pub(crate) enum Reply {
     Booked(Option<MoveDetails>),
     Fenced(SiteFence),
     Registered(DateTime<Utc>),
+    Relayed,
 }
 
 pub(crate) struct Request {
@@ -133,6 +137,22 @@ impl Commands {
         let (reply, _) = oneshot::channel();
         tx.send(Request {
             command,
+            reply,
+            remote: true,
+        })
+        .await
+        .map_err(|_| CommandError::Stopped)
+    }
+
+    /// Passes a claim or journey from another engine node's partition to
+    /// the partitions here, in order with the commands (returns once queued).
+    pub async fn relay(&self, peer: crate::RemotePeer) -> Result<(), CommandError> {
+        let Some(tx) = &self.tx else {
+            return Err(CommandError::ReadOnly);
+        };
+        let (reply, _) = oneshot::channel();
+        tx.send(Request {
+            command: Command::Relay(peer),
             reply,
             remote: true,
         })

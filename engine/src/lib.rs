@@ -37,7 +37,9 @@ pub use command::{
     spec_of,
 };
 pub use partition::{Effects, Partition, Recovered};
-pub use runtime::{Control, EngineConfig, Inspection, Running, Start, read_only, start};
+pub use runtime::{
+    Control, EngineConfig, Inspection, RemotePeer, Running, Start, read_only, start,
+};
 pub use view::EngineView;
 
 /// Position updates of one intake batch: its receipt time and, per update,

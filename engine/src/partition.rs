@@ -229,6 +229,15 @@ impl Partition {
         self.finish(outputs)
     }
 
+    /// A journey handed over by a partition on another engine node (its
+    /// facts, without the ETA's samples); nothing for a move not held here.
+    pub fn adopt_portable(&mut self, handover: tracker::moves::PortableHandover) -> Effects {
+        match self.book.handover_from(handover) {
+            Some(h) => self.adopt(h),
+            None => Effects::default(),
+        }
+    }
+
     /// The moves this partition owns and its alerts, for readers.
     pub fn view(&self) -> BookView {
         let (count, index) = (self.count, self.index);

@@ -15,7 +15,7 @@
 //! - frames go to the [`Sink`], which never waits on a client (the hub
 //!   drops a slow client, not a frame for the others).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tracker::Tracker;
 use tracker::moves::{
     BookView, Claim, Handover, Lesson, MoveBook, MoveDetails, MoveOutput, MoveSpec,
+    PortableHandover,
 };
 
 use crate::command::{Reply, Request};
@@ -80,6 +81,8 @@ enum Peer {
     },
     Inspect(model::VehicleId, oneshot::Sender<Inspection>),
     Lesson(Arc<Lesson>),
+    /// A journey handed over by a partition on another engine node.
+    RemoteHandover(PortableHandover),
     /// Rebuild the partition from what is stored, owning it or not.
     Reset {
         own: bool,
@@ -125,6 +128,7 @@ impl std::fmt::Debug for Peer {
             Peer::Fence { .. } => "Fence",
             Peer::Inspect(..) => "Inspect",
             Peer::Lesson(_) => "Lesson",
+            Peer::RemoteHandover(_) => "RemoteHandover",
             Peer::Reset { .. } => "Reset",
         })
     }
@@ -180,6 +184,21 @@ impl Running {
 #[derive(Debug, Clone)]
 pub struct Control {
     peers: Vec<mpsc::UnboundedSender<Peer>>,
+}
+
+/// What a partition sends to partitions on other engine nodes (a cluster):
+/// the engine passes it on, in order, through the cluster's bus.
+#[derive(Debug, Clone)]
+pub enum RemotePeer {
+    /// A claim, for every partition but the claimer's.
+    Claim(Claim),
+    /// A journey for partition `to`.
+    Handover {
+        /// The partition the move went to.
+        to: usize,
+        /// The journey so far.
+        handover: PortableHandover,
+    },
 }
 
 impl Control {
@@ -256,6 +275,9 @@ pub struct Start {
     pub membership: watch::Receiver<Arc<crate::cluster::Membership>>,
     /// Tells the other engine nodes of this node's commands (a cluster).
     pub announce: Option<Arc<dyn crate::Announce>>,
+    /// Claims and handovers for partitions on other engine nodes (a
+    /// cluster; unbounded for the reason partition ⇄ partition is).
+    pub remote: Option<mpsc::UnboundedSender<RemotePeer>>,
 }
 
 /// Starts the partitions, the splitter and the commander.
@@ -277,6 +299,8 @@ pub fn start(s: Start) -> Running {
     let mut views = Vec::with_capacity(count);
     let mut partitions = Vec::with_capacity(count);
     let (fences_tx, fences_rx) = watch::channel(Arc::new(s.fences.clone()));
+    let owned_here: Arc<Vec<AtomicBool>> =
+        Arc::new((0..count).map(|_| AtomicBool::new(s.owned)).collect());
     for (index, (batches, peers)) in batch_rxs.into_iter().zip(peer_rxs).enumerate() {
         let fences = GeofenceEngine::new(s.fences.clone(), s.fence_rules.clone());
         let mut partition = Partition::new(index, count, s.tracker.clone(), fences, (s.book)());
@@ -286,6 +310,8 @@ pub fn start(s: Start) -> Running {
         let worker = Worker {
             partition,
             owned: s.owned,
+            owned_here: owned_here.clone(),
+            remote: s.remote.clone(),
             rebuild: Rebuild {
                 tracker: s.tracker.clone(),
                 fences: fences_rx.clone(),
@@ -412,6 +438,24 @@ async fn run_commander(
         };
         let remote = request.remote;
         match request.command {
+            Command::Relay(peer) => {
+                // In order with the bookings announced before it.
+                match peer {
+                    RemotePeer::Claim(claim) => {
+                        for (i, p) in partitions.iter().enumerate() {
+                            if i != claim.partition {
+                                let _ = p.send(Peer::Claim(claim.clone()));
+                            }
+                        }
+                    }
+                    RemotePeer::Handover { to, handover } => {
+                        if let Some(p) = partitions.get(to) {
+                            let _ = p.send(Peer::RemoteHandover(handover));
+                        }
+                    }
+                }
+                let _ = request.reply.send(Ok(Reply::Relayed));
+            }
             Command::RegisterVehicle { vehicle, supplier } => {
                 // Stored before it is live, so a restart never forgets it.
                 let at = Utc::now();
@@ -543,6 +587,10 @@ struct Worker {
     partition: Partition,
     /// Whether this process owns the partition (always, on one machine).
     owned: bool,
+    /// Which partitions this process owns (for handovers: a partition
+    /// owned elsewhere gets its journey through `remote`).
+    owned_here: Arc<Vec<AtomicBool>>,
+    remote: Option<mpsc::UnboundedSender<RemotePeer>>,
     rebuild: Rebuild,
     count: usize,
     config: EngineConfig,
@@ -645,6 +693,7 @@ impl Worker {
         let effects = match peer {
             Peer::Claim(claim) => self.partition.on_claim(&claim),
             Peer::Handover(h) => self.partition.adopt(h),
+            Peer::RemoteHandover(h) => self.partition.adopt_portable(h),
             Peer::Lesson(lesson) => {
                 self.partition.learn(&lesson);
                 return;
@@ -659,6 +708,7 @@ impl Worker {
                 done,
             } => {
                 let index = self.partition.index();
+                self.owned_here[index].store(own, Ordering::Release);
                 let Some(recovered) = recovered else {
                     self.owned = own;
                     let _ = done.send(());
@@ -746,9 +796,22 @@ impl Worker {
                     let _ = p.send(Peer::Claim(claim.clone()));
                 }
             }
+            if let Some(remote) = &self.remote {
+                let _ = remote.send(RemotePeer::Claim(claim));
+            }
         }
         for (to, h) in handovers {
-            if let Some(p) = self.peers.get(to % self.count) {
+            let to = to % self.count;
+            if let Some(remote) = &self.remote
+                && !self.owned_here[to].load(Ordering::Acquire)
+            {
+                let _ = remote.send(RemotePeer::Handover {
+                    to,
+                    handover: h.portable(),
+                });
+                continue;
+            }
+            if let Some(p) = self.peers.get(to) {
                 let _ = p.send(Peer::Handover(h));
             }
         }

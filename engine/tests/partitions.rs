@@ -186,3 +186,87 @@ fn crossing_claims_end_with_one_owner_whatever_their_order() {
         assert_eq!(owned[0].2, MoveStatus::InTransit);
     }
 }
+
+fn fixes(vehicle: &str, at: &[(i64, f64)]) -> IngestBatch {
+    let mut batch = journey_start(vehicle, t0());
+    batch.events.clear();
+    batch.positions = at
+        .iter()
+        .enumerate()
+        .map(|(i, &(minute, lat))| {
+            model::Position::fix(
+                SupplierId::parse("geoamey").unwrap(),
+                v(vehicle),
+                format!("{vehicle}-{i}"),
+                t0() + Duration::minutes(minute),
+                lat,
+                -1.5,
+            )
+        })
+        .collect();
+    batch
+}
+
+/// On a cluster the partitions are on different engine nodes: a claim
+/// crosses as JSON, and the journey as its portable facts (no ETA
+/// samples). The new owner still knows when the move departed.
+#[test]
+fn a_journey_handed_over_between_nodes_keeps_its_departure() {
+    let (a, b) = vans();
+    let (pa, pb) = (partition_of(&v(a), 2), partition_of(&v(b), 2));
+    let mut ps = partitions();
+    for p in &mut ps {
+        drop(p.book(spec(a), t0()));
+    }
+    // A leaves the origin: departed.
+    let e = ps[pa].process(&mut fixes(
+        a,
+        &[
+            (1, 53.0),
+            (2, 53.0),
+            (3, 53.0),
+            (4, 53.006),
+            (5, 53.012),
+            (6, 53.018),
+            (7, 53.024),
+        ],
+    ));
+    settle(&mut ps, vec![(pa, e)]);
+    let id = MoveId::parse("m-1").unwrap();
+    let departed = ps[pa].details(&id).and_then(|d| d.departed_at);
+    assert!(departed.is_some(), "A departed");
+    // B takes the journey over: the claim and the handover cross as JSON.
+    let mut pending = vec![(
+        pb,
+        ps[pb].process(&mut journey_start(b, t0() + Duration::minutes(9))),
+    )];
+    let mut crossed = 0;
+    while let Some((from, effects)) = pending.pop() {
+        for claim in effects.claims {
+            let claim: tracker::moves::Claim =
+                serde_json::from_str(&serde_json::to_string(&claim).unwrap()).unwrap();
+            for (to, p) in ps.iter_mut().enumerate() {
+                if to != from {
+                    pending.push((to, p.on_claim(&claim)));
+                }
+            }
+        }
+        for (to, h) in effects.handovers {
+            let portable: tracker::moves::PortableHandover =
+                serde_json::from_str(&serde_json::to_string(&h.portable()).unwrap()).unwrap();
+            crossed += 1;
+            let e = ps[to].adopt_portable(portable);
+            pending.push((to, e));
+        }
+    }
+    assert_eq!(crossed, 1, "one journey handed over");
+    assert_eq!(
+        owners(&ps),
+        vec![(pb, Some(b.into()), MoveStatus::InTransit)]
+    );
+    assert_eq!(
+        ps[pb].details(&id).and_then(|d| d.departed_at),
+        departed,
+        "the departure crossed with the journey"
+    );
+}

@@ -121,6 +121,7 @@ pub(crate) fn readiness(connection: Arc<Connection>) -> watch::Receiver<bool> {
 pub(crate) struct Joined {
     pub(crate) node: Node,
     bus: JoinHandle<()>,
+    relay: Option<JoinHandle<()>>,
     unrouted: JoinHandle<()>,
     live: Option<ws_gateway::live::Live>,
 }
@@ -130,6 +131,9 @@ impl Joined {
         self.node.abort();
         self.bus.abort();
         self.unrouted.abort();
+        if let Some(relay) = &self.relay {
+            relay.abort();
+        }
         if let Some(live) = &self.live {
             live.abort();
         }
@@ -147,6 +151,7 @@ pub(crate) struct JoinParts {
     pub(crate) store: store::Store,
     pub(crate) membership: watch::Sender<Arc<Membership>>,
     pub(crate) bus_task: JoinHandle<()>,
+    pub(crate) relay: Option<JoinHandle<()>>,
     pub(crate) live: Option<ws_gateway::live::Live>,
 }
 
@@ -189,6 +194,7 @@ pub(crate) async fn join(p: JoinParts) -> anyhow::Result<Joined> {
     Ok(Joined {
         node,
         bus: p.bus_task,
+        relay: p.relay,
         unrouted,
         live: p.live,
     })

@@ -316,6 +316,14 @@ impl Engine {
                 (Arc::new(live.sink.clone()), Some(live))
             }
         };
+        // Claims and handovers for the other nodes' partitions.
+        let (remote, remote_rx) = match &amqp {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let book_sites = sites.clone();
         let owned = cluster_url.is_none();
         if owned {
@@ -342,6 +350,7 @@ impl Engine {
             stopping: stopping_rx.clone(),
             membership,
             announce,
+            remote,
         });
         let ingest_tx = running.input.clone();
 
@@ -459,6 +468,7 @@ impl Engine {
                     .apply(running.commands.clone(), running.view.clone())
                     .await
                     .context("cannot consume the cluster's command bus")?;
+                let relay = remote_rx.map(|rx| bus.clone().relay(rx));
                 Some(
                     cluster::join(cluster::JoinParts {
                         connection,
@@ -470,6 +480,7 @@ impl Engine {
                         store: store.clone(),
                         membership: membership_tx,
                         bus_task,
+                        relay,
                         live,
                     })
                     .await?,

@@ -8,7 +8,8 @@ use model::{Event, MoveId, SiteId, VehicleId};
 use super::{MoveBook, MoveOutput, MoveStatus};
 
 /// How a vehicle was matched to a move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MatchKind {
     /// A `JourneyChangeVehicle` naming the vehicle: the supplier's word that
     /// the journey is now on it, whatever matched before.

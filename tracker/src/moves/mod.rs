@@ -49,7 +49,7 @@ use model::{
 };
 
 pub use matching::MatchKind;
-pub use peers::{Claim, Handover, Lesson};
+pub use peers::{Claim, Handover, Lesson, PortableHandover};
 pub use view::{BookView, MoveEntry};
 pub use visibility::{MoveFacts, Visibility, redact_probable};
 

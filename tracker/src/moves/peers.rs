@@ -22,7 +22,7 @@ use model::{MoveId, VehicleId};
 use super::{LiveMove, MatchKind, MoveBook, MoveOutput, MoveStatus};
 
 /// A book took a move for one of its vehicles, or released it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Claim {
     /// The move.
     pub move_id: MoveId,
@@ -61,6 +61,86 @@ impl Handover {
     /// The vehicle the move went to.
     pub fn vehicle(&self) -> Option<VehicleId> {
         self.state.vehicle
+    }
+}
+
+/// A [`Handover`] in a form that can cross to another process (an engine
+/// node on a cluster): the journey's facts, without the ETA's samples
+/// (the new owner's estimates start again from its own model).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PortableHandover {
+    move_id: MoveId,
+    vehicle: Option<VehicleId>,
+    matched: Option<MatchKind>,
+    status: String,
+    started_at: Option<DateTime<Utc>>,
+    departed_at: Option<DateTime<Utc>>,
+    arrived_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    driven_m: f64,
+    lodging: Option<model::SiteId>,
+    arriving_sent: bool,
+    off_route_alerted: bool,
+    shown_to: Vec<model::SiteId>,
+}
+
+impl Handover {
+    /// The journey's facts, to send to another process.
+    pub fn portable(&self) -> PortableHandover {
+        let m = &self.state;
+        PortableHandover {
+            move_id: m.spec.id.clone(),
+            vehicle: m.vehicle,
+            matched: m.matched,
+            status: m.spec.status.as_str().to_owned(),
+            started_at: m.started_at,
+            departed_at: m.departed_at,
+            arrived_at: m.arrived_at,
+            finished_at: m.finished_at,
+            driven_m: m.driven_m,
+            lodging: m.lodging.clone(),
+            arriving_sent: m.arriving_sent,
+            off_route_alerted: m.off_route_alerted,
+            shown_to: m.shown_to.clone(),
+        }
+    }
+}
+
+impl PortableHandover {
+    /// The move handed over.
+    pub fn move_id(&self) -> &MoveId {
+        &self.move_id
+    }
+}
+
+impl MoveBook {
+    /// A handover received from another process, over this book's own
+    /// state of the move (its booking); `None` for a move it does not hold.
+    pub fn handover_from(&self, p: PortableHandover) -> Option<Handover> {
+        let mine = self.moves.get(&p.move_id)?;
+        let mut spec = mine.spec.clone();
+        if let Some(status) = MoveStatus::parse(&p.status) {
+            spec.status = status;
+        }
+        Some(Handover {
+            state: Box::new(LiveMove {
+                spec,
+                vehicle: p.vehicle,
+                matched: p.matched,
+                started_at: p.started_at,
+                departed_at: p.departed_at,
+                arrived_at: p.arrived_at,
+                finished_at: p.finished_at,
+                driven_m: p.driven_m,
+                lodging: p.lodging,
+                arriving_sent: p.arriving_sent,
+                off_route_alerted: p.off_route_alerted,
+                shown_to: p.shown_to,
+                predictions: Vec::new(),
+                pace: None,
+                ..mine.clone()
+            }),
+        })
     }
 }
 
