@@ -241,7 +241,9 @@ fi
 # the quorum surviving its leader (docs/SCALE-OUT.md). About a minute, most
 # of it starting the nodes. Then the engine nodes on a cluster of their own:
 # two `movewatch serve` nodes on PostgreSQL through an engine SIGKILL, a
-# rolling restart and a broker SIGKILL under load (about three minutes), and
+# rolling restart, a change of vehicle from a van of one node's to one of the
+# other's, and a broker SIGKILL under load (about four minutes; every
+# scenario unless MOVEWATCH_FAILOVER_SCENARIOS names some), and
 # `movewatch demo --cluster` (about a minute). MOVEWATCH_CLUSTER_TESTS=0
 # skips them.
 if [ "${MOVEWATCH_CLUSTER_TESTS:-1}" != "0" ]; then
@@ -250,7 +252,7 @@ if [ "${MOVEWATCH_CLUSTER_TESTS:-1}" != "0" ]; then
     apt_install rabbitmq-server
   fi
   MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch-ingest --test cluster -- --nocapture
-  step "Failover on the cluster: engine SIGKILL, rolling restart, broker SIGKILL (two engine nodes, three RabbitMQ nodes, PostgreSQL)"
+  step "Failover on the cluster: engine SIGKILL, rolling restart, change of vehicle across nodes, broker SIGKILL (two engine nodes, three RabbitMQ nodes, PostgreSQL)"
   MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch --test cluster_failover -- --nocapture
   step "movewatch demo --cluster (two engine nodes on a cluster of the test's own)"
   MOVEWATCH_CLUSTER_TESTS=1 cargo test -p movewatch --test demo_cluster -- --nocapture
