@@ -673,14 +673,9 @@ impl CommandBus {
         connection: &Connection,
         node: &str,
     ) -> Result<Arc<CommandBus>, ClusterError> {
-        let channel = connection
-            .create_channel()
+        let channel = ingest::amqp::confirmed_channel(connection)
             .await
-            .map_err(broker("open the command bus's channel"))?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("turn on publisher confirms"))?;
+            .map_err(ClusterError::Amqp)?;
         let queue =
             ingest::amqp::fanout_queue(&channel, COMMANDS_EXCHANGE, true, FieldTable::default())
                 .await
@@ -875,14 +870,9 @@ pub async fn consume_unrouted(
     suppliers: Arc<Suppliers>,
     input: mpsc::Sender<IngestBatch>,
 ) -> Result<JoinHandle<()>, ClusterError> {
-    let channel = connection
-        .create_channel()
+    let channel = ingest::amqp::confirmed_channel(connection)
         .await
-        .map_err(broker("open the unrouted queue's channel"))?;
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .map_err(broker("turn on publisher confirms"))?;
+        .map_err(ClusterError::Amqp)?;
     let mut consumer = ingest::amqp::consume_queue(
         &channel,
         ingest::amqp::UNROUTED,
