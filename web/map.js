@@ -172,7 +172,7 @@ export class MapView {
     this.sprites = new Map();
     this.widths = new Map();
     /** What was drawn last: for the tests, hit-testing and the text alternative's checks. */
-    this.drawn = { vans: [], clusters: [], labels: [], zoom: 1, width: 0, height: 0, frames: 0 };
+    this.drawn = { vans: [], clusters: [], labels: [], zoom: 1, ox: 0, oy: 0, width: 0, height: 0, frames: 0 };
     window.movewatchMap = this.drawn;
   }
 
@@ -216,6 +216,9 @@ export class MapView {
     v.ox = v.cssW / 2 - v.cx * v.scale;
     v.oy = v.cssH / 2 - v.cy * v.scale;
     this.drawn.zoom = v.zoom;
+    // Where the map's origin is drawn (CSS pixels): a drag moves it.
+    this.drawn.ox = v.ox;
+    this.drawn.oy = v.oy;
     this.renderBase();
     if (this.onView) this.onView(v);
   }

@@ -182,12 +182,14 @@ impl Node {
             )
             .await
             .map_err(broker("consume heartbeats"))?;
-        let (beats_tx, beats) = mpsc::channel::<Heartbeat>(256);
+        // Stamped when received: a busy coordinator must not take a beat
+        // it had not read yet for a silent node.
+        let (beats_tx, beats) = mpsc::channel::<(Heartbeat, Instant)>(256);
         let listener = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 match serde_json::from_slice::<Heartbeat>(&delivery.data) {
                     Ok(beat) => {
-                        if beats_tx.send(beat).await.is_err() {
+                        if beats_tx.send((beat, Instant::now())).await.is_err() {
                             break;
                         }
                     }
@@ -198,6 +200,13 @@ impl Node {
             }
             tracing::warn!("heartbeat consumer ended");
         });
+        let (listed, listed_rx) = watch::channel(Vec::new());
+        let beating = tokio::spawn(send_heartbeats(
+            channel.clone(),
+            config.node.clone(),
+            config.heartbeat,
+            listed_rx,
+        ));
         let (leave_tx, leave_rx) = tokio::sync::oneshot::channel();
         let coordinator = tokio::spawn(
             Coordinator {
@@ -208,6 +217,8 @@ impl Node {
                 peers: HashMap::new(),
                 followed_at: None,
                 joined: Instant::now(),
+                listed,
+                beating: Some(beating),
             }
             .run(beats, leave_rx),
         );
@@ -254,12 +265,26 @@ struct Coordinator {
     /// ([`NodeConfig::dead_after`]): a node that has just joined must not
     /// take partitions a live node still owns.
     joined: Instant,
+    /// The partitions owned, for the heartbeat task.
+    listed: watch::Sender<Vec<usize>>,
+    /// Sends the heartbeats on its own, so a coordinator busy rebuilding
+    /// partitions from the store never falls silent.
+    beating: Option<JoinHandle<()>>,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        // Aborted with the node: it falls silent, the others take over.
+        if let Some(beating) = self.beating.take() {
+            beating.abort();
+        }
+    }
 }
 
 impl Coordinator {
     async fn run(
         mut self,
-        mut beats: mpsc::Receiver<Heartbeat>,
+        mut beats: mpsc::Receiver<(Heartbeat, Instant)>,
         mut leave: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<()>>,
     ) {
         let mut every = tokio::time::interval(self.config.heartbeat);
@@ -273,16 +298,19 @@ impl Coordinator {
                     }
                     return;
                 }
-                Some(beat) = beats.recv() => {
-                    self.heard(beat);
+                Some((beat, at)) = beats.recv() => {
+                    self.heard(beat, at);
                     // Everything already queued, then one decision.
-                    while let Ok(beat) = beats.try_recv() {
-                        self.heard(beat);
+                    while let Ok((beat, at)) = beats.try_recv() {
+                        self.heard(beat, at);
                     }
                     self.rebalance().await;
                 }
                 _ = every.tick() => {
-                    self.beat(false).await;
+                    // What came while this node was busy first.
+                    while let Ok((beat, at)) = beats.try_recv() {
+                        self.heard(beat, at);
+                    }
                     self.rebalance().await;
                     self.follow().await;
                 }
@@ -290,7 +318,7 @@ impl Coordinator {
         }
     }
 
-    fn heard(&mut self, beat: Heartbeat) {
+    fn heard(&mut self, beat: Heartbeat, at: Instant) {
         if beat.node == self.config.node {
             return;
         }
@@ -304,38 +332,10 @@ impl Coordinator {
             self.peers.insert(
                 beat.node,
                 Peer {
-                    seen: Instant::now(),
+                    seen: at,
                     owned: beat.owned,
                 },
             );
-        }
-    }
-
-    async fn beat(&self, leaving: bool) {
-        let beat = Heartbeat {
-            node: self.config.node.clone(),
-            owned: if leaving {
-                Vec::new()
-            } else {
-                self.owned.keys().copied().collect()
-            },
-            leaving,
-        };
-        let Ok(body) = serde_json::to_vec(&beat) else {
-            return;
-        };
-        if let Err(e) = self
-            .channel
-            .basic_publish(
-                NODES_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "cannot send this node's heartbeat");
         }
     }
 
@@ -503,13 +503,32 @@ impl Coordinator {
             intake.release(self.config.release_bound).await;
             self.parts.control.disown(p).await;
         }
-        self.beat(true).await;
+        if let Some(beating) = self.beating.take() {
+            beating.abort();
+        }
+        let _ = publish_heartbeat(
+            &self.channel,
+            &Heartbeat {
+                node: self.config.node.clone(),
+                owned: Vec::new(),
+                leaving: true,
+            },
+        )
+        .await;
         self.publish_membership();
         tracing::info!("left the cluster; every partition released");
     }
 
     fn publish_membership(&self) {
         metrics::gauge!("movewatch_cluster_partitions_owned").set(self.owned.len() as f64);
+        let owned: Vec<usize> = self.owned.keys().copied().collect();
+        self.listed.send_if_modified(|l| {
+            let changed = *l != owned;
+            if changed {
+                *l = owned.clone();
+            }
+            changed
+        });
         let mut nodes: Vec<(String, Vec<usize>)> = self
             .peers
             .iter()
@@ -537,6 +556,43 @@ impl Coordinator {
             }
         });
     }
+}
+
+/// Sends this node's heartbeat every `every`, with what it owns now.
+async fn send_heartbeats(
+    channel: lapin::Channel,
+    node: String,
+    every: Duration,
+    listed: watch::Receiver<Vec<usize>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let beat = Heartbeat {
+            node: node.clone(),
+            owned: listed.borrow().clone(),
+            leaving: false,
+        };
+        if let Err(e) = publish_heartbeat(&channel, &beat).await {
+            tracing::warn!(error = %e, "cannot send this node's heartbeat");
+        }
+    }
+}
+
+async fn publish_heartbeat(channel: &lapin::Channel, beat: &Heartbeat) -> Result<(), String> {
+    let body = serde_json::to_vec(beat).map_err(|e| e.to_string())?;
+    channel
+        .basic_publish(
+            NODES_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Restores partition `p`'s vehicles' last stored fixes into the shared
@@ -617,14 +673,9 @@ impl CommandBus {
         connection: &Connection,
         node: &str,
     ) -> Result<Arc<CommandBus>, ClusterError> {
-        let channel = connection
-            .create_channel()
+        let channel = ingest::amqp::confirmed_channel(connection)
             .await
-            .map_err(broker("open the command bus's channel"))?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("turn on publisher confirms"))?;
+            .map_err(ClusterError::Amqp)?;
         let queue =
             ingest::amqp::fanout_queue(&channel, COMMANDS_EXCHANGE, true, FieldTable::default())
                 .await
@@ -819,14 +870,9 @@ pub async fn consume_unrouted(
     suppliers: Arc<Suppliers>,
     input: mpsc::Sender<IngestBatch>,
 ) -> Result<JoinHandle<()>, ClusterError> {
-    let channel = connection
-        .create_channel()
+    let channel = ingest::amqp::confirmed_channel(connection)
         .await
-        .map_err(broker("open the unrouted queue's channel"))?;
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .map_err(broker("turn on publisher confirms"))?;
+        .map_err(ClusterError::Amqp)?;
     let mut consumer = ingest::amqp::consume_queue(
         &channel,
         ingest::amqp::UNROUTED,

@@ -348,6 +348,20 @@ pub async fn consume_partition(
     consume_queue(channel, &partition_queue(p), prefetch, consumer_tag).await
 }
 
+/// A new channel on `connection` with publisher confirms on (each publish
+/// then resolves once the broker has the message on its queues).
+pub async fn confirmed_channel(connection: &lapin::Connection) -> Result<Channel, AmqpError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(broker("open", "a channel"))?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(broker("turn on publisher confirms on", "a channel"))?;
+    Ok(channel)
+}
+
 /// Consumes any queue with manual acknowledgements and at most `prefetch`
 /// unacknowledged (its consumer tag `consumer_tag`).
 pub async fn consume_queue(

@@ -211,14 +211,9 @@ pub(crate) async fn spawn_tracks_forwarder(
     connection: &Connection,
     local: mpsc::Sender<model::IngestBatch>,
 ) -> anyhow::Result<(mpsc::Sender<model::IngestBatch>, JoinHandle<()>)> {
-    let channel = connection
-        .create_channel()
+    let channel = ingest::amqp::confirmed_channel(connection)
         .await
         .context("cannot open a channel for POST /tracks")?;
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .context("cannot turn on publisher confirms for POST /tracks")?;
     let (tx, mut rx) = mpsc::channel::<model::IngestBatch>(64);
     let task = tokio::spawn(async move {
         while let Some(mut batch) = rx.recv().await {

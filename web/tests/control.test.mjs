@@ -167,21 +167,18 @@ test('control room at 1600×1000: alerts first, map zoom, pan, clusters, labels,
     await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.5);
     await page.mouse.wheel(0, -500);
     await until(page, () => window.movewatchMap.zoom > 2.1, null, 5_000, 'the wheel zooms in');
-    const beforePan = await page.evaluate(() => window.movewatchMap.labels.find((l) => l.kind === 'site') || null);
-    const vanBefore = await page.evaluate(() => {
-      const v = window.movewatchMap.vans[0] || window.movewatchMap.clusters[0];
-      return v ? { x: v.x, y: v.y, id: v.vehicle || v.members.join(',') } : null;
-    });
+    // The map's origin, as drawn: a drag of (120, 60) moves it by that much
+    // (vans and labels move with it, but they also move, appear and
+    // declutter on their own while the fleet drives).
+    const before = await page.evaluate(() => ({ ox: window.movewatchMap.ox, oy: window.movewatchMap.oy }));
     await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5);
     await page.mouse.down();
     await page.mouse.move(box.x + box.width * 0.5 + 120, box.y + box.height * 0.5 + 60, { steps: 6 });
     await page.mouse.up();
     const panned = await mapState(page);
-    assert.ok(beforePan || vanBefore, 'something drawn before the drag');
-    const movedSite = beforePan && panned.labels.find((l) => l.text === beforePan.text);
-    const movedVan = vanBefore && [...panned.vans.map((v) => ({ x: v.x, y: v.y, id: v.vehicle })), ...panned.clusters.map((c) => ({ x: c.x, y: c.y, id: c.members.join(',') }))].find((v) => v.id === vanBefore.id);
-    const shifted = (a, b) => a && b && Math.abs(b.x - a.x - 120) < 25 && Math.abs(b.y - a.y - 60) < 25;
-    assert.ok(shifted(beforePan, movedSite) || shifted(vanBefore, movedVan), `the drag moved the map by (120, 60): ${JSON.stringify({ beforePan, movedSite, vanBefore, movedVan })}`);
+    const after = await page.evaluate(() => ({ ox: window.movewatchMap.ox, oy: window.movewatchMap.oy }));
+    const moved = { x: after.ox - before.ox, y: after.oy - before.oy };
+    assert.ok(Math.abs(moved.x - 120) < 2 && Math.abs(moved.y - 60) < 2, `the drag moved the map by (120, 60): moved ${JSON.stringify(moved)}`);
     assertNoLabelOverlap(panned.labels, 'zoomed and panned');
     await page.screenshot({ path: path.join(ARTIFACTS, 'control-desktop-zoomed.png') });
 
@@ -312,9 +309,16 @@ test('control room and board at 390×844: no horizontal scroll, axe clean; recon
     assert.deepEqual(await seriousA11yViolations(page), [], 'axe at 390×844');
 
     // A dropped network: failed reconnects, then back. Nothing printed holds the token.
+    // Every status shown is recorded: the page may reconnect before a poll
+    // would see the short-lived "Reconnecting…".
+    await page.evaluate(() => {
+      const el = document.querySelector('#connection-status');
+      window.statusSeen = [el.textContent];
+      new MutationObserver(() => window.statusSeen.push(el.textContent)).observe(el, { childList: true, characterData: true, subtree: true });
+    });
     await context.setOffline(true);
     await page.evaluate(() => window.movewatchControl.live.ws.close());
-    await until(page, () => /^(Offline|Reconnecting…)$/.test(document.querySelector('#connection-status').textContent), null, 30_000, 'the page notices the dropped link');
+    await until(page, () => window.statusSeen.some((s) => /^(Offline|Reconnecting…)$/.test(s)), null, 30_000, 'the page notices the dropped link');
     await context.setOffline(false);
     await waitLive(page, errors);
     const leaks = messages.filter((x) => x.includes('token=') || x.includes(demo.token));
