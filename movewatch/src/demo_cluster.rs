@@ -376,32 +376,15 @@ pub(crate) async fn run(d: ClusterDemo) -> anyhow::Result<()> {
             continue;
         }
         let run = simulator::RunConfig {
-            vehicles,
-            seed: 2026 + g as u64,
-            interval: d.interval,
-            duration: None,
-            pace: simulator::Pace::RealTime,
             start: Some(start),
-            day_start_s: d.day_start_s,
-            transport: simulator::Transport::Mqtt {
-                host: "127.0.0.1".into(),
-                port: *port,
-                passwords: passwords.clone(),
-                connections: vehicles.div_ceil(100).max(1),
-            },
-            api: None,
-            token: None,
-            faults: simulator::emit::FaultConfig {
-                noise: true,
-                ..Default::default()
-            },
-            truth: None,
-            register_moves: true,
-            measure: false,
-            database_url: None,
-            progress: false,
-            registration_prefix: Some(format!("{}{}", d.prefix, g + 1)),
-            focus_site: Some("LEI".into()),
+            ..crate::demo_fleet(
+                vehicles,
+                2026 + g as u64,
+                d.interval,
+                d.day_start_s,
+                ("127.0.0.1".into(), *port, passwords.clone()),
+                format!("{}{}", d.prefix, g + 1),
+            )
         };
         let plan = simulator::run::plan_for(&run, &sites, start)
             .map_err(|e| anyhow::anyhow!("cannot plan the simulated fleet: {e}"))?;

@@ -688,6 +688,49 @@ fn usable_addr(wanted: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
     Ok(free)
 }
 
+/// A demo's simulated fleet of `vehicles` vans: in real time, with GPS
+/// noise, registering its day's moves, planned around Leeds (LEI); over
+/// MQTT to `broker` (host, port, the suppliers' passwords), with plates
+/// starting `prefix`.
+fn demo_fleet(
+    vehicles: usize,
+    seed: u64,
+    interval: std::time::Duration,
+    day_start_s: f64,
+    broker: (String, u16, std::collections::HashMap<String, String>),
+    prefix: String,
+) -> simulator::RunConfig {
+    let (host, port, passwords) = broker;
+    simulator::RunConfig {
+        vehicles,
+        seed,
+        interval,
+        duration: None,
+        pace: simulator::Pace::RealTime,
+        start: None,
+        day_start_s,
+        transport: simulator::Transport::Mqtt {
+            host,
+            port,
+            passwords,
+            connections: vehicles.div_ceil(100).max(1),
+        },
+        api: None,
+        token: None,
+        faults: simulator::emit::FaultConfig {
+            noise: true,
+            ..Default::default()
+        },
+        truth: None,
+        register_moves: true,
+        measure: false,
+        database_url: None,
+        progress: false,
+        registration_prefix: Some(prefix),
+        focus_site: Some("LEI".into()),
+    }
+}
+
 /// The demo's day: it starts at 08:00 in the planned day, when the morning's
 /// court runs and transfers are on the road (the vans left from 06:30).
 const DEMO_DAY_START_S: f64 = 8.0 * 3600.0;
@@ -807,32 +850,16 @@ async fn demo(
     println!("Press Ctrl-C to stop.");
 
     let run = simulator::RunConfig {
-        vehicles,
-        seed: 2026,
-        interval,
-        duration: None,
-        pace: simulator::Pace::RealTime,
-        start: None,
-        day_start_s: DEMO_DAY_START_S,
-        transport: simulator::Transport::Mqtt {
-            host: mqtt_host,
-            port: mqtt_port,
-            passwords,
-            connections: vehicles.div_ceil(100).max(1),
-        },
         api: Some(http.to_string()),
         token: Some(control_token),
-        faults: simulator::emit::FaultConfig {
-            noise: true,
-            ..Default::default()
-        },
-        truth: None,
-        register_moves: true,
-        measure: false,
-        database_url: None,
-        progress: false,
-        registration_prefix: Some(DEMO_PREFIX.into()),
-        focus_site: Some("LEI".into()),
+        ..demo_fleet(
+            vehicles,
+            2026,
+            interval,
+            DEMO_DAY_START_S,
+            (mqtt_host, mqtt_port, passwords),
+            DEMO_PREFIX.into(),
+        )
     };
     let simulation = tokio::spawn(async move { simulator::run_day(run, &sites).await });
     tokio::select! {
