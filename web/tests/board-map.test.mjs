@@ -9,9 +9,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { ARTIFACTS, launchChromium, openPage, seriousA11yViolations, startDemo, stopChild, tail } from './harness.mjs';
+import { ARTIFACTS, openPage, seriousA11yViolations, startDemoBrowser, stopDemoBrowser, tail } from './harness.mjs';
 
 const SIZES = [
   { name: 'desktop', width: 1600, height: 1000 },
@@ -23,20 +22,10 @@ let context = null;
 const tempDirs = [];
 
 before(async () => {
-  demo = await startDemo(tempDirs);
-  context = await launchChromium('movewatch-board-map-chromium-', tempDirs);
-  mkdirSync(ARTIFACTS, { recursive: true });
+  ({ demo, context } = await startDemoBrowser('movewatch-board-map-chromium-', tempDirs));
 });
 
-after(async () => {
-  try {
-    if (context) await context.close();
-  } catch {
-    /* already gone */
-  }
-  if (demo) await stopChild(demo.child);
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
+after(() => stopDemoBrowser({ demo, context }, tempDirs));
 
 /** What the board's map drew and what the page says, read in one go. */
 function snapshot() {

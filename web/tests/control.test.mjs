@@ -11,9 +11,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { ARTIFACTS, launchChromium, openPage, seriousA11yViolations, startDemo, stopChild, tail } from './harness.mjs';
+import { ARTIFACTS, openPage, seriousA11yViolations, startDemoBrowser, stopDemoBrowser, tail } from './harness.mjs';
 
 const DESKTOP = { width: 1600, height: 1000 };
 const PHONE = { width: 390, height: 844 };
@@ -24,20 +23,10 @@ const tempDirs = [];
 const seen = []; // every console message and request URL of every page
 
 before(async () => {
-  demo = await startDemo(tempDirs);
-  context = await launchChromium('movewatch-control-test-chromium-', tempDirs);
-  mkdirSync(ARTIFACTS, { recursive: true });
+  ({ demo, context } = await startDemoBrowser('movewatch-control-test-chromium-', tempDirs));
 });
 
-after(async () => {
-  try {
-    if (context) await context.close();
-  } catch {
-    /* already gone */
-  }
-  if (demo) await stopChild(demo.child);
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
+after(() => stopDemoBrowser({ demo, context }, tempDirs));
 
 /** A page recording every request URL (but the one we typed) beside the console. */
 async function open(size) {

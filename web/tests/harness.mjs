@@ -3,7 +3,7 @@
 // downloaded browser), with the project's flags.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -151,4 +151,27 @@ export async function stopChild(child) {
   const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
   await exited;
   clearTimeout(timer);
+}
+
+/**
+ * The demo and a browser for a test file's pages (its `before`): the
+ * demo's addresses and tokens, and a Chromium context whose profile is
+ * named after `prefix`; `artifacts/` is made for the screenshots.
+ */
+export async function startDemoBrowser(prefix, tempDirs) {
+  const demo = await startDemo(tempDirs);
+  const context = await launchChromium(prefix, tempDirs);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return { demo, context };
+}
+
+/** Closes what `startDemoBrowser` opened (a test file's `after`). */
+export async function stopDemoBrowser({ demo, context }, tempDirs) {
+  try {
+    if (context) await context.close();
+  } catch {
+    /* already gone */
+  }
+  if (demo) await stopChild(demo.child);
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 }
