@@ -309,7 +309,6 @@ pub fn start(s: Start) -> Running {
         views.push(view_rx);
         let worker = Worker {
             partition,
-            owned: s.owned,
             owned_here: owned_here.clone(),
             remote: s.remote.clone(),
             rebuild: Rebuild {
@@ -585,10 +584,9 @@ struct Rebuild {
 
 struct Worker {
     partition: Partition,
-    /// Whether this process owns the partition (always, on one machine).
-    owned: bool,
-    /// Which partitions this process owns (for handovers: a partition
-    /// owned elsewhere gets its journey through `remote`).
+    /// Which partitions this process owns (always all, on one machine): this
+    /// one raises, saves and sends only while it is owned here, and a
+    /// partition owned elsewhere gets its journey through `remote`.
     owned_here: Arc<Vec<AtomicBool>>,
     remote: Option<mpsc::UnboundedSender<RemotePeer>>,
     rebuild: Rebuild,
@@ -638,7 +636,7 @@ impl Worker {
                         break;
                     }
                 }
-                _ = tick.tick(), if self.owned => {
+                _ = tick.tick(), if self.owned() => {
                     let effects = self.partition.tick(Utc::now());
                     self.dirty = true;
                     self.publish_view();
@@ -649,6 +647,11 @@ impl Worker {
         }
         self.publish_view();
         tracing::debug!(partition = self.partition.index(), "partition drained");
+    }
+
+    /// Whether this process owns the partition now.
+    fn owned(&self) -> bool {
+        self.owned_here[self.partition.index()].load(Ordering::Acquire)
     }
 
     fn publish_view(&mut self) {
@@ -710,7 +713,6 @@ impl Worker {
                 let index = self.partition.index();
                 self.owned_here[index].store(own, Ordering::Release);
                 let Some(recovered) = recovered else {
-                    self.owned = own;
                     let _ = done.send(());
                     return;
                 };
@@ -721,7 +723,6 @@ impl Worker {
                 self.partition =
                     Partition::new(index, self.count, r.tracker.clone(), fences, (r.book)());
                 let estimated = self.partition.recover(&recovered, Utc::now());
-                self.owned = own;
                 self.publish_view();
                 let _ = done.send(());
                 tracing::debug!(
@@ -763,7 +764,7 @@ impl Worker {
 
     /// Sends frames and keeps the rest through the writer (never given up).
     async fn derived_only(&mut self, effects: crate::Effects) {
-        if !self.owned {
+        if !self.owned() {
             // Its owner (another node) raises, saves and sends these.
             return;
         }
